@@ -1,0 +1,525 @@
+//! The network: the only module that knows libp2p.
+//!
+//! One task ([`EventLoop::run`]) owns the `Swarm` and serves, in a single `select!`:
+//! swarm events, requests from the engine ([`NetRequest`]), commands from the API
+//! ([`NetCommand`]) and a redial timer. Gossip messages go to the engine without waiting
+//! (`try_send`); if the engine is saturated the message is ignored, never queued without bound.
+//!
+//! Transport: TCP + noise + yamux. Behaviours: gossipsub (one topic per space, application
+//! validation, content-addressed message ids, small-mesh settings, peer scoring), identify, and
+//! mDNS (optional).
+
+use crate::engine::{EngineHandle, GossipIn, NetRequest, Outcome};
+use agora_protocol::{Contribution, SpaceId};
+use libp2p::futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
+use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, mdns, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use serde::Serialize;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Identify protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/agora/id/1.0.0";
+/// Most contributions queued per topic while no peer is subscribed to it.
+pub const MAX_QUEUED_PER_TOPIC: usize = 10_000;
+/// Most gossip messages awaiting the engine's verdict.
+pub const MAX_AWAITING_VERDICT: usize = 20_000;
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetworkError {
+    /// A listen or peer address is not a valid multiaddr.
+    #[error("invalid multiaddr {addr:?}: {reason} (example: /ip4/192.168.1.20/tcp/7400)")]
+    BadAddr {
+        /// The text given.
+        addr: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Listening failed.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// Building the swarm failed.
+    #[error("network setup failed: {0}")]
+    Setup(String),
+    /// The network task is gone.
+    #[error("the network task has stopped")]
+    Stopped,
+}
+
+/// Parses a multiaddr with a clear error.
+pub fn parse_addr(s: &str) -> Result<Multiaddr, NetworkError> {
+    s.parse()
+        .map_err(|e: libp2p::multiaddr::Error| NetworkError::BadAddr {
+            addr: s.chars().take(200).collect(),
+            reason: e.to_string(),
+        })
+}
+
+/// A connected peer, as shown by `agora peers`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerInfo {
+    /// The peer's libp2p id.
+    pub peer_id: String,
+    /// Addresses of the open connections.
+    pub addrs: Vec<String>,
+    /// Spaces (that we follow too) the peer is subscribed to.
+    pub spaces: Vec<SpaceId>,
+    /// Its gossipsub score, if scoring is on.
+    pub score: Option<f64>,
+}
+
+/// The network's view, for `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetStatus {
+    /// Our peer id.
+    pub peer_id: String,
+    /// Full listen multiaddrs ending in `/p2p/<peer id>`.
+    pub listen_addrs: Vec<String>,
+    /// Connected peers.
+    pub peers: Vec<PeerInfo>,
+    /// Contributions waiting for a subscriber, per space.
+    pub queued: u64,
+}
+
+/// Commands from the API side.
+pub enum NetCommand {
+    /// Dial an address.
+    Dial(Multiaddr),
+    /// Report status.
+    Status(oneshot::Sender<NetStatus>),
+}
+
+/// Network settings (a slice of the node's `Config`).
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start and redial whenever disconnected.
+    pub peers: Vec<Multiaddr>,
+    /// Whether to run mDNS discovery.
+    pub mdns: bool,
+    /// How often gossipsub runs its heartbeat.
+    pub heartbeat: Duration,
+    /// How often unconnected explicit peers are redialled.
+    pub redial_every: Duration,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    gossipsub: gossipsub::Behaviour,
+    identify: identify::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// The content-addressed gossip message id: SHA-256 of the payload (the encoded contribution).
+/// Specified in `docs/PROTOCOL.md`: every implementation must use the same function.
+pub fn message_id(data: &[u8]) -> MessageId {
+    MessageId::from(Contribution::wire_id(data).to_vec())
+}
+
+fn gossipsub_config(heartbeat: Duration) -> Result<gossipsub::Config, NetworkError> {
+    gossipsub::ConfigBuilder::default()
+        .mesh_n(3)
+        .mesh_n_low(1)
+        .mesh_n_high(6)
+        .mesh_outbound_min(1)
+        .heartbeat_initial_delay(Duration::from_millis(200))
+        .heartbeat_interval(heartbeat)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
+        .max_transmit_size(64 * 1024)
+        .message_id_fn(|m: &gossipsub::Message| message_id(&m.data))
+        .build()
+        .map_err(|e| NetworkError::Setup(e.to_string()))
+}
+
+fn topic_score_params() -> gossipsub::TopicScoreParams {
+    gossipsub::TopicScoreParams {
+        // Spaces are quiet most of the time: do not punish peers for not delivering.
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        // Invalid contributions (bad signature, forged actor) are what we punish.
+        invalid_message_deliveries_weight: -100.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..Default::default()
+    }
+}
+
+fn peer_score_params() -> gossipsub::PeerScoreParams {
+    gossipsub::PeerScoreParams {
+        // A LAN office and every test share few IPs: colocation is normal here.
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    }
+}
+
+/// The task that owns the swarm.
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    engine: EngineHandle,
+    from_engine: mpsc::Receiver<NetRequest>,
+    commands: mpsc::Receiver<NetCommand>,
+    config: NetConfig,
+    topics: HashMap<TopicHash, SpaceId>,
+    awaiting: HashMap<u64, (MessageId, PeerId)>,
+    next_token: u64,
+    queued: HashMap<TopicHash, VecDeque<Vec<u8>>>,
+    connected: HashMap<PeerId, Vec<Multiaddr>>,
+}
+
+/// Builds the swarm and starts listening. Returns the event loop to spawn.
+pub fn new(
+    seed: [u8; 32],
+    config: NetConfig,
+    engine: EngineHandle,
+    from_engine: mpsc::Receiver<NetRequest>,
+    commands: mpsc::Receiver<NetCommand>,
+) -> Result<EventLoop, NetworkError> {
+    // `ed25519_from_bytes` zeroes the buffer it is given: hand it a copy.
+    let mut secret = seed;
+    let keypair = libp2p::identity::Keypair::ed25519_from_bytes(&mut secret)
+        .map_err(|e| NetworkError::Setup(e.to_string()))?;
+    let gs_config = gossipsub_config(config.heartbeat)?;
+    let use_mdns = config.mdns;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NetworkError::Setup(e.to_string()))?
+        .with_behaviour(|key| {
+            let mut gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gs_config,
+            )?;
+            gossipsub.with_peer_score(
+                peer_score_params(),
+                gossipsub::PeerScoreThresholds::default(),
+            )?;
+            let identify = identify::Behaviour::new(identify::Config::new(
+                IDENTIFY_PROTOCOL.into(),
+                key.public(),
+            ));
+            let mdns = if use_mdns {
+                Some(mdns::tokio::Behaviour::new(
+                    mdns::Config::default(),
+                    key.public().to_peer_id(),
+                )?)
+            } else {
+                None
+            };
+            Ok(Behaviour {
+                gossipsub,
+                identify,
+                mdns: Toggle::from(mdns),
+            })
+        })
+        .map_err(|e| NetworkError::Setup(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+        .build();
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| NetworkError::Listen {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+    }
+    Ok(EventLoop {
+        swarm,
+        engine,
+        from_engine,
+        commands,
+        config,
+        topics: HashMap::new(),
+        awaiting: HashMap::new(),
+        next_token: 0,
+        queued: HashMap::new(),
+        connected: HashMap::new(),
+    })
+}
+
+impl EventLoop {
+    /// Our peer id.
+    pub fn peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// Runs until `shutdown` fires or the engine closes its side.
+    pub async fn run(mut self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        for addr in self.config.peers.clone() {
+            self.dial(addr);
+        }
+        let mut redial = tokio::time::interval(self.config.redial_every);
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                req = self.from_engine.recv() => match req {
+                    Some(req) => self.on_engine(req),
+                    None => break,
+                },
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                _ = redial.tick() => self.redial(),
+                _ = shutdown.changed() => break,
+            }
+        }
+        tracing::debug!(target: "agora::network", "network loop stopped");
+    }
+
+    fn dial(&mut self, addr: Multiaddr) {
+        if let Err(e) = self.swarm.dial(addr.clone()) {
+            tracing::debug!(target: "agora::network", %addr, %e, "dial failed");
+        }
+    }
+
+    fn redial(&mut self) {
+        for addr in self.config.peers.clone() {
+            let peer = addr.iter().find_map(|p| match p {
+                libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                _ => None,
+            });
+            let up = match peer {
+                Some(id) => self.connected.contains_key(&id),
+                None => self.connected.values().flatten().any(|a| a == &addr),
+            };
+            if !up {
+                self.dial(addr);
+            }
+        }
+    }
+
+    fn on_engine(&mut self, req: NetRequest) {
+        match req {
+            NetRequest::Subscribe(space) => {
+                let topic = IdentTopic::new(space.topic());
+                let gs = &mut self.swarm.behaviour_mut().gossipsub;
+                if let Err(e) = gs.subscribe(&topic) {
+                    tracing::warn!(target: "agora::network", %space, %e, "subscribe failed");
+                }
+                let _ = gs.set_topic_params(topic.clone(), topic_score_params());
+                self.topics.insert(topic.hash(), space);
+            }
+            NetRequest::Publish { space, bytes } => {
+                let topic = IdentTopic::new(space.topic()).hash();
+                self.publish(topic, bytes);
+            }
+            NetRequest::Verdict { token, outcome } => {
+                let Some((id, source)) = self.awaiting.remove(&token) else {
+                    return;
+                };
+                let acceptance = match outcome {
+                    Outcome::Accepted => MessageAcceptance::Accept,
+                    // Duplicates and early arrivals are not the sender's fault; do not relay them
+                    // again (duplicates) or yet (early), and do not penalise.
+                    Outcome::Duplicate | Outcome::Pending => MessageAcceptance::Ignore,
+                    Outcome::Rejected(ref r) => {
+                        tracing::info!(target: "agora::network", peer = %source, reason = r.code(), "rejected gossip; penalising peer");
+                        MessageAcceptance::Reject
+                    }
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+        }
+    }
+
+    fn publish(&mut self, topic: TopicHash, bytes: Vec<u8>) {
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic.clone(), bytes.clone())
+        {
+            Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic)
+            | Err(gossipsub::PublishError::AllQueuesFull(_)) => {
+                let q = self.queued.entry(topic).or_default();
+                if q.len() >= MAX_QUEUED_PER_TOPIC {
+                    // Oldest first out: it is stored, and anti-entropy will carry it.
+                    q.pop_front();
+                }
+                q.push_back(bytes);
+            }
+            Err(e) => {
+                tracing::warn!(target: "agora::network", %e, "publish failed; the contribution is stored and will reach peers by sync");
+            }
+        }
+    }
+
+    fn flush_queue(&mut self, topic: &TopicHash) {
+        let Some(q) = self.queued.remove(topic) else {
+            return;
+        };
+        tracing::debug!(target: "agora::network", n = q.len(), "publishing queued contributions");
+        for bytes in q {
+            self.publish(topic.clone(), bytes);
+        }
+    }
+
+    fn on_command(&mut self, cmd: NetCommand) {
+        match cmd {
+            NetCommand::Dial(addr) => self.dial(addr),
+            NetCommand::Status(reply) => {
+                let me = *self.swarm.local_peer_id();
+                let listen_addrs = self
+                    .swarm
+                    .listeners()
+                    .map(|a| format!("{a}/p2p/{me}"))
+                    .collect();
+                let gs = &self.swarm.behaviour().gossipsub;
+                let subs: HashMap<PeerId, Vec<SpaceId>> = gs
+                    .all_peers()
+                    .map(|(p, topics)| {
+                        let spaces = topics
+                            .iter()
+                            .filter_map(|t| self.topics.get(t).copied())
+                            .collect();
+                        (*p, spaces)
+                    })
+                    .collect();
+                let mut peers: Vec<PeerInfo> = self
+                    .connected
+                    .iter()
+                    .map(|(p, addrs)| PeerInfo {
+                        peer_id: p.to_string(),
+                        addrs: addrs.iter().map(|a| a.to_string()).collect(),
+                        spaces: subs.get(p).cloned().unwrap_or_default(),
+                        score: gs.peer_score(p),
+                    })
+                    .collect();
+                peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+                let _ = reply.send(NetStatus {
+                    peer_id: me.to_string(),
+                    listen_addrs,
+                    peers,
+                    queued: self.queued.values().map(|q| q.len() as u64).sum(),
+                });
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let me = *self.swarm.local_peer_id();
+                tracing::info!(target: "agora::network", "listening on {address}/p2p/{me}");
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                tracing::info!(target: "agora::network", peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                self.connected
+                    .entry(peer_id)
+                    .or_default()
+                    .push(endpoint.get_remote_address().clone());
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if num_established == 0 {
+                    tracing::info!(target: "agora::network", peer = %peer_id, "disconnected");
+                    self.connected.remove(&peer_id);
+                } else if let Some(addrs) = self.connected.get_mut(&peer_id) {
+                    if let Some(i) = addrs
+                        .iter()
+                        .position(|a| a == endpoint.get_remote_address())
+                    {
+                        addrs.remove(i);
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => self.on_gossip(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
+                let mut seen = HashSet::new();
+                for (peer, addr) in list {
+                    if !self.connected.contains_key(&peer) && seen.insert(peer) {
+                        tracing::info!(target: "agora::network", %peer, %addr, "discovered by mDNS");
+                        self.dial(addr.with_p2p(peer).unwrap_or_else(|a| a));
+                    }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                tracing::debug!(target: "agora::network", peer = %peer_id, agent = %info.agent_version, "identified");
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(target: "agora::network", ?peer_id, %error, "outgoing connection failed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_gossip(&mut self, ev: gossipsub::Event) {
+        match ev {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                if self.awaiting.len() >= MAX_AWAITING_VERDICT {
+                    self.swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .report_message_validation_result(
+                            &message_id,
+                            &propagation_source,
+                            MessageAcceptance::Ignore,
+                        );
+                    return;
+                }
+                let token = self.next_token;
+                self.next_token += 1;
+                let g = GossipIn {
+                    token,
+                    topic: self.topics.get(&message.topic).copied(),
+                    bytes: message.data,
+                };
+                match self.engine.try_gossip(g) {
+                    Ok(()) => {
+                        self.awaiting
+                            .insert(token, (message_id, propagation_source));
+                    }
+                    Err(_) => {
+                        tracing::debug!(target: "agora::network", "engine busy; ignoring a gossip message");
+                        self.swarm
+                            .behaviour_mut()
+                            .gossipsub
+                            .report_message_validation_result(
+                                &message_id,
+                                &propagation_source,
+                                MessageAcceptance::Ignore,
+                            );
+                    }
+                }
+            }
+            gossipsub::Event::Subscribed { peer_id, topic } => {
+                tracing::debug!(target: "agora::network", peer = %peer_id, %topic, "peer subscribed");
+                self.flush_queue(&topic);
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,589 @@
+//! The schema of the documents in a space, as edits on and reads of Automerge documents.
+//!
+//! An **idea** document's root map holds:
+//!
+//! | key        | value                                                              |
+//! |------------|--------------------------------------------------------------------|
+//! | `type`     | the string `"idea"`                                                |
+//! | `title`    | string                                                             |
+//! | `body`     | text object (collaboratively editable)                             |
+//! | `author`   | string: hex author id of the creator                               |
+//! | `created`  | timestamp (milliseconds since the Unix epoch)                      |
+//! | `status`   | string: one of [`Status`]                                          |
+//! | `tags`     | map: tag → `true` (a set; removing a tag deletes its key)           |
+//! | `comments` | list of maps `{author: string, text: string, time: timestamp}`     |
+//! | `votes`    | map: hex author id → `"up"` or `"down"`                            |
+//!
+//! A **profile** document's root map holds `type: "profile"` and `name: string`.
+//!
+//! Reads trust the signed history, not the claims inside it: an idea's and a comment's author is
+//! the actor that created them, and a vote counts only when it was cast by the author it is keyed
+//! under. So a valid signature on a change that writes someone else's name gains nothing.
+//!
+//! Every function takes a document the caller created (with [`actor_for`] as its actor) and the
+//! time as an argument: this module reads no clock and draws no randomness.
+
+use crate::ids::{AuthorId, DocId, SpaceId};
+use crate::limits::*;
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{
+    ActorId, AutoCommit, Change, ObjId as ExId, ObjType, ReadDoc, ScalarValue, Value, ROOT,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// The lifecycle of an idea.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Status {
+    /// Newly posted, under discussion.
+    #[default]
+    Open,
+    /// The team wants to do it.
+    Accepted,
+    /// Someone is working on it.
+    InProgress,
+    /// Done.
+    Done,
+    /// The team decided against it.
+    Declined,
+}
+
+impl Status {
+    /// Every status, in lifecycle order.
+    pub const ALL: [Status; 5] = [
+        Status::Open,
+        Status::Accepted,
+        Status::InProgress,
+        Status::Done,
+        Status::Declined,
+    ];
+
+    /// The string stored in the document.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Open => "open",
+            Status::Accepted => "accepted",
+            Status::InProgress => "in_progress",
+            Status::Done => "done",
+            Status::Declined => "declined",
+        }
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = SchemaError;
+    fn from_str(s: &str) -> Result<Self, SchemaError> {
+        Status::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| SchemaError::BadStatus(s.chars().take(40).collect()))
+    }
+}
+
+/// A vote on an idea. Each author has at most one; a later vote replaces theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Vote {
+    /// For.
+    Up,
+    /// Against.
+    Down,
+}
+
+impl Vote {
+    fn as_str(self) -> &'static str {
+        match self {
+            Vote::Up => "up",
+            Vote::Down => "down",
+        }
+    }
+}
+
+/// Why an edit was refused before it became a change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SchemaError {
+    /// Title missing.
+    #[error("the title is empty: give the idea a short title")]
+    EmptyTitle,
+    /// Title too long.
+    #[error("the title has {0} characters; the limit is {MAX_TITLE_CHARS}: shorten it and put the rest in the body")]
+    TitleTooLong(usize),
+    /// Body too long.
+    #[error("the body is {0} bytes; the limit is {MAX_BODY_BYTES}: shorten it")]
+    BodyTooLong(usize),
+    /// Too many tags.
+    #[error("{0} tags given; at most {MAX_TAGS} are allowed")]
+    TooManyTags(usize),
+    /// A tag is empty, too long or has whitespace.
+    #[error("tag {0:?} is invalid: tags are 1 to {MAX_TAG_CHARS} characters without spaces")]
+    BadTag(String),
+    /// Comment empty or too long.
+    #[error("the comment must have 1 to {MAX_COMMENT_BYTES} bytes, it has {0}")]
+    BadComment(usize),
+    /// Name empty or too long.
+    #[error("the name must have 1 to {MAX_NAME_CHARS} characters, it has {0}")]
+    BadName(usize),
+    /// Unknown status.
+    #[error("unknown status {0:?}: use one of open, accepted, in_progress, done, declined")]
+    BadStatus(String),
+    /// The document is not an idea (or has not been created yet).
+    #[error("the document is not an idea")]
+    NotAnIdea,
+    /// Automerge refused the edit (a bug, or a document in an impossible state).
+    #[error("automerge error: {0}")]
+    Automerge(String),
+}
+
+impl From<automerge::AutomergeError> for SchemaError {
+    fn from(e: automerge::AutomergeError) -> Self {
+        SchemaError::Automerge(e.to_string())
+    }
+}
+
+/// What a person types to post an idea.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdeaDraft {
+    /// Title (required, at most [`MAX_TITLE_CHARS`] characters).
+    pub title: String,
+    /// Body (optional, at most [`MAX_BODY_BYTES`] bytes).
+    #[serde(default)]
+    pub body: String,
+    /// Tags (at most [`MAX_TAGS`]); stored lowercased, duplicates removed.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+impl IdeaDraft {
+    /// Checks the limits and normalises: trims the title, lowercases and de-duplicates tags.
+    pub fn validated(&self) -> Result<IdeaDraft, SchemaError> {
+        let title = validate_title(&self.title)?;
+        if self.body.len() > MAX_BODY_BYTES {
+            return Err(SchemaError::BodyTooLong(self.body.len()));
+        }
+        if self.tags.len() > MAX_TAGS {
+            return Err(SchemaError::TooManyTags(self.tags.len()));
+        }
+        let mut tags = BTreeSet::new();
+        for tag in &self.tags {
+            tags.insert(validate_tag(tag)?);
+        }
+        Ok(IdeaDraft {
+            title,
+            body: self.body.clone(),
+            tags: tags.into_iter().collect(),
+        })
+    }
+}
+
+fn validate_title(title: &str) -> Result<String, SchemaError> {
+    let title = title.trim();
+    let n = title.chars().count();
+    if n == 0 {
+        return Err(SchemaError::EmptyTitle);
+    }
+    if n > MAX_TITLE_CHARS {
+        return Err(SchemaError::TitleTooLong(n));
+    }
+    Ok(title.to_string())
+}
+
+fn validate_tag(tag: &str) -> Result<String, SchemaError> {
+    let t = tag.trim().to_lowercase();
+    let n = t.chars().count();
+    if n == 0 || n > MAX_TAG_CHARS || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(SchemaError::BadTag(tag.chars().take(60).collect()));
+    }
+    Ok(t)
+}
+
+/// Validates a display name or space name: trimmed, 1 to [`MAX_NAME_CHARS`] characters.
+pub fn validate_name(name: &str) -> Result<String, SchemaError> {
+    let name = name.trim();
+    let n = name.chars().count();
+    if n == 0 || n > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(SchemaError::BadName(n));
+    }
+    Ok(name.to_string())
+}
+
+/// The actor id an author uses on a document: their 32-byte public key followed by a nonce the
+/// node picks at random once per process start (so a node that lost its state never reuses an
+/// actor id and sequence number).
+pub fn actor_for(author: &AuthorId, nonce: &[u8; 16]) -> ActorId {
+    let mut bytes = Vec::with_capacity(48);
+    bytes.extend_from_slice(&author.0);
+    bytes.extend_from_slice(nonce);
+    ActorId::from(bytes)
+}
+
+/// The author named by an actor id (its first 32 bytes), if it is long enough.
+pub fn author_of_actor(actor: &ActorId) -> Option<AuthorId> {
+    AuthorId::from_slice(actor.to_bytes().get(..32)?)
+}
+
+fn author_of_exid(id: &ExId) -> Option<AuthorId> {
+    match id {
+        ExId::Id(_, actor, _) => author_of_actor(actor),
+        ExId::Root => None,
+    }
+}
+
+fn commit(doc: &mut AutoCommit, now_ms: i64) -> Result<Change, SchemaError> {
+    doc.commit_with(CommitOptions::default().with_time(now_ms.div_euclid(1000)));
+    doc.get_last_local_change()
+        .ok_or_else(|| SchemaError::Automerge("commit produced no change".into()))
+}
+
+/// Writes a new idea into an empty document and returns the change to sign.
+pub fn create_idea(
+    doc: &mut AutoCommit,
+    draft: &IdeaDraft,
+    author: &AuthorId,
+    now_ms: i64,
+) -> Result<Change, SchemaError> {
+    let draft = draft.validated()?;
+    doc.put(ROOT, "type", "idea")?;
+    doc.put(ROOT, "title", draft.title.as_str())?;
+    let body = doc.put_object(ROOT, "body", ObjType::Text)?;
+    doc.splice_text(&body, 0, 0, &draft.body)?;
+    doc.put(ROOT, "author", author.to_hex())?;
+    doc.put(ROOT, "created", ScalarValue::Timestamp(now_ms))?;
+    doc.put(ROOT, "status", Status::Open.as_str())?;
+    let tags = doc.put_object(ROOT, "tags", ObjType::Map)?;
+    for tag in &draft.tags {
+        doc.put(&tags, tag.as_str(), true)?;
+    }
+    doc.put_object(ROOT, "comments", ObjType::List)?;
+    doc.put_object(ROOT, "votes", ObjType::Map)?;
+    commit(doc, now_ms)
+}
+
+fn object(doc: &AutoCommit, key: &str) -> Result<ExId, SchemaError> {
+    match doc.get(ROOT, key)? {
+        Some((Value::Object(_), id)) => Ok(id),
+        _ => Err(SchemaError::NotAnIdea),
+    }
+}
+
+fn ensure_idea(doc: &AutoCommit) -> Result<(), SchemaError> {
+    match doc.get(ROOT, "type")? {
+        Some((Value::Scalar(s), _)) if s.as_str() == Some("idea") => Ok(()),
+        _ => Err(SchemaError::NotAnIdea),
+    }
+}
+
+/// Appends a comment by `author`.
+pub fn add_comment(
+    doc: &mut AutoCommit,
+    author: &AuthorId,
+    text: &str,
+    now_ms: i64,
+) -> Result<Change, SchemaError> {
+    let text = text.trim();
+    if text.is_empty() || text.len() > MAX_COMMENT_BYTES {
+        return Err(SchemaError::BadComment(text.len()));
+    }
+    ensure_idea(doc)?;
+    let comments = object(doc, "comments")?;
+    let at = doc.length(&comments);
+    let c = doc.insert_object(&comments, at, ObjType::Map)?;
+    doc.put(&c, "author", author.to_hex())?;
+    doc.put(&c, "text", text)?;
+    doc.put(&c, "time", ScalarValue::Timestamp(now_ms))?;
+    commit(doc, now_ms)
+}
+
+/// Records `author`'s vote, replacing any earlier vote of theirs.
+pub fn cast_vote(
+    doc: &mut AutoCommit,
+    author: &AuthorId,
+    vote: Vote,
+    now_ms: i64,
+) -> Result<Change, SchemaError> {
+    ensure_idea(doc)?;
+    let votes = object(doc, "votes")?;
+    doc.put(&votes, author.to_hex(), vote.as_str())?;
+    commit(doc, now_ms)
+}
+
+/// Sets the idea's status.
+pub fn set_status(
+    doc: &mut AutoCommit,
+    status: Status,
+    now_ms: i64,
+) -> Result<Change, SchemaError> {
+    ensure_idea(doc)?;
+    doc.put(ROOT, "status", status.as_str())?;
+    commit(doc, now_ms)
+}
+
+/// Sets the display name in the author's own profile document.
+pub fn set_display_name(
+    doc: &mut AutoCommit,
+    name: &str,
+    now_ms: i64,
+) -> Result<Change, SchemaError> {
+    let name = validate_name(name)?;
+    doc.put(ROOT, "type", "profile")?;
+    doc.put(ROOT, "name", name.as_str())?;
+    commit(doc, now_ms)
+}
+
+/// Reads a profile document: its owner (an author whose derived profile id is `doc_id`) and the
+/// display name they set. Values written by anyone else (which validation already refuses) are
+/// ignored.
+pub fn read_profile<D: ReadDoc>(
+    doc: &D,
+    space: &SpaceId,
+    doc_id: &DocId,
+) -> Option<(AuthorId, String)> {
+    let values = doc.get_all(ROOT, "name").ok()?;
+    values.into_iter().rev().find_map(|(v, id)| {
+        let s = v.as_str()?;
+        let owner = author_of_exid(&id)?;
+        (DocId::profile(space, &owner) == *doc_id)
+            .then(|| (owner, truncate_chars(s, MAX_NAME_CHARS)))
+    })
+}
+
+/// A comment as shown to people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Comment {
+    /// Who wrote it: the actor that created the comment, whatever the comment claims.
+    pub author: AuthorId,
+    /// The author's display name, if the node knows it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub author_name: Option<String>,
+    /// The comment.
+    pub text: String,
+    /// When it was written (ms since the Unix epoch, as claimed by its author).
+    pub time: i64,
+}
+
+/// Vote totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteCount {
+    /// Votes for.
+    pub up: u64,
+    /// Votes against.
+    pub down: u64,
+}
+
+/// An idea as shown to people: the materialised state of an idea document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Idea {
+    /// The idea's document id.
+    pub id: DocId,
+    /// The space it belongs to.
+    pub space: SpaceId,
+    /// Title.
+    pub title: String,
+    /// Body.
+    pub body: String,
+    /// Who created it (the actor of the creating change).
+    pub author: AuthorId,
+    /// The author's display name, if the node knows it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub author_name: Option<String>,
+    /// When it was created (ms since the Unix epoch, as claimed by its author).
+    pub created: i64,
+    /// Tags, sorted.
+    pub tags: Vec<String>,
+    /// Status.
+    pub status: Status,
+    /// Vote totals.
+    pub votes: VoteCount,
+    /// Each author's vote.
+    pub voters: std::collections::BTreeMap<AuthorId, Vote>,
+    /// Comments in document order.
+    pub comments: Vec<Comment>,
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+fn truncate_bytes(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+fn scalar_str<D: ReadDoc>(doc: &D, obj: &ExId, key: &str) -> Option<String> {
+    match doc.get(obj, key).ok()?? {
+        (Value::Scalar(s), _) => s.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+fn timestamp<D: ReadDoc>(doc: &D, obj: &ExId, key: &str) -> i64 {
+    match doc.get(obj, key).ok().flatten() {
+        Some((Value::Scalar(s), _)) => match s.as_ref() {
+            ScalarValue::Timestamp(t) | ScalarValue::Int(t) => *t,
+            _ => 0,
+        },
+        _ => 0,
+    }
+}
+
+/// Materialises an idea document. Returns `None` if the document is not (yet) an idea, for
+/// example when only later changes have arrived. Untrusted content is cut to the protocol limits.
+pub fn read_idea<D: ReadDoc>(doc: &D, space: SpaceId, id: DocId) -> Option<Idea> {
+    let (type_value, type_id) = doc.get(ROOT, "type").ok()??;
+    if type_value.as_str() != Some("idea") {
+        return None;
+    }
+    // The creator is whoever wrote the `type` key first; later writers cannot change it because
+    // the value we read carries its own actor.
+    let author = author_of_exid(&type_id)?;
+    let title = truncate_chars(
+        &scalar_str(doc, &ROOT, "title").unwrap_or_default(),
+        MAX_TITLE_CHARS,
+    );
+    let body = match doc.get(ROOT, "body").ok().flatten() {
+        Some((Value::Object(ObjType::Text), body)) => doc.text(&body).unwrap_or_default(),
+        _ => String::new(),
+    };
+    let body = truncate_bytes(body, MAX_BODY_BYTES);
+    let status = scalar_str(doc, &ROOT, "status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_default();
+    let mut tags: Vec<String> = match doc.get(ROOT, "tags").ok().flatten() {
+        Some((Value::Object(ObjType::Map), tags)) => doc
+            .keys(&tags)
+            .filter(|t| validate_tag(t).as_deref() == Ok(t.as_str()))
+            .take(MAX_TAGS * 4)
+            .collect(),
+        _ => Vec::new(),
+    };
+    tags.sort();
+    let mut voters = std::collections::BTreeMap::new();
+    if let Some((Value::Object(ObjType::Map), votes)) = doc.get(ROOT, "votes").ok().flatten() {
+        for key in doc.keys(&votes) {
+            let Ok(voter) = key.parse::<AuthorId>() else {
+                continue;
+            };
+            // Among concurrent values for this key, only one written by the voter counts.
+            let own = doc.get_all(&votes, key.as_str()).ok().and_then(|all| {
+                all.into_iter().rev().find_map(|(v, id)| {
+                    if author_of_exid(&id) != Some(voter) {
+                        return None;
+                    }
+                    match v.as_str()? {
+                        "up" => Some(Vote::Up),
+                        "down" => Some(Vote::Down),
+                        _ => None,
+                    }
+                })
+            });
+            if let Some(vote) = own {
+                voters.insert(voter, vote);
+            }
+        }
+    }
+    let votes = VoteCount {
+        up: voters.values().filter(|v| **v == Vote::Up).count() as u64,
+        down: voters.values().filter(|v| **v == Vote::Down).count() as u64,
+    };
+    let mut comments = Vec::new();
+    if let Some((Value::Object(ObjType::List), list)) = doc.get(ROOT, "comments").ok().flatten() {
+        for i in 0..doc.length(&list) {
+            let Some((Value::Object(ObjType::Map), c)) = doc.get(&list, i).ok().flatten() else {
+                continue;
+            };
+            let Some(author) = author_of_exid(&c) else {
+                continue;
+            };
+            let text = scalar_str(doc, &c, "text").unwrap_or_default();
+            comments.push(Comment {
+                author,
+                author_name: None,
+                text: truncate_bytes(text, MAX_COMMENT_BYTES),
+                time: timestamp(doc, &c, "time"),
+            });
+        }
+    }
+    Some(Idea {
+        id,
+        space,
+        title,
+        body,
+        author,
+        author_name: None,
+        created: timestamp(doc, &ROOT, "created"),
+        tags,
+        status,
+        votes,
+        voters,
+        comments,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc_for(author: &AuthorId, n: u8) -> AutoCommit {
+        AutoCommit::new().with_actor(actor_for(author, &[n; 16]))
+    }
+
+    #[test]
+    fn idea_round_trip_and_foreign_votes_ignored() {
+        let alice = AuthorId([1; 32]);
+        let bob = AuthorId([2; 32]);
+        let mut a = doc_for(&alice, 1);
+        let draft = IdeaDraft {
+            title: "  Lunch rota ".into(),
+            body: "Who brings what".into(),
+            tags: vec!["Food".into(), "food".into(), "team".into()],
+        };
+        create_idea(&mut a, &draft, &alice, 1_700_000_000_000).unwrap();
+        let mut b = doc_for(&bob, 2);
+        b.merge(&mut a).unwrap();
+        add_comment(&mut b, &bob, "I bring soup", 1_700_000_001_000).unwrap();
+        cast_vote(&mut b, &bob, Vote::Up, 1).unwrap();
+        // Bob writes a vote under Alice's key: it must not count.
+        let votes = object(&b, "votes").unwrap();
+        b.put(&votes, alice.to_hex(), "down").unwrap();
+        b.commit();
+        let idea = read_idea(&b, SpaceId([0; 16]), DocId([9; 16])).unwrap();
+        assert_eq!(idea.title, "Lunch rota");
+        assert_eq!(idea.tags, vec!["food", "team"]);
+        assert_eq!(idea.author, alice);
+        assert_eq!(idea.votes, VoteCount { up: 1, down: 0 });
+        assert_eq!(idea.comments.len(), 1);
+        assert_eq!(idea.comments[0].author, bob);
+        assert_eq!(idea.status, Status::Open);
+    }
+
+    #[test]
+    fn drafts_are_bounded() {
+        let long = "x".repeat(MAX_TITLE_CHARS + 1);
+        let bad = |title: &str, tags: Vec<&str>| {
+            IdeaDraft {
+                title: title.into(),
+                body: String::new(),
+                tags: tags.into_iter().map(String::from).collect(),
+            }
+            .validated()
+        };
+        assert_eq!(bad("   ", vec![]), Err(SchemaError::EmptyTitle));
+        assert!(matches!(
+            bad(&long, vec![]),
+            Err(SchemaError::TitleTooLong(_))
+        ));
+        assert!(matches!(bad("t", vec!["a b"]), Err(SchemaError::BadTag(_))));
+        assert!(matches!(bad("t", vec![""]), Err(SchemaError::BadTag(_))));
+        assert!(bad("t", vec!["ok"]).is_ok());
+        assert!(validate_name("").is_err());
+        assert!("weird".parse::<Status>().is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! Identifiers: who wrote something ([`AuthorId`]), where ([`SpaceId`]) and in which document
+//! ([`DocId`]). All are fixed-size byte strings written as lowercase hex.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+use std::fmt;
+use std::str::FromStr;
+
+/// Why a textual identifier could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdError {
+    /// The text is not lowercase/uppercase hex of the right length.
+    #[error("expected {expected} hex characters for {what}, got {got:?}")]
+    BadHex {
+        /// Which kind of id was expected.
+        what: &'static str,
+        /// How many hex characters it takes.
+        expected: usize,
+        /// The text that was given (cut to 80 characters).
+        got: String,
+    },
+}
+
+macro_rules! hex_id {
+    ($(#[$doc:meta])* $name:ident, $len:expr, $what:expr) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub [u8; $len]);
+
+        impl $name {
+            /// Length of the id in bytes.
+            pub const LEN: usize = $len;
+
+            /// The raw bytes.
+            pub fn as_bytes(&self) -> &[u8; $len] {
+                &self.0
+            }
+
+            /// Builds the id from a byte slice of exactly [`Self::LEN`] bytes.
+            pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+                <[u8; $len]>::try_from(bytes).ok().map(Self)
+            }
+
+            /// Lowercase hex, as used in the API, the CLI and topic names.
+            pub fn to_hex(&self) -> String {
+                hex::encode(self.0)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.to_hex())
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}({})", stringify!($name), self.to_hex())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                let bad = || IdError::BadHex {
+                    what: $what,
+                    expected: $len * 2,
+                    got: s.chars().take(80).collect(),
+                };
+                if s.len() != $len * 2 {
+                    return Err(bad());
+                }
+                let mut out = [0u8; $len];
+                hex::decode_to_slice(s, &mut out).map_err(|_| bad())?;
+                Ok(Self(out))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.to_hex())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+hex_id!(
+    /// An author: the 32-byte ed25519 public key that signs their contributions.
+    AuthorId,
+    32,
+    "an author id"
+);
+hex_id!(
+    /// A space: 16 bytes chosen at random by its creator.
+    SpaceId,
+    16,
+    "a space id"
+);
+hex_id!(
+    /// A document inside a space: an idea (16 random bytes chosen by its creator) or an author's
+    /// profile (derived, see [`DocId::profile`]).
+    DocId,
+    16,
+    "an idea id"
+);
+
+/// Domain prefix of the profile document id derivation.
+pub const PROFILE_DOC_DOMAIN: &[u8] = b"agora/profile-doc/v1";
+
+impl SpaceId {
+    /// The gossipsub topic on which the space's contributions travel: `agora/v1/space/<hex id>`.
+    pub fn topic(&self) -> String {
+        format!("agora/v1/space/{}", self.to_hex())
+    }
+}
+
+impl DocId {
+    /// The id of `author`'s profile document in `space`: the first 16 bytes of
+    /// `SHA-256("agora/profile-doc/v1" || space || author)`. Only `author` may write to it.
+    pub fn profile(space: &SpaceId, author: &AuthorId) -> DocId {
+        let mut h = Sha256::new();
+        h.update(PROFILE_DOC_DOMAIN);
+        h.update(space.0);
+        h.update(author.0);
+        let digest = h.finalize();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest[..16]);
+        DocId(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trip_and_errors() {
+        let s = SpaceId([7; 16]);
+        assert_eq!(s.to_hex().parse::<SpaceId>().unwrap(), s);
+        assert!("zz".parse::<SpaceId>().is_err());
+        assert!("00".repeat(17).parse::<SpaceId>().is_err());
+        assert!("g0".repeat(16).parse::<SpaceId>().is_err());
+        // Multi-byte characters must not panic the length check.
+        assert!("é".repeat(16).parse::<SpaceId>().is_err());
+        assert_eq!(s.topic(), format!("agora/v1/space/{}", "07".repeat(16)));
+    }
+
+    #[test]
+    fn profile_doc_depends_on_space_and_author() {
+        let a = DocId::profile(&SpaceId([1; 16]), &AuthorId([2; 32]));
+        let b = DocId::profile(&SpaceId([1; 16]), &AuthorId([3; 32]));
+        let c = DocId::profile(&SpaceId([4; 16]), &AuthorId([2; 32]));
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+    }
+}

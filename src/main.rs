@@ -1,0 +1,576 @@
+//! `agora`: the command-line interface of an Agora node.
+//!
+//! `init` and `up` work on the data directory directly; every other command talks to the running
+//! node through its HTTP API, using the address and token the node wrote to `<data dir>/api.json`.
+
+use agora_node::config::{ApiFile, Config, API_FILE};
+use agora_node::Node;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "agora",
+    version,
+    about = "Agora: share ideas with your team, peer to peer"
+)]
+struct Cli {
+    /// Data directory (identity, store, API file). Default: the platform's data dir.
+    #[arg(long, global = true, env = "AGORA_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the identity and the store; print the author id and peer id.
+    Init {
+        /// Your display name, shown next to your ideas and comments.
+        #[arg(long)]
+        name: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the node in the foreground (Ctrl-C stops it cleanly).
+    Up(UpArgs),
+    /// Show the node's identity, addresses, peers and counters.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Spaces: a team's shared area.
+    #[command(subcommand)]
+    Space(SpaceCmd),
+    /// Ideas in a space.
+    #[command(subcommand)]
+    Idea(IdeaCmd),
+    /// Connected peers.
+    Peers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dial a peer by multiaddr (e.g. /ip4/192.168.1.20/tcp/7400).
+    Dial {
+        /// The peer's multiaddr.
+        addr: String,
+    },
+    /// Set your display name (published to every space you are in).
+    Name {
+        /// The name.
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Multiaddr to listen on (repeatable). Default: /ip4/0.0.0.0/tcp/0.
+    #[arg(long, env = "AGORA_LISTEN", value_delimiter = ',')]
+    listen: Vec<String>,
+    /// Multiaddr of a peer to dial (repeatable).
+    #[arg(long, env = "AGORA_PEERS", value_delimiter = ',')]
+    peer: Vec<String>,
+    /// HOST:PORT for the HTTP API and web UI (loopback only). Default: 127.0.0.1:7420.
+    #[arg(long, env = "AGORA_API")]
+    api: Option<String>,
+    /// Do not discover peers by mDNS.
+    #[arg(long, env = "AGORA_NO_MDNS")]
+    no_mdns: bool,
+}
+
+#[derive(Subcommand)]
+enum SpaceCmd {
+    /// Create a space and join it; prints its id.
+    Create {
+        /// The space's name.
+        name: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Join a space by id.
+    Join {
+        /// The space id (32 hex characters).
+        space_id: String,
+    },
+    /// List joined spaces.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum IdeaCmd {
+    /// Post an idea; prints its id.
+    Add {
+        /// The space id.
+        #[arg(long)]
+        space: String,
+        /// Title.
+        #[arg(long)]
+        title: String,
+        /// Body.
+        #[arg(long, default_value = "")]
+        body: String,
+        /// Tag (repeatable).
+        #[arg(long)]
+        tag: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the ideas of a space.
+    List {
+        /// The space id.
+        #[arg(long)]
+        space: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one idea with its comments and votes.
+    Show {
+        /// The idea id.
+        idea_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Comment on an idea.
+    Comment {
+        /// The idea id.
+        idea_id: String,
+        /// The comment.
+        text: String,
+    },
+    /// Vote for an idea (or against it with --down).
+    Vote {
+        /// The idea id.
+        idea_id: String,
+        /// Vote against.
+        #[arg(long)]
+        down: bool,
+    },
+    /// Set an idea's status: open, accepted, in_progress, done or declined.
+    Status {
+        /// The idea id.
+        idea_id: String,
+        /// The new status.
+        status: String,
+    },
+}
+
+fn data_dir(cli: &Cli) -> Result<PathBuf> {
+    match &cli.data_dir {
+        Some(d) => Ok(d.clone()),
+        None => agora_node::config::default_data_dir().ok_or_else(|| {
+            anyhow!("cannot find a data directory: pass --data-dir or set AGORA_DATA_DIR")
+        }),
+    }
+}
+
+/// A client of the running node's API.
+struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+    dir: PathBuf,
+}
+
+impl Client {
+    fn connect(dir: PathBuf) -> Result<Client> {
+        let path = dir.join(API_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|_| {
+            anyhow!(
+                "no node is running for {}: start one with `agora --data-dir {} up`",
+                dir.display(),
+                dir.display()
+            )
+        })?;
+        let api: ApiFile = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is damaged: restart the node to rewrite it",
+                path.display()
+            )
+        })?;
+        Ok(Client {
+            base: format!("http://{}/api/v1", api.addr),
+            token: api.token,
+            http: reqwest::Client::new(),
+            dir,
+        })
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        let mut req = self
+            .http
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            if e.is_connect() {
+                anyhow!(
+                    "no node is running for {} (its API does not answer): start one with `agora --data-dir {} up`",
+                    self.dir.display(),
+                    self.dir.display()
+                )
+            } else {
+                anyhow!("talking to the node failed: {e}")
+            }
+        })?;
+        let status = resp.status();
+        let value: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let msg = value["error"]
+                .as_str()
+                .unwrap_or("unexpected answer from the node");
+            bail!("{msg}");
+        }
+        Ok(value)
+    }
+
+    async fn get(&self, path: &str) -> Result<Value> {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<Value> {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Checks an id locally so that a typo gets a clear message without a round trip.
+fn check_id<T: std::str::FromStr>(s: &str) -> Result<String>
+where
+    T::Err: std::fmt::Display,
+{
+    s.trim()
+        .parse::<T>()
+        .map_err(|e| anyhow!("{e}: copy the id from `agora space list` or `agora idea list`"))?;
+    Ok(s.trim().to_lowercase())
+}
+
+fn who(v: &Value) -> String {
+    let id = v["author"].as_str().unwrap_or("?");
+    match v["author_name"].as_str() {
+        Some(n) => format!("{n} ({})", &id[..id.len().min(8)]),
+        None => id[..id.len().min(16)].to_string(),
+    }
+}
+
+async fn up(dir: PathBuf, args: UpArgs) -> Result<()> {
+    let mut config = Config::load(dir).context("cannot read the config file")?;
+    if !args.listen.is_empty() {
+        config.listen = args.listen;
+    }
+    config.peers.extend(args.peer);
+    if let Some(api) = args.api {
+        config.api = api;
+    }
+    if args.no_mdns {
+        config.mdns = false;
+    }
+    // Check addresses before anything starts, so a typo gets a one-line error.
+    config.listen_addrs()?;
+    config.peer_addrs()?;
+    config.api_addr()?;
+    let node = Node::start(config).await?;
+    let api = node.api_addr().expect("set by start");
+    let status = node.status().await?;
+    println!("agora node running");
+    println!("  author:  {}", node.author());
+    println!("  peer id: {}", node.peer_id());
+    println!("  web UI:  http://{api}/#token={}", node.api_token());
+    println!("  data:    {}", node.data_dir().display());
+    for a in &status.listen_addrs {
+        println!("  listen:  {a}");
+    }
+    println!("Press Ctrl-C to stop.");
+    wait_for_signal().await;
+    println!("stopping...");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let dir = data_dir(&cli)?;
+    match cli.command {
+        Command::Init { name, json } => {
+            let config = Config::load(dir.clone())?;
+            let (identity, created) = agora_node::init(&config, name.as_deref())?;
+            let out = json!({
+                "author": identity.author(),
+                "peer_id": agora_node::peer_id_of(&identity),
+                "data_dir": dir,
+                "created": created,
+            });
+            if json {
+                print_json(&out);
+            } else {
+                println!(
+                    "{} identity in {}",
+                    if created { "created" } else { "existing" },
+                    dir.display()
+                );
+                println!("author:  {}", identity.author());
+                println!("peer id: {}", out["peer_id"].as_str().unwrap_or_default());
+            }
+            Ok(())
+        }
+        Command::Up(args) => up(dir, args).await,
+        cmd => {
+            let c = Client::connect(dir)?;
+            client_command(&c, cmd).await
+        }
+    }
+}
+
+async fn client_command(c: &Client, cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Status { json } => {
+            let s = c.get("/status").await?;
+            if json {
+                print_json(&s);
+            } else {
+                println!("author:   {}", s["author"].as_str().unwrap_or_default());
+                if let Some(n) = s["name"].as_str() {
+                    println!("name:     {n}");
+                }
+                println!("peer id:  {}", s["peer_id"].as_str().unwrap_or_default());
+                for a in s["listen_addrs"].as_array().into_iter().flatten() {
+                    println!("listen:   {}", a.as_str().unwrap_or_default());
+                }
+                println!("peers:    {}", s["peers"].as_array().map_or(0, Vec::len));
+                println!("spaces:   {}", s["spaces"]);
+                println!("stored:   {} contributions", s["contributions"]);
+                println!(
+                    "received: {} accepted, {} duplicates, {} waiting, rejected {}",
+                    s["counters"]["accepted"],
+                    s["counters"]["duplicates"],
+                    s["counters"]["pending"],
+                    s["counters"]["rejected"]
+                );
+            }
+        }
+        Command::Peers { json } => {
+            let p = c.get("/peers").await?;
+            if json {
+                print_json(&p);
+            } else if p.as_array().is_none_or(Vec::is_empty) {
+                println!("no peers connected");
+            } else {
+                for peer in p.as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {}",
+                        peer["peer_id"].as_str().unwrap_or_default(),
+                        peer["addrs"][0].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Command::Dial { addr } => {
+            c.post("/peers", json!({ "addr": addr })).await?;
+            println!("dialing {addr}");
+        }
+        Command::Name { name } => {
+            c.send(
+                reqwest::Method::PUT,
+                "/profile",
+                Some(json!({ "name": name })),
+            )
+            .await?;
+            println!("display name set");
+        }
+        Command::Space(SpaceCmd::Create { name, json }) => {
+            let v = c.post("/spaces", json!({ "name": name })).await?;
+            if json {
+                print_json(&json!({ "id": v["id"], "name": v["name"] }));
+            } else {
+                println!("{}", v["id"].as_str().unwrap_or_default());
+            }
+        }
+        Command::Space(SpaceCmd::Join { space_id }) => {
+            let id = check_id::<agora_protocol::SpaceId>(&space_id)?;
+            c.post(&format!("/spaces/{id}/join"), json!({})).await?;
+            println!("joined {id}");
+        }
+        Command::Space(SpaceCmd::List { json }) => {
+            let v = c.get("/spaces").await?;
+            if json {
+                print_json(&v);
+            } else {
+                for s in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:<24} {} ideas",
+                        s["id"].as_str().unwrap_or_default(),
+                        s["name"].as_str().unwrap_or("(name unknown)"),
+                        s["ideas"]
+                    );
+                }
+            }
+        }
+        Command::Idea(IdeaCmd::Add {
+            space,
+            title,
+            body,
+            tag,
+            json,
+        }) => {
+            let space = check_id::<agora_protocol::SpaceId>(&space)?;
+            let v = c
+                .post(
+                    &format!("/spaces/{space}/ideas"),
+                    json!({ "title": title, "body": body, "tags": tag }),
+                )
+                .await?;
+            if json {
+                print_json(&json!({ "id": v["id"] }));
+            } else {
+                println!("{}", v["id"].as_str().unwrap_or_default());
+            }
+        }
+        Command::Idea(IdeaCmd::List { space, json }) => {
+            let space = check_id::<agora_protocol::SpaceId>(&space)?;
+            let v = c.get(&format!("/spaces/{space}/ideas")).await?;
+            if json {
+                print_json(&v);
+            } else {
+                for i in v.as_array().into_iter().flatten() {
+                    println!(
+                        "{}  [{}] {}  (+{} -{}, {} comments) by {}",
+                        i["id"].as_str().unwrap_or_default(),
+                        i["status"].as_str().unwrap_or_default(),
+                        i["title"].as_str().unwrap_or_default(),
+                        i["votes"]["up"],
+                        i["votes"]["down"],
+                        i["comments"].as_array().map_or(0, Vec::len),
+                        who(i)
+                    );
+                }
+            }
+        }
+        Command::Idea(IdeaCmd::Show { idea_id, json }) => {
+            let id = check_id::<agora_protocol::DocId>(&idea_id)?;
+            let i = c.get(&format!("/ideas/{id}")).await?;
+            if json {
+                print_json(&i);
+            } else {
+                println!("{}", i["title"].as_str().unwrap_or_default());
+                println!("  id:     {}", i["id"].as_str().unwrap_or_default());
+                println!("  by:     {}", who(&i));
+                println!("  status: {}", i["status"].as_str().unwrap_or_default());
+                let tags: Vec<&str> = i["tags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect();
+                if !tags.is_empty() {
+                    println!("  tags:   {}", tags.join(", "));
+                }
+                println!("  votes:  +{} -{}", i["votes"]["up"], i["votes"]["down"]);
+                let body = i["body"].as_str().unwrap_or_default();
+                if !body.is_empty() {
+                    println!("\n{body}\n");
+                }
+                for cm in i["comments"].as_array().into_iter().flatten() {
+                    println!(
+                        "  - {}: {}",
+                        who(cm),
+                        cm["text"].as_str().unwrap_or_default()
+                    );
+                }
+            }
+        }
+        Command::Idea(IdeaCmd::Comment { idea_id, text }) => {
+            let id = check_id::<agora_protocol::DocId>(&idea_id)?;
+            c.post(&format!("/ideas/{id}/comments"), json!({ "text": text }))
+                .await?;
+            println!("comment added");
+        }
+        Command::Idea(IdeaCmd::Vote { idea_id, down }) => {
+            let id = check_id::<agora_protocol::DocId>(&idea_id)?;
+            let vote = if down { "down" } else { "up" };
+            c.post(&format!("/ideas/{id}/votes"), json!({ "vote": vote }))
+                .await?;
+            println!("voted {vote}");
+        }
+        Command::Idea(IdeaCmd::Status { idea_id, status }) => {
+            let id = check_id::<agora_protocol::DocId>(&idea_id)?;
+            status
+                .parse::<agora_protocol::Status>()
+                .map_err(|e| anyhow!("{e}"))?;
+            c.post(&format!("/ideas/{id}/status"), json!({ "status": status }))
+                .await?;
+            println!("status set to {status}");
+        }
+        Command::Init { .. } | Command::Up(_) => unreachable!("handled before connecting"),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let is_up = matches!(cli.command, Command::Up(_));
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| if is_up { "warn,agora=info" } else { "error" }.into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
