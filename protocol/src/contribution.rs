@@ -6,9 +6,9 @@
 //! "change": bstr, "sig": bstr(64)}` with the keys in exactly that order and definite lengths.
 //!
 //! The signature is ed25519 over [`signing_message`]: a fixed domain prefix, the space, the
-//! document, the kind and the Automerge change hash (SHA-256 of the change's bytes, recomputed by
-//! the receiver). The change's actor id must begin with the author's public key, so no one can
-//! write under someone else's name.
+//! document, the kind and the Automerge change hash (SHA-256 of the change chunk after its magic
+//! and checksum, recomputed by the receiver). The change's actor id must begin with the author's
+//! public key, so no one can write under someone else's name.
 
 use crate::identity::Identity;
 use crate::ids::{AuthorId, DocId, SpaceId};
@@ -23,6 +23,9 @@ pub const WIRE_VERSION: u8 = 1;
 /// Domain-separation prefix of the signed message. It ends with a zero byte so that no other
 /// Agora message prefix can be a prefix of it.
 pub const SIGNING_DOMAIN: &[u8] = b"agora-contribution-v1\0";
+/// The Automerge chunk type of an uncompressed change: the byte at offset 8 of the change
+/// bytes (after the 4-byte magic and the 4-byte checksum). Compressed chunks are refused.
+pub const CHANGE_CHUNK_TYPE: u8 = 1;
 
 /// What kind of document a contribution edits. The kind decides who may write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -294,8 +297,23 @@ impl Contribution {
         if self.change.len() > MAX_CHANGE_BYTES {
             return Err(Rejection::BadChange("change too large".into()));
         }
+        // Only an uncompressed change chunk (magic, checksum, chunk type 1): Automerge would also
+        // inflate a DEFLATE-compressed chunk (type 2), without bound, before any signature check.
+        if self.change.get(8) != Some(&CHANGE_CHUNK_TYPE) {
+            return Err(Rejection::BadChange(
+                "not an uncompressed automerge change chunk".into(),
+            ));
+        }
         let change = Change::from_bytes(self.change.clone())
             .map_err(|e| Rejection::BadChange(e.to_string().chars().take(200).collect()))?;
+        // Automerge does not check the chunk checksum, and the signature covers the change hash,
+        // not these bytes: without this check anyone could re-wrap a signed change in 2^32
+        // encodings, each a valid contribution with its own gossip message id.
+        if self.change[4..8] != change.hash().0[..4] {
+            return Err(Rejection::BadChange(
+                "change checksum does not match its hash".into(),
+            ));
+        }
         let actor = change.actor_id().to_bytes();
         if actor.len() < 32 || actor.len() > MAX_ACTOR_BYTES || actor[..32] != self.author.0 {
             return Err(Rejection::ActorNotSigner);

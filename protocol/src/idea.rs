@@ -441,8 +441,9 @@ pub fn read_idea<D: ReadDoc>(doc: &D, space: SpaceId, id: DocId) -> Option<Idea>
     if type_value.as_str() != Some("idea") {
         return None;
     }
-    // The creator is whoever wrote the `type` key first; later writers cannot change it because
-    // the value we read carries its own actor.
+    // The creator is the actor of the op that wrote the visible `type` value: the creating change
+    // in every document made by `create_idea`. Caveat (docs/PROTOCOL.md, known limitations): a
+    // later change that overwrites `type` (with any value, then "idea" again) takes this over.
     let author = author_of_exid(&type_id)?;
     let title = truncate_chars(
         &scalar_str(doc, &ROOT, "title").unwrap_or_default(),
