@@ -379,14 +379,15 @@ impl Engine {
     }
 
     /// Applies a local edit: runs `edit` on the document (created if new), signs the change,
-    /// stores and flushes it, then hands it to the network. Returns after it is durable.
+    /// stores and flushes it, then hands it to the network. Returns after it is durable, with
+    /// the contribution, or `None` when the edit changed nothing.
     pub fn local_edit(
         &mut self,
         space: SpaceId,
         doc: DocId,
         kind: DocKind,
         edit: impl FnOnce(&mut AutoCommit) -> Result<Change, idea::SchemaError>,
-    ) -> Result<Contribution, EngineError> {
+    ) -> Result<Option<Contribution>, EngineError> {
         let (author, nonce) = (self.author, self.actor_nonce);
         let space_state = self
             .spaces
@@ -401,6 +402,8 @@ impl Engine {
         });
         let change = match edit(&mut state.doc) {
             Ok(c) => c,
+            // Nothing changed (the same vote again): nothing to sign, store or send.
+            Err(idea::SchemaError::Unchanged) => return Ok(None),
             Err(e) => {
                 state.doc.rollback();
                 if is_new {
@@ -436,7 +439,7 @@ impl Engine {
         }
         self.maybe_snapshot(space, doc)?;
         self.to_net(NetRequest::Publish { space, bytes });
-        Ok(contribution)
+        Ok(Some(contribution))
     }
 
     fn reload_doc(&mut self, space: SpaceId, doc: DocId) -> Result<(), EngineError> {
@@ -500,17 +503,18 @@ impl Engine {
             .ok_or(EngineError::UnknownIdea(idea))
     }
 
-    /// Posts a new idea (random id from the caller).
+    /// Posts a new idea; `salt` is 16 random bytes from the caller (see `DocId::idea`).
     pub fn create_idea(
         &mut self,
         space: SpaceId,
-        id: DocId,
+        salt: [u8; 16],
         draft: &IdeaDraft,
         now_ms: i64,
     ) -> Result<DocId, EngineError> {
         let author = self.author;
+        let id = DocId::idea(&space, &author, &salt);
         self.local_edit(space, id, DocKind::Idea, |d| {
-            idea::create_idea(d, draft, &author, now_ms)
+            idea::create_idea(d, draft, &author, &salt, now_ms)
         })?;
         Ok(id)
     }

@@ -415,8 +415,8 @@ impl NodeHandle {
         space: SpaceId,
         draft: IdeaDraft,
     ) -> Result<DocId, EngineError> {
-        let id = DocId(random_bytes());
-        self.call(move |e| e.create_idea(space, id, &draft, now_ms()))
+        let salt = random_bytes();
+        self.call(move |e| e.create_idea(space, salt, &draft, now_ms()))
             .await?
     }
 

@@ -91,6 +91,17 @@ pub enum Rejection {
     /// A profile document may only be written by its owner.
     #[error("profile document does not belong to the signing author")]
     NotProfileOwner,
+    /// A change without dependencies (the creation of an idea) whose id is not bound to its
+    /// author by [`DocId::idea`] and the salt in the change message.
+    #[error("idea creation not bound to its author: only the creator of an idea may create it")]
+    NotIdeaCreator,
+    /// A change writes a field that only the idea's creation may write (type, author, created,
+    /// salt, or one of the body/tags/comments/votes containers).
+    #[error("change rewrites the protected idea field {0:?}")]
+    ProtectedField(String),
+    /// A change writes an author-keyed entry (a vote) under another author's key.
+    #[error("change writes an entry keyed by another author")]
+    ForeignKey,
     /// The ed25519 signature does not verify (or the key is not a valid, non-weak public key).
     #[error("signature does not verify")]
     BadSignature,
@@ -117,6 +128,9 @@ impl Rejection {
             Rejection::BadChange(_) => "bad_change",
             Rejection::ActorNotSigner => "actor_not_signer",
             Rejection::NotProfileOwner => "not_profile_owner",
+            Rejection::NotIdeaCreator => "not_idea_creator",
+            Rejection::ProtectedField(_) => "protected_field",
+            Rejection::ForeignKey => "foreign_key",
             Rejection::BadSignature => "bad_signature",
             Rejection::UnknownSpace => "unknown_space",
             Rejection::WrongTopic => "wrong_topic",
@@ -318,8 +332,14 @@ impl Contribution {
         if actor.len() < 32 || actor.len() > MAX_ACTOR_BYTES || actor[..32] != self.author.0 {
             return Err(Rejection::ActorNotSigner);
         }
-        if self.kind == DocKind::Profile && self.doc != DocId::profile(&self.space, &self.author) {
-            return Err(Rejection::NotProfileOwner);
+        match self.kind {
+            DocKind::Profile if self.doc != DocId::profile(&self.space, &self.author) => {
+                return Err(Rejection::NotProfileOwner)
+            }
+            DocKind::Idea => {
+                crate::idea::check_idea_change(&self.space, &self.doc, &self.author, &change)?
+            }
+            DocKind::Profile => {}
         }
         let message = signing_message(&self.space, &self.doc, self.kind, &change.hash());
         Ok((change, message))

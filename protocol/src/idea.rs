@@ -132,6 +132,9 @@ pub enum SchemaError {
     /// The document is not an idea (or has not been created yet).
     #[error("the document is not an idea")]
     NotAnIdea,
+    /// The edit would change nothing (for example the same vote again).
+    #[error("nothing to change")]
+    Unchanged,
     /// Automerge refused the edit (a bug, or a document in an impossible state).
     #[error("automerge error: {0}")]
     Automerge(String),
@@ -231,21 +234,98 @@ fn author_of_exid(id: &ExId) -> Option<AuthorId> {
     }
 }
 
-fn commit(doc: &mut AutoCommit, now_ms: i64) -> Result<Change, SchemaError> {
-    doc.commit_with(CommitOptions::default().with_time(now_ms.div_euclid(1000)));
+fn commit_with(doc: &mut AutoCommit, options: CommitOptions) -> Result<Change, SchemaError> {
+    // An edit that changes nothing (the same vote twice, the current status) makes no change.
+    if doc.commit_with(options).is_none() {
+        return Err(SchemaError::Unchanged);
+    }
     doc.get_last_local_change()
         .ok_or_else(|| SchemaError::Automerge("commit produced no change".into()))
 }
 
-/// Writes a new idea into an empty document and returns the change to sign.
+fn commit(doc: &mut AutoCommit, now_ms: i64) -> Result<Change, SchemaError> {
+    commit_with(
+        doc,
+        CommitOptions::default().with_time(now_ms.div_euclid(1000)),
+    )
+}
+
+/// Prefix of the message of an idea's creating change; the salt follows as 32 hex characters.
+pub const IDEA_CREATION_MESSAGE: &str = "agora-idea-v1:";
+
+/// Root keys only the creating change of an idea may write.
+const PROTECTED_ROOT_KEYS: [&str; 8] = [
+    "type", "author", "created", "salt", "body", "tags", "comments", "votes",
+];
+/// Root keys any later change may write.
+const EDITABLE_ROOT_KEYS: [&str; 2] = ["title", "status"];
+
+fn is_author_key(key: &str) -> bool {
+    key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The write rules of an idea document, checked on each change on its own (so the verdict does
+/// not depend on arrival order):
+/// 1. A change without dependencies creates the idea: its message is
+///    `agora-idea-v1:<salt as 32 hex>` and [`DocId::idea`]`(space, author, salt)` is the document
+///    id. No one else can create (or re-create) an idea under that id.
+/// 2. Any other change may write only `title` and `status` at the root, never the protected keys
+///    (type, author, created, salt, and the body/tags/comments/votes containers).
+/// 3. A map key that looks like an author id (64 hex characters) may be written only by that
+///    author, spelled in lowercase: no one votes under someone else's name.
+pub fn check_idea_change(
+    space: &SpaceId,
+    doc_id: &DocId,
+    author: &AuthorId,
+    change: &Change,
+) -> Result<(), crate::Rejection> {
+    use crate::Rejection;
+    use automerge::legacy::{Key, ObjectId};
+    let creation = change.deps().is_empty();
+    if creation {
+        let salt = change
+            .message()
+            .and_then(|m| m.strip_prefix(IDEA_CREATION_MESSAGE))
+            .filter(|s| s.len() == 32)
+            .and_then(|s| {
+                let mut salt = [0u8; 16];
+                hex::decode_to_slice(s, &mut salt).ok().map(|()| salt)
+            })
+            .ok_or(Rejection::NotIdeaCreator)?;
+        if DocId::idea(space, author, &salt) != *doc_id {
+            return Err(Rejection::NotIdeaCreator);
+        }
+    }
+    let own_key = author.to_hex();
+    for op in change.decode().operations {
+        let Key::Map(key) = &op.key else { continue };
+        if !creation && op.obj == ObjectId::Root && !EDITABLE_ROOT_KEYS.contains(&key.as_str()) {
+            let shown = if PROTECTED_ROOT_KEYS.contains(&key.as_str()) {
+                key.to_string()
+            } else {
+                key.chars().take(40).collect()
+            };
+            return Err(Rejection::ProtectedField(shown));
+        }
+        if is_author_key(key) && key.as_str() != own_key {
+            return Err(Rejection::ForeignKey);
+        }
+    }
+    Ok(())
+}
+
+/// Writes a new idea into an empty document and returns the change to sign. The document's id
+/// must be [`DocId::idea`]`(space, author, salt)`; `salt` is 16 random bytes from the caller.
 pub fn create_idea(
     doc: &mut AutoCommit,
     draft: &IdeaDraft,
     author: &AuthorId,
+    salt: &[u8; 16],
     now_ms: i64,
 ) -> Result<Change, SchemaError> {
     let draft = draft.validated()?;
     doc.put(ROOT, "type", "idea")?;
+    doc.put(ROOT, "salt", hex::encode(salt))?;
     doc.put(ROOT, "title", draft.title.as_str())?;
     let body = doc.put_object(ROOT, "body", ObjType::Text)?;
     doc.splice_text(&body, 0, 0, &draft.body)?;
@@ -258,7 +338,12 @@ pub fn create_idea(
     }
     doc.put_object(ROOT, "comments", ObjType::List)?;
     doc.put_object(ROOT, "votes", ObjType::Map)?;
-    commit(doc, now_ms)
+    commit_with(
+        doc,
+        CommitOptions::default()
+            .with_time(now_ms.div_euclid(1000))
+            .with_message(format!("{IDEA_CREATION_MESSAGE}{}", hex::encode(salt))),
+    )
 }
 
 fn object(doc: &AutoCommit, key: &str) -> Result<ExId, SchemaError> {
@@ -441,9 +526,8 @@ pub fn read_idea<D: ReadDoc>(doc: &D, space: SpaceId, id: DocId) -> Option<Idea>
     if type_value.as_str() != Some("idea") {
         return None;
     }
-    // The creator is the actor of the op that wrote the visible `type` value: the creating change
-    // in every document made by `create_idea`. Caveat (docs/PROTOCOL.md, known limitations): a
-    // later change that overwrites `type` (with any value, then "idea" again) takes this over.
+    // The creator is the actor of the op that wrote `type`: only the creating change may write
+    // it (`check_idea_change`), and only the creator can make that change.
     let author = author_of_exid(&type_id)?;
     let title = truncate_chars(
         &scalar_str(doc, &ROOT, "title").unwrap_or_default(),
@@ -472,6 +556,9 @@ pub fn read_idea<D: ReadDoc>(doc: &D, space: SpaceId, id: DocId) -> Option<Idea>
             let Ok(voter) = key.parse::<AuthorId>() else {
                 continue;
             };
+            if voter.to_hex() != key {
+                continue;
+            }
             // Among concurrent values for this key, only one written by the voter counts.
             let own = doc.get_all(&votes, key.as_str()).ok().and_then(|all| {
                 all.into_iter().rev().find_map(|(v, id)| {
@@ -503,12 +590,29 @@ pub fn read_idea<D: ReadDoc>(doc: &D, space: SpaceId, id: DocId) -> Option<Idea>
             let Some(author) = author_of_exid(&c) else {
                 continue;
             };
-            let text = scalar_str(doc, &c, "text").unwrap_or_default();
+            // Only what the comment's author wrote into it counts.
+            let own = |key: &str| -> Option<ScalarValue> {
+                doc.get_all(&c, key)
+                    .ok()?
+                    .into_iter()
+                    .rev()
+                    .find_map(|(v, id)| match (v, author_of_exid(&id) == Some(author)) {
+                        (Value::Scalar(s), true) => Some(s.into_owned()),
+                        _ => None,
+                    })
+            };
+            let text = own("text")
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            let time = match own("time") {
+                Some(ScalarValue::Timestamp(t)) | Some(ScalarValue::Int(t)) => t,
+                _ => 0,
+            };
             comments.push(Comment {
                 author,
                 author_name: None,
                 text: truncate_bytes(text, MAX_COMMENT_BYTES),
-                time: timestamp(doc, &c, "time"),
+                time,
             });
         }
     }
@@ -546,7 +650,7 @@ mod tests {
             body: "Who brings what".into(),
             tags: vec!["Food".into(), "food".into(), "team".into()],
         };
-        create_idea(&mut a, &draft, &alice, 1_700_000_000_000).unwrap();
+        create_idea(&mut a, &draft, &alice, &[5; 16], 1_700_000_000_000).unwrap();
         let mut b = doc_for(&bob, 2);
         b.merge(&mut a).unwrap();
         add_comment(&mut b, &bob, "I bring soup", 1_700_000_001_000).unwrap();
@@ -563,6 +667,56 @@ mod tests {
         assert_eq!(idea.comments.len(), 1);
         assert_eq!(idea.comments[0].author, bob);
         assert_eq!(idea.status, Status::Open);
+    }
+
+    #[test]
+    fn only_the_creator_creates_and_protected_fields_stay_put() {
+        use crate::Rejection;
+        let space = SpaceId([3; 16]);
+        let (alice, bob) = (AuthorId([1; 32]), AuthorId([2; 32]));
+        let salt = [7u8; 16];
+        let id = DocId::idea(&space, &alice, &salt);
+        let draft = IdeaDraft {
+            title: "t".into(),
+            ..Default::default()
+        };
+        let mut a = doc_for(&alice, 1);
+        let created = create_idea(&mut a, &draft, &alice, &salt, 0).unwrap();
+        assert_eq!(check_idea_change(&space, &id, &alice, &created), Ok(()));
+        // The same creation claimed by Bob, or for another id, is refused.
+        let mut b0 = doc_for(&bob, 2);
+        let forged = create_idea(&mut b0, &draft, &bob, &salt, 0).unwrap();
+        assert_eq!(
+            check_idea_change(&space, &id, &bob, &forged),
+            Err(Rejection::NotIdeaCreator)
+        );
+        // Bob's later changes: comments and his own vote are fine; rewriting the author or
+        // voting under Alice's key is not; unchanged edits make no change.
+        let mut b = doc_for(&bob, 2);
+        b.merge(&mut a).unwrap();
+        let ok = add_comment(&mut b, &bob, "hi", 1).unwrap();
+        assert_eq!(check_idea_change(&space, &id, &bob, &ok), Ok(()));
+        let ok = cast_vote(&mut b, &bob, Vote::Down, 1).unwrap();
+        assert_eq!(check_idea_change(&space, &id, &bob, &ok), Ok(()));
+        assert_eq!(
+            cast_vote(&mut b, &bob, Vote::Down, 2),
+            Err(SchemaError::Unchanged)
+        );
+        b.put(ROOT, "type", "x").unwrap();
+        b.commit();
+        let bad = b.get_last_local_change().unwrap();
+        assert_eq!(
+            check_idea_change(&space, &id, &bob, &bad),
+            Err(Rejection::ProtectedField("type".into()))
+        );
+        let votes = object(&b, "votes").unwrap();
+        b.put(&votes, alice.to_hex(), "down").unwrap();
+        b.commit();
+        let bad = b.get_last_local_change().unwrap();
+        assert_eq!(
+            check_idea_change(&space, &id, &bob, &bad),
+            Err(Rejection::ForeignKey)
+        );
     }
 
     #[test]

@@ -112,6 +112,8 @@ hex_id!(
     "an idea id"
 );
 
+/// Domain prefix of the idea document id derivation.
+pub const IDEA_DOC_DOMAIN: &[u8] = b"agora/idea-doc/v1";
 /// Domain prefix of the profile document id derivation.
 pub const PROFILE_DOC_DOMAIN: &[u8] = b"agora/profile-doc/v1";
 
@@ -123,6 +125,21 @@ impl SpaceId {
 }
 
 impl DocId {
+    /// The id of an idea created by `author` in `space` with a random 16-byte `salt`: the first
+    /// 16 bytes of `SHA-256("agora/idea-doc/v1" || space || author || salt)`. The creating change
+    /// carries the salt in its message, so receivers check that only the creator created it.
+    pub fn idea(space: &SpaceId, author: &AuthorId, salt: &[u8; 16]) -> DocId {
+        let mut h = Sha256::new();
+        h.update(IDEA_DOC_DOMAIN);
+        h.update(space.0);
+        h.update(author.0);
+        h.update(salt);
+        let digest = h.finalize();
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&digest[..16]);
+        DocId(out)
+    }
+
     /// The id of `author`'s profile document in `space`: the first 16 bytes of
     /// `SHA-256("agora/profile-doc/v1" || space || author)`. Only `author` may write to it.
     pub fn profile(space: &SpaceId, author: &AuthorId) -> DocId {
