@@ -15,17 +15,39 @@ async fn main() -> anyhow::Result<()> {
         .or_else(|| std::env::var_os("AGORA_DATA_DIR").map(Into::into))
         .or_else(default_data_dir)
         .ok_or_else(|| anyhow::anyhow!("pass the data dir as the first argument"))?;
-    let api: ApiFile = serde_json::from_slice(&std::fs::read(std::path::Path::new(&dir).join(API_FILE))?)?;
+    let api: ApiFile =
+        serde_json::from_slice(&std::fs::read(std::path::Path::new(&dir).join(API_FILE))?)?;
     let base = format!("http://{}/api/v1", api.addr);
     let http = reqwest::Client::new();
     let get = |path: String| {
         let req = http.get(format!("{base}{path}")).bearer_auth(&api.token);
-        async move { anyhow::Ok(req.send().await?.error_for_status()?.json::<Value>().await?) }
+        async move {
+            anyhow::Ok(
+                req.send()
+                    .await?
+                    .error_for_status()?
+                    .json::<Value>()
+                    .await?,
+            )
+        }
     };
-    for space in get("/spaces".into()).await?.as_array().into_iter().flatten() {
+    for space in get("/spaces".into())
+        .await?
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
         let id = space["id"].as_str().unwrap_or_default();
-        println!("space {id} {}", space["name"].as_str().unwrap_or("(unnamed)"));
-        for idea in get(format!("/spaces/{id}/ideas")).await?.as_array().into_iter().flatten() {
+        println!(
+            "space {id} {}",
+            space["name"].as_str().unwrap_or("(unnamed)")
+        );
+        for idea in get(format!("/spaces/{id}/ideas"))
+            .await?
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             println!(
                 "  {} [{}] {} (+{} -{})",
                 idea["id"].as_str().unwrap_or_default(),

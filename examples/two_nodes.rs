@@ -42,7 +42,10 @@ async fn main() -> anyhow::Result<()> {
     // straight away (anything published earlier would wait in Alice's queue).
     wait_for(Duration::from_secs(20), || async {
         let peers = alice.net_status().await.ok()?.peers;
-        peers.iter().any(|p| p.spaces.contains(&space)).then_some(())
+        peers
+            .iter()
+            .any(|p| p.spaces.contains(&space))
+            .then_some(())
     })
     .await?;
 
@@ -52,7 +55,10 @@ async fn main() -> anyhow::Result<()> {
         tags: vec!["kitchen".into()],
     };
     let idea = alice.create_idea(space, draft).await?;
-    let seen = wait_for(Duration::from_secs(20), || async { bob.show_idea(idea).await.ok() }).await?;
+    let seen = wait_for(Duration::from_secs(20), || async {
+        bob.show_idea(idea).await.ok()
+    })
+    .await?;
     println!("Bob sees: {:?} by {:?}", seen.title, seen.author_name);
 
     bob.comment(idea, "Yes please, and a grinder").await?;

@@ -337,7 +337,13 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Init { name, json } => {
             let config = Config::load(dir.clone())?;
-            let (identity, created) = agora_node::init(&config, name.as_deref())?;
+            let (identity, created) = match agora_node::init(&config, name.as_deref()) {
+                Err(agora_node::NodeError::Locked(dir)) => bail!(
+                    "a node is running on {}: `init` is already done; to change your name while it runs, use `agora name NAME`",
+                    dir.display()
+                ),
+                other => other?,
+            };
             let out = json!({
                 "author": identity.author(),
                 "peer_id": agora_node::peer_id_of(&identity),
