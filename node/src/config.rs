@@ -61,6 +61,9 @@ pub struct Config {
     pub heartbeat_ms: u64,
     /// How often unconnected explicit peers are redialled, in milliseconds.
     pub redial_ms: u64,
+    /// How often each connected peer is asked for a sync digest of each shared space, in
+    /// milliseconds (sync also runs whenever a peer subscribes to a shared space).
+    pub sync_ms: u64,
 }
 
 impl Default for Config {
@@ -74,6 +77,7 @@ impl Default for Config {
             cache_bytes: 64 * 1024 * 1024,
             heartbeat_ms: 500,
             redial_ms: 3000,
+            sync_ms: 30_000,
         }
     }
 }
@@ -108,6 +112,7 @@ impl Config {
             cache_bytes: 8 * 1024 * 1024,
             heartbeat_ms: 200,
             redial_ms: 500,
+            sync_ms: 5_000,
             ..Config::default()
         }
     }

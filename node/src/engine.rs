@@ -13,6 +13,7 @@ use crate::store::{SpaceRecord, Store, StoreError};
 use agora_protocol::automerge::{AutoCommit, Change, ChangeHash};
 use agora_protocol::contribution::verify_batch;
 use agora_protocol::idea::{self, Idea, IdeaDraft, Status, Vote};
+use agora_protocol::sync::{self, DocHeads, SyncRequest, SyncResponse};
 use agora_protocol::{AuthorId, Contribution, DocId, DocKind, Identity, Rejection, SpaceId};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -137,6 +138,8 @@ impl Counters {
 
 /// A verified contribution with the input slot it came from (`usize::MAX`: held from earlier).
 type Slotted = (usize, Contribution, Change);
+/// A contribution ready to be written: space, doc, seq, change hash, canonical bytes.
+type ToStore = (SpaceId, DocId, u64, [u8; 32], Vec<u8>);
 
 struct DocState {
     kind: DocKind,
@@ -171,6 +174,58 @@ pub struct Engine {
 
 fn new_doc(author: &AuthorId, nonce: &[u8; 16]) -> AutoCommit {
     AutoCommit::new().with_actor(idea::actor_for(author, nonce))
+}
+
+/// Which of a document's candidate changes can be applied now, and in which order (indices
+/// into `hashes`). `missing[i]` lists the dependencies of change `i` that the document lacks; a
+/// change is ready when each of them is another ready candidate.
+///
+/// The order is the one of a scan that repeats over the candidates in arrival order, taking each
+/// change whose missing dependencies were all taken before it, until a pass takes nothing: by
+/// pass, then by arrival. It is computed in one topological sweep instead of repeated passes
+/// (which cost a pass per step of a chain delivered backwards).
+fn ready_order(hashes: &[ChangeHash], missing: &[Vec<ChangeHash>]) -> Vec<usize> {
+    let n = hashes.len();
+    let index: HashMap<ChangeHash, usize> =
+        hashes.iter().enumerate().map(|(i, h)| (*h, i)).collect();
+    // pass[i]: the pass that takes change i (from 1); blocked: it waits for a change that is
+    // neither held nor a candidate, directly or through another candidate.
+    let mut pass = vec![1usize; n];
+    let mut blocked = vec![false; n];
+    let mut unresolved = vec![0usize; n];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut sweep = Vec::new();
+    for (i, deps) in missing.iter().enumerate() {
+        for d in deps {
+            match index.get(d) {
+                Some(&j) => {
+                    dependents[j].push(i);
+                    unresolved[i] += 1;
+                }
+                None => blocked[i] = true,
+            }
+        }
+        if unresolved[i] == 0 {
+            sweep.push(i);
+        }
+    }
+    let mut done = vec![false; n];
+    while let Some(j) = sweep.pop() {
+        done[j] = true;
+        for &i in &dependents[j] {
+            // A pass takes i after j only if j comes first in arrival order; otherwise i waits for
+            // the next pass.
+            pass[i] = pass[i].max(if j < i { pass[j] } else { pass[j] + 1 });
+            blocked[i] |= blocked[j];
+            unresolved[i] -= 1;
+            if unresolved[i] == 0 {
+                sweep.push(i);
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..n).filter(|&i| done[i] && !blocked[i]).collect();
+    order.sort_by_key(|&i| (pass[i], i));
+    order
 }
 
 impl Engine {
@@ -420,8 +475,13 @@ impl Engine {
             if is_new {
                 self.store.put_doc(&space, &doc, kind)?;
             }
-            self.store
-                .put_contributions([(&space, &doc, seq, bytes.as_slice())])?;
+            self.store.put_contributions([(
+                &space,
+                &doc,
+                seq,
+                change.hash().0,
+                bytes.as_slice(),
+            )])?;
             self.store.flush()
         })();
         if let Err(e) = persisted {
@@ -637,22 +697,33 @@ impl Engine {
     /// outcome per input, in order.
     pub fn ingest(&mut self, items: Vec<(Vec<u8>, Option<SpaceId>)>) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
+        // The input bytes of every contribution that decodes, by slot. `decode` accepts only the
+        // canonical encoding, so they are exactly what `encode()` would produce: they are stored
+        // as they came instead of being encoded again.
+        let mut originals: Vec<Vec<u8>> = Vec::with_capacity(items.len());
         let mut decoded = Vec::new();
         let mut slots = Vec::new();
         for (i, (bytes, topic)) in items.into_iter().enumerate() {
-            match Contribution::decode(&bytes) {
+            let keep = match Contribution::decode(&bytes) {
                 Ok(c) if topic.is_some_and(|t| t != c.space) => {
-                    outcomes[i] = Some(Outcome::Rejected(Rejection::WrongTopic))
+                    outcomes[i] = Some(Outcome::Rejected(Rejection::WrongTopic));
+                    false
                 }
                 Ok(c) if !self.spaces.contains_key(&c.space) => {
-                    outcomes[i] = Some(Outcome::Rejected(Rejection::UnknownSpace))
+                    outcomes[i] = Some(Outcome::Rejected(Rejection::UnknownSpace));
+                    false
                 }
                 Ok(c) => {
                     decoded.push(c);
                     slots.push(i);
+                    true
                 }
-                Err(e) => outcomes[i] = Some(Outcome::Rejected(e)),
-            }
+                Err(e) => {
+                    outcomes[i] = Some(Outcome::Rejected(e));
+                    false
+                }
+            };
+            originals.push(if keep { bytes } else { Vec::new() });
         }
         // Group the verified ones by document, remembering which input each came from.
         let mut by_doc: HashMap<(SpaceId, DocId), Vec<Slotted>> = HashMap::new();
@@ -668,7 +739,7 @@ impl Engine {
                 Err(e) => outcomes[slot] = Some(Outcome::Rejected(e)),
             }
         }
-        let mut to_store: Vec<(SpaceId, DocId, u64, Vec<u8>)> = Vec::new();
+        let mut to_store: Vec<ToStore> = Vec::new();
         let mut new_docs: Vec<(SpaceId, DocId, DocKind)> = Vec::new();
         let mut touched = Vec::new();
         for ((space, doc), mut items) in by_doc {
@@ -692,13 +763,26 @@ impl Engine {
                     snapshot_seq: 0,
                 }
             });
-            let mut ready: Vec<(usize, Contribution, Change)> = Vec::new();
             let mut ready_hashes: HashSet<ChangeHash> = HashSet::new();
             let mut rest = Vec::new();
+            // For each contribution in `rest`: its hash and its dependencies the document lacks.
+            let mut rest_hashes = Vec::new();
+            let mut rest_missing = Vec::new();
+            let mut query: Vec<ChangeHash> = Vec::new();
             for (slot, c, ch) in items {
                 let hash = ch.hash();
-                let dup =
-                    ready_hashes.contains(&hash) || state.doc.get_missing_deps(&[hash]).is_empty();
+                // One query answers both "already held?" and "which dependencies are missing?":
+                // a held change has all its dependencies, so the answer is empty exactly when
+                // the change is held; otherwise it is the change itself plus its missing
+                // dependencies (a change is never its own ancestor).
+                let mut missing = Vec::new();
+                let dup = ready_hashes.contains(&hash) || {
+                    query.clear();
+                    query.push(hash);
+                    query.extend_from_slice(ch.deps());
+                    missing = state.doc.get_missing_deps(&query);
+                    missing.is_empty()
+                };
                 if dup {
                     if slot != usize::MAX {
                         outcomes[slot] = Some(Outcome::Duplicate);
@@ -711,34 +795,20 @@ impl Engine {
                     }
                 } else {
                     ready_hashes.insert(hash);
-                    rest.push((slot, c, ch));
+                    missing.retain(|d| *d != hash);
+                    rest.push(Some((slot, c, ch)));
+                    rest_hashes.push(hash);
+                    rest_missing.push(missing);
                 }
             }
-            // Move contributions whose dependencies are all known into `ready`, until no more
-            // can move (handles chains that arrived out of order within the batch).
-            let mut known: HashSet<ChangeHash> = HashSet::new();
-            loop {
-                let before = rest.len();
-                let mut still = Vec::new();
-                for (slot, c, ch) in rest {
-                    let missing = state
-                        .doc
-                        .get_missing_deps(ch.deps())
-                        .into_iter()
-                        .any(|d| !known.contains(&d));
-                    if missing {
-                        still.push((slot, c, ch));
-                    } else {
-                        known.insert(ch.hash());
-                        ready.push((slot, c, ch));
-                    }
-                }
-                rest = still;
-                if rest.len() == before || rest.is_empty() {
-                    break;
-                }
-            }
-            for (slot, c, ch) in rest {
+            // The contributions whose dependencies are all held or ready, in an order that puts
+            // dependencies first (handles chains that arrived out of order within the batch).
+            let ready: Vec<(usize, Contribution, Change)> =
+                ready_order(&rest_hashes, &rest_missing)
+                    .into_iter()
+                    .filter_map(|i| rest[i].take())
+                    .collect();
+            for (slot, c, ch) in rest.into_iter().flatten() {
                 if slot != usize::MAX {
                     outcomes[slot] = Some(Outcome::Pending);
                 }
@@ -750,10 +820,16 @@ impl Engine {
             if ready.is_empty() {
                 continue;
             }
-            let changes: Vec<Change> = ready.iter().map(|(_, _, ch)| ch.clone()).collect();
+            let mut changes: Vec<Change> = Vec::with_capacity(ready.len());
+            let mut applying: Vec<(usize, Contribution, ChangeHash)> =
+                Vec::with_capacity(ready.len());
+            for (slot, c, ch) in ready {
+                applying.push((slot, c, ch.hash()));
+                changes.push(ch);
+            }
             let applied = state.doc.apply_changes(changes);
-            let accepted: Vec<(usize, Contribution)> = match applied {
-                Ok(()) => ready.into_iter().map(|(s, c, _)| (s, c)).collect(),
+            let accepted: Vec<(usize, Contribution, ChangeHash)> = match applied {
+                Ok(()) => applying,
                 Err(e) => {
                     // Rare: a validly signed change that Automerge refuses (e.g. an author who
                     // reused a sequence number). Rebuild the document and apply one by one so
@@ -771,12 +847,18 @@ impl Engine {
                     let _ = fresh.apply_changes(stored);
                     state.doc = fresh;
                     let mut ok = Vec::new();
-                    for (slot, c, ch) in ready {
-                        match state.doc.apply_changes([ch]) {
-                            Ok(()) => ok.push((slot, c)),
+                    for (slot, c, hash) in applying {
+                        // The parsed changes went into the failed call: parse them again from
+                        // the same bytes (they parsed when they were verified).
+                        let one = Change::from_bytes(c.change.clone())
+                            .map_err(|e| e.to_string())
+                            .and_then(|ch| {
+                                state.doc.apply_changes([ch]).map_err(|e| e.to_string())
+                            });
+                        match one {
+                            Ok(()) => ok.push((slot, c, hash)),
                             Err(e) if slot != usize::MAX => {
-                                outcomes[slot] =
-                                    Some(Outcome::Rejected(Rejection::Inapplicable(e.to_string())))
+                                outcomes[slot] = Some(Outcome::Rejected(Rejection::Inapplicable(e)))
                             }
                             Err(_) => {}
                         }
@@ -784,9 +866,14 @@ impl Engine {
                     ok
                 }
             };
-            for (slot, c) in accepted {
+            for (slot, c, hash) in accepted {
                 state.last_seq += 1;
-                to_store.push((space, doc, state.last_seq, c.encode()));
+                // Held contributions (slot usize::MAX) were decoded in an earlier batch.
+                let bytes = match originals.get_mut(slot) {
+                    Some(original) => std::mem::take(original),
+                    None => c.encode(),
+                };
+                to_store.push((space, doc, state.last_seq, hash.0, bytes));
                 if slot != usize::MAX {
                     outcomes[slot] = Some(Outcome::Accepted);
                 }
@@ -800,7 +887,7 @@ impl Engine {
             self.store.put_contributions(
                 to_store
                     .iter()
-                    .map(|(s, d, seq, b)| (s, d, *seq, b.as_slice())),
+                    .map(|(s, d, seq, h, b)| (s, d, *seq, *h, b.as_slice())),
             )?;
             self.store.flush()
         })();
@@ -872,6 +959,148 @@ impl Engine {
         }
         self.store.flush()?;
         Ok(())
+    }
+
+    /// The space's sync digest (`None` if the space is not joined).
+    pub fn sync_digest(&mut self, space: SpaceId) -> Option<[u8; 32]> {
+        let s = self.spaces.get_mut(&space)?;
+        let heads: Vec<(DocId, Vec<ChangeHash>)> = s
+            .docs
+            .iter_mut()
+            .map(|(id, d)| (*id, d.doc.get_heads()))
+            .collect();
+        Some(sync::space_digest(
+            heads.iter().map(|(id, h)| (id, h.as_slice())),
+        ))
+    }
+
+    fn doc_heads(&mut self, space: SpaceId) -> Vec<DocHeads> {
+        let Some(s) = self.spaces.get_mut(&space) else {
+            return Vec::new();
+        };
+        let mut out: Vec<DocHeads> = s
+            .docs
+            .iter_mut()
+            .filter_map(|(id, d)| {
+                let mut heads: Vec<sync::Hash> =
+                    d.doc.get_heads().into_iter().map(Into::into).collect();
+                heads.sort();
+                (!heads.is_empty()).then_some(DocHeads { doc: id.0, heads })
+            })
+            .collect();
+        out.sort_by_key(|d| d.doc);
+        out.truncate(sync::MAX_DOCS_PER_SPACE);
+        out
+    }
+
+    /// Answers a peer's sync request. Only stored (so verified) contributions are sent.
+    pub fn sync_answer(&mut self, request: SyncRequest) -> SyncResponse {
+        if let Err(reason) = request.check() {
+            return SyncResponse::Refused { reason };
+        }
+        let space = request.space();
+        if !self.spaces.contains_key(&space) {
+            return SyncResponse::Refused {
+                reason: "space not held here".into(),
+            };
+        }
+        match request {
+            SyncRequest::Summary { digest, .. } => {
+                if self.sync_digest(space) == Some(digest) {
+                    SyncResponse::InSync
+                } else {
+                    SyncResponse::Heads {
+                        docs: self.doc_heads(space),
+                    }
+                }
+            }
+            SyncRequest::Fetch {
+                wants, max_bytes, ..
+            } => {
+                let budget = (max_bytes as usize).min(sync::MAX_RESPONSE_CONTRIBUTION_BYTES);
+                let mut items = Vec::new();
+                let mut used = 0usize;
+                let mut more = false;
+                'docs: for want in wants {
+                    let doc = DocId(want.doc);
+                    let Some(state) = self
+                        .spaces
+                        .get_mut(&space)
+                        .and_then(|s| s.docs.get_mut(&doc))
+                    else {
+                        continue;
+                    };
+                    // Heads the requester has that we know; changes beyond them are what it lacks.
+                    let have: Vec<ChangeHash> = want
+                        .heads
+                        .iter()
+                        .map(|h| ChangeHash::from(*h))
+                        .filter(|h| state.doc.get_missing_deps(&[*h]).is_empty())
+                        .collect();
+                    let hashes: Vec<ChangeHash> = state
+                        .doc
+                        .get_changes_meta(&have)
+                        .into_iter()
+                        .map(|m| m.hash)
+                        .collect();
+                    for hash in hashes {
+                        match self.store.contribution_by_hash(&space, &doc, &hash.0) {
+                            Ok(Some(bytes)) => {
+                                if used + bytes.len() > budget && !items.is_empty() {
+                                    more = true;
+                                    break 'docs;
+                                }
+                                used += bytes.len();
+                                items.push(serde_bytes::ByteBuf::from(bytes));
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(target: "agora::engine", %e, "store read failed while answering sync");
+                            }
+                        }
+                    }
+                }
+                SyncResponse::Contributions { items, more }
+            }
+        }
+    }
+
+    /// Given a peer's heads, the documents for which it has changes we lack, each with our own
+    /// heads (what a `Fetch` carries).
+    pub fn sync_wants(&mut self, space: SpaceId, theirs: &[DocHeads]) -> Vec<DocHeads> {
+        let Some(s) = self.spaces.get_mut(&space) else {
+            return Vec::new();
+        };
+        let mut wants = Vec::new();
+        for d in theirs.iter().take(sync::MAX_DOCS_PER_SPACE) {
+            let their: Vec<ChangeHash> = d
+                .heads
+                .iter()
+                .take(sync::MAX_HEADS_PER_DOC)
+                .map(|h| ChangeHash::from(*h))
+                .collect();
+            let ours = match s.docs.get_mut(&DocId(d.doc)) {
+                Some(state) => {
+                    if state.doc.get_missing_deps(&their).is_empty() {
+                        continue;
+                    }
+                    let mut h: Vec<sync::Hash> =
+                        state.doc.get_heads().into_iter().map(Into::into).collect();
+                    h.sort();
+                    h.truncate(sync::MAX_HEADS_PER_DOC);
+                    h
+                }
+                None => Vec::new(),
+            };
+            wants.push(DocHeads {
+                doc: d.doc,
+                heads: ours,
+            });
+            if wants.len() >= sync::MAX_WANTS {
+                break;
+            }
+        }
+        wants
     }
 }
 

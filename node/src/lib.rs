@@ -174,6 +174,7 @@ impl Node {
             mdns: config.mdns,
             heartbeat: Duration::from_millis(config.heartbeat_ms),
             redial_every: Duration::from_millis(config.redial_ms),
+            sync_every: Duration::from_millis(config.sync_ms),
         };
         let event_loop = match network::new(
             identity.seed(),
@@ -272,6 +273,8 @@ pub struct NodeStatus {
     pub counters: Counters,
     /// Contributions waiting for a subscriber.
     pub queued: u64,
+    /// Anti-entropy state per peer and space.
+    pub sync: Vec<network::SyncInfo>,
 }
 
 /// A space as listed.
@@ -366,6 +369,7 @@ impl NodeHandle {
             contributions,
             counters,
             queued: net.queued,
+            sync: net.sync,
         })
     }
 

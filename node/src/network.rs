@@ -10,11 +10,13 @@
 //! mDNS (optional).
 
 use crate::engine::{EngineHandle, GossipIn, NetRequest, Outcome};
-use agora_protocol::{Contribution, SpaceId};
+use agora_protocol::sync::{self, DocHeads, SyncRequest, SyncResponse};
+use agora_protocol::{Contribution, Rejection, SpaceId};
 use libp2p::futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHash};
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, mdns, noise, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p::{identify, mdns, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
@@ -26,6 +28,12 @@ pub const IDENTIFY_PROTOCOL: &str = "/agora/id/1.0.0";
 pub const MAX_QUEUED_PER_TOPIC: usize = 10_000;
 /// Most gossip messages awaiting the engine's verdict.
 pub const MAX_AWAITING_VERDICT: usize = 20_000;
+/// Contribution bytes asked for in one sync `Fetch`.
+pub const SYNC_FETCH_BYTES: u32 = 1024 * 1024;
+/// Most sync exchanges running at once (inbound and outbound together).
+pub const MAX_SYNC_TASKS: usize = 64;
+/// How long a peer that sent invalid contributions by sync stays disconnected.
+pub const SYNC_BAN: Duration = Duration::from_secs(600);
 
 /// Errors of the network layer.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +96,19 @@ pub struct NetStatus {
     pub peers: Vec<PeerInfo>,
     /// Contributions waiting for a subscriber, per space.
     pub queued: u64,
+    /// Anti-entropy state per peer and space, as of the last exchange.
+    pub sync: Vec<SyncInfo>,
+}
+
+/// Where sync with one peer in one space stands.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncInfo {
+    /// The peer.
+    pub peer_id: String,
+    /// The space.
+    pub space: SpaceId,
+    /// In sync, or catching up.
+    pub state: SyncState,
 }
 
 /// Commands from the API side.
@@ -111,11 +132,16 @@ pub struct NetConfig {
     pub heartbeat: Duration,
     /// How often unconnected explicit peers are redialled.
     pub redial_every: Duration,
+    /// How often every connected peer is asked for a sync digest of each shared space.
+    pub sync_every: Duration,
 }
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
     gossipsub: gossipsub::Behaviour,
+    sync: request_response::Behaviour<
+        request_response::cbor::codec::Codec<SyncRequest, SyncResponse>,
+    >,
     identify: identify::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -174,6 +200,34 @@ pub struct EventLoop {
     next_token: u64,
     queued: HashMap<TopicHash, VecDeque<Vec<u8>>>,
     connected: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Outbound sync requests in flight: what they were about.
+    syncing: HashMap<OutboundRequestId, (PeerId, SpaceId, Option<Vec<DocHeads>>)>,
+    /// Results of sync work done off the loop (engine queries), to act on in the loop.
+    sync_tx: mpsc::Sender<SyncStep>,
+    sync_rx: mpsc::Receiver<SyncStep>,
+    sync_tasks: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Peers that sent invalid contributions by sync, until when.
+    banned: HashMap<PeerId, std::time::Instant>,
+    /// Per (peer, space): the last sync state, for status.
+    sync_state: HashMap<(PeerId, SpaceId), SyncState>,
+}
+
+/// Where sync with one peer in one space stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncState {
+    /// Digests matched at the last exchange.
+    InSync,
+    /// Transferring what one side lacks.
+    CatchingUp,
+}
+
+/// Work finished off the event loop that needs the swarm.
+enum SyncStep {
+    Request(PeerId, SpaceId, SyncRequest, Option<Vec<DocHeads>>),
+    Respond(ResponseChannel<SyncResponse>, SyncResponse),
+    Done(PeerId, SpaceId, SyncState),
+    Ban(PeerId, &'static str),
 }
 
 /// Builds the swarm and starts listening. Returns the event loop to spawn.
@@ -219,8 +273,20 @@ pub fn new(
             } else {
                 None
             };
+            let codec = request_response::cbor::codec::Codec::default()
+                .set_request_size_maximum(sync::MAX_REQUEST_BYTES)
+                .set_response_size_maximum(sync::MAX_RESPONSE_BYTES);
+            let sync = request_response::Behaviour::with_codec(
+                codec,
+                [(
+                    StreamProtocol::new(sync::SYNC_PROTOCOL),
+                    ProtocolSupport::Full,
+                )],
+                request_response::Config::default().with_request_timeout(Duration::from_secs(30)),
+            );
             Ok(Behaviour {
                 gossipsub,
+                sync,
                 identify,
                 mdns: Toggle::from(mdns),
             })
@@ -236,6 +302,7 @@ pub fn new(
                 reason: e.to_string(),
             })?;
     }
+    let (sync_tx, sync_rx) = mpsc::channel(256);
     Ok(EventLoop {
         swarm,
         engine,
@@ -247,6 +314,12 @@ pub fn new(
         next_token: 0,
         queued: HashMap::new(),
         connected: HashMap::new(),
+        syncing: HashMap::new(),
+        sync_tx,
+        sync_rx,
+        sync_tasks: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SYNC_TASKS)),
+        banned: HashMap::new(),
+        sync_state: HashMap::new(),
     })
 }
 
@@ -263,6 +336,8 @@ impl EventLoop {
         }
         let mut redial = tokio::time::interval(self.config.redial_every);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut resync = tokio::time::interval(self.config.sync_every);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 event = self.swarm.select_next_some() => self.on_swarm_event(event),
@@ -275,6 +350,8 @@ impl EventLoop {
                     None => break,
                 },
                 _ = redial.tick() => self.redial(),
+                _ = resync.tick() => self.sync_all(),
+                Some(step) = self.sync_rx.recv() => self.on_sync_step(step),
                 _ = shutdown.changed() => break,
             }
         }
@@ -410,6 +487,15 @@ impl EventLoop {
                     listen_addrs,
                     peers,
                     queued: self.queued.values().map(|q| q.len() as u64).sum(),
+                    sync: self
+                        .sync_state
+                        .iter()
+                        .map(|((p, space), state)| SyncInfo {
+                            peer_id: p.to_string(),
+                            space: *space,
+                            state: *state,
+                        })
+                        .collect(),
                 });
             }
         }
@@ -437,6 +523,7 @@ impl EventLoop {
                 ..
             } => {
                 if num_established == 0 {
+                    self.sync_state.retain(|(p, _), _| *p != peer_id);
                     tracing::info!(target: "agora::network", peer = %peer_id, "disconnected");
                     self.connected.remove(&peer_id);
                 } else if let Some(addrs) = self.connected.get_mut(&peer_id) {
@@ -449,6 +536,7 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => self.on_gossip(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.on_sync_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 let mut seen = HashSet::new();
                 for (peer, addr) in list {
@@ -518,8 +606,221 @@ impl EventLoop {
             gossipsub::Event::Subscribed { peer_id, topic } => {
                 tracing::debug!(target: "agora::network", peer = %peer_id, %topic, "peer subscribed");
                 self.flush_queue(&topic);
+                // A peer that shares a space: reconcile what each side missed.
+                if let Some(space) = self.topics.get(&topic).copied() {
+                    self.start_sync(peer_id, space);
+                }
             }
             _ => {}
+        }
+    }
+}
+
+impl EventLoop {
+    /// Asks every connected peer for a digest of every space both follow.
+    fn sync_all(&mut self) {
+        let gs = &self.swarm.behaviour().gossipsub;
+        let pairs: Vec<(PeerId, SpaceId)> = gs
+            .all_peers()
+            .flat_map(|(p, topics)| {
+                topics
+                    .into_iter()
+                    .filter_map(|t| self.topics.get(t).map(|s| (*p, *s)))
+                    .collect::<Vec<_>>()
+            })
+            .filter(|(p, _)| self.connected.contains_key(p))
+            .collect();
+        for (peer, space) in pairs {
+            self.start_sync(peer, space);
+        }
+    }
+
+    /// Runs `work` off the loop if a sync slot is free (bounded concurrency); otherwise skips it
+    /// (the periodic round tries again).
+    fn spawn_sync<F>(&self, work: F)
+    where
+        F: std::future::Future<Output = Option<SyncStep>> + Send + 'static,
+    {
+        let Ok(permit) = self.sync_tasks.clone().try_acquire_owned() else {
+            tracing::debug!(target: "agora::sync", "sync busy; skipping a round");
+            return;
+        };
+        let tx = self.sync_tx.clone();
+        tokio::spawn(async move {
+            if let Some(step) = work.await {
+                let _ = tx.send(step).await;
+            }
+            drop(permit);
+        });
+    }
+
+    fn start_sync(&mut self, peer: PeerId, space: SpaceId) {
+        let engine = self.engine.clone();
+        self.spawn_sync(async move {
+            let digest = engine.call(move |e| e.sync_digest(space)).await.ok()??;
+            let req = SyncRequest::Summary {
+                v: 1,
+                space: space.0,
+                digest,
+            };
+            Some(SyncStep::Request(peer, space, req, None))
+        });
+    }
+
+    fn on_sync_step(&mut self, step: SyncStep) {
+        match step {
+            SyncStep::Request(peer, space, req, theirs) => {
+                if !self.connected.contains_key(&peer) {
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().sync.send_request(&peer, req);
+                self.syncing.insert(id, (peer, space, theirs));
+            }
+            SyncStep::Respond(channel, resp) => {
+                let _ = self.swarm.behaviour_mut().sync.send_response(channel, resp);
+            }
+            SyncStep::Done(peer, space, state) => {
+                self.sync_state.insert((peer, space), state);
+            }
+            SyncStep::Ban(peer, reason) => {
+                tracing::warn!(target: "agora::sync", %peer, reason, "peer sent invalid contributions by sync; disconnecting it for a while");
+                self.banned
+                    .insert(peer, std::time::Instant::now() + SYNC_BAN);
+                self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+        }
+    }
+
+    fn on_sync_event(&mut self, ev: request_response::Event<SyncRequest, SyncResponse>) {
+        match ev {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let engine = self.engine.clone();
+                let sent = self.sync_tasks.available_permits() > 0;
+                if !sent {
+                    let busy = SyncResponse::Refused {
+                        reason: "busy; try again later".into(),
+                    };
+                    let _ = self.swarm.behaviour_mut().sync.send_response(channel, busy);
+                    return;
+                }
+                tracing::debug!(target: "agora::sync", %peer, "sync request");
+                self.spawn_sync(async move {
+                    let resp = engine
+                        .call(move |e| e.sync_answer(request))
+                        .await
+                        .unwrap_or(SyncResponse::Refused {
+                            reason: "shutting down".into(),
+                        });
+                    Some(SyncStep::Respond(channel, resp))
+                });
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                let Some((_, space, theirs)) = self.syncing.remove(&request_id) else {
+                    return;
+                };
+                let engine = self.engine.clone();
+                self.spawn_sync(follow_up(engine, peer, space, response, theirs));
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.syncing.remove(&request_id);
+                tracing::debug!(target: "agora::sync", %peer, %error, "sync request failed; will retry on the next round");
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(target: "agora::sync", %peer, %error, "inbound sync failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+}
+
+/// What to do after a sync response: nothing (in sync), fetch what we lack, or ingest what
+/// arrived and ask for more.
+async fn follow_up(
+    engine: EngineHandle,
+    peer: PeerId,
+    space: SpaceId,
+    response: SyncResponse,
+    theirs: Option<Vec<DocHeads>>,
+) -> Option<SyncStep> {
+    let fetch = |wants: Vec<DocHeads>| SyncRequest::Fetch {
+        v: 1,
+        space: space.0,
+        wants,
+        max_bytes: SYNC_FETCH_BYTES,
+    };
+    match response {
+        SyncResponse::InSync => Some(SyncStep::Done(peer, space, SyncState::InSync)),
+        SyncResponse::Heads { docs } => {
+            let docs_for_engine = docs.clone();
+            let wants = engine
+                .call(move |e| e.sync_wants(space, &docs_for_engine))
+                .await
+                .ok()?;
+            if wants.is_empty() {
+                // They lack things we have; their own sync round will fetch them.
+                return Some(SyncStep::Done(peer, space, SyncState::CatchingUp));
+            }
+            tracing::info!(target: "agora::sync", %peer, %space, docs = wants.len(), "catching up");
+            Some(SyncStep::Request(peer, space, fetch(wants), Some(docs)))
+        }
+        SyncResponse::Contributions { items, more } => {
+            let n = items.len();
+            let batch: Vec<(Vec<u8>, Option<SpaceId>)> = items
+                .into_iter()
+                .map(|b| (b.into_vec(), Some(space)))
+                .collect();
+            let outcomes = engine.call(move |e| e.ingest(batch)).await.ok()?;
+            let invalid = outcomes.iter().find_map(|o| match o {
+                Outcome::Rejected(r) if !matches!(r, Rejection::UnknownSpace) => Some(r.code()),
+                _ => None,
+            });
+            if let Some(reason) = invalid {
+                return Some(SyncStep::Ban(peer, reason));
+            }
+            let accepted = outcomes
+                .iter()
+                .filter(|o| matches!(o, Outcome::Accepted))
+                .count();
+            tracing::info!(target: "agora::sync", %peer, %space, received = n, accepted, more, "sync batch");
+            if !more || accepted == 0 {
+                return Some(SyncStep::Done(peer, space, SyncState::InSync));
+            }
+            // Resume from our new heads: nothing already received is sent again.
+            let theirs = theirs?;
+            let for_engine = theirs.clone();
+            let wants = engine
+                .call(move |e| e.sync_wants(space, &for_engine))
+                .await
+                .ok()?;
+            if wants.is_empty() {
+                return Some(SyncStep::Done(peer, space, SyncState::InSync));
+            }
+            Some(SyncStep::Request(peer, space, fetch(wants), Some(theirs)))
+        }
+        SyncResponse::Refused { reason } => {
+            tracing::debug!(target: "agora::sync", %peer, %space, reason, "sync refused");
+            None
         }
     }
 }

@@ -8,6 +8,8 @@
 //!   document's contributions in the order this node applied them, so a saved snapshot can say
 //!   "everything up to seq N is inside me" and start-up replays only the tail.
 //! - `snapshots`: space ‖ doc → upto seq (u64 BE) ‖ `Automerge::save()` bytes.
+//! - `hashes`: space ‖ doc ‖ change hash (32) → seq (u64 BE): finds a stored contribution by its
+//!   change hash, for anti-entropy sync.
 //!
 //! Durability: sled writes reach disk only on `flush`. The engine calls [`Store::flush`] once per
 //! batch, before it acknowledges any write in the batch (group commit).
@@ -80,6 +82,7 @@ pub struct Store {
     docs: sled::Tree,
     contributions: sled::Tree,
     snapshots: sled::Tree,
+    hashes: sled::Tree,
 }
 
 fn doc_key(space: &SpaceId, doc: &DocId) -> [u8; 32] {
@@ -93,6 +96,13 @@ fn contribution_key(space: &SpaceId, doc: &DocId, seq: u64) -> [u8; 40] {
     let mut k = [0u8; 40];
     k[..32].copy_from_slice(&doc_key(space, doc));
     k[32..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn hash_key(space: &SpaceId, doc: &DocId, hash: &[u8; 32]) -> [u8; 64] {
+    let mut k = [0u8; 64];
+    k[..32].copy_from_slice(&doc_key(space, doc));
+    k[32..].copy_from_slice(hash);
     k
 }
 
@@ -119,6 +129,7 @@ impl Store {
             docs: tree("docs")?,
             contributions: tree("contributions")?,
             snapshots: tree("snapshots")?,
+            hashes: tree("hashes")?,
             db,
             path: path.clone(),
         };
@@ -206,18 +217,49 @@ impl Store {
         Ok(())
     }
 
-    /// Appends contributions `(space, doc, seq, bytes)` in one batch. Durable after [`Store::flush`].
+    /// Appends contributions `(space, doc, seq, change hash, bytes)` in one batch, with their
+    /// hash index entries. Durable after [`Store::flush`].
     pub fn put_contributions<'a>(
         &self,
-        items: impl IntoIterator<Item = (&'a SpaceId, &'a DocId, u64, &'a [u8])>,
+        items: impl IntoIterator<Item = (&'a SpaceId, &'a DocId, u64, [u8; 32], &'a [u8])>,
     ) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
-        for (space, doc, seq, bytes) in items {
+        let mut index = sled::Batch::default();
+        for (space, doc, seq, hash, bytes) in items {
             batch.insert(&contribution_key(space, doc, seq)[..], bytes);
+            index.insert(&hash_key(space, doc, &hash)[..], &seq.to_be_bytes()[..]);
         }
+        // The index goes first: an index entry without its contribution (after a crash between
+        // the two) is harmless, because lookups go through to the contribution and miss.
+        self.hashes.apply_batch(index).map_err(|e| self.err(e))?;
         self.contributions
             .apply_batch(batch)
             .map_err(|e| self.err(e))
+    }
+
+    /// The stored contribution whose change has this hash, if any.
+    pub fn contribution_by_hash(
+        &self,
+        space: &SpaceId,
+        doc: &DocId,
+        hash: &[u8; 32],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(seq) = self
+            .hashes
+            .get(hash_key(space, doc, hash))
+            .map_err(|e| self.err(e))?
+        else {
+            return Ok(None);
+        };
+        let seq = u64::from_be_bytes(seq.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            tree: "hashes",
+            detail: "seq is not 8 bytes".into(),
+        })?);
+        let v = self
+            .contributions
+            .get(contribution_key(space, doc, seq))
+            .map_err(|e| self.err(e))?;
+        Ok(v.map(|v| v.to_vec()))
     }
 
     /// Saves a snapshot of a document that covers its contributions up to `upto_seq`.
@@ -327,7 +369,11 @@ mod tests {
             store.put_doc(&s, &d, DocKind::Idea).unwrap();
             let items: Vec<(u64, Vec<u8>)> = (1..=5).map(|i| (i, vec![i as u8; 3])).collect();
             store
-                .put_contributions(items.iter().map(|(i, b)| (&s, &d, *i, b.as_slice())))
+                .put_contributions(
+                    items
+                        .iter()
+                        .map(|(i, b)| (&s, &d, *i, [*i as u8; 32], b.as_slice())),
+                )
                 .unwrap();
             store.put_snapshot(&s, &d, 3, b"snap").unwrap();
             store.flush().unwrap();
@@ -339,5 +385,10 @@ mod tests {
         let seqs: Vec<u64> = docs[0].tail.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, vec![4, 5]);
         assert_eq!(store.contribution_count(), 5);
+        assert_eq!(
+            store.contribution_by_hash(&s, &d, &[4; 32]).unwrap(),
+            Some(vec![4; 3])
+        );
+        assert_eq!(store.contribution_by_hash(&s, &d, &[9; 32]).unwrap(), None);
     }
 }

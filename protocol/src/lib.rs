@@ -11,6 +11,7 @@
 //! - [`idea`]: the schema of an idea document (title, body, tags, status, comments, votes) and of a
 //!   profile document (display name), as edits on and reads of an Automerge document.
 //! - [`limits`]: every size bound, in one place.
+//! - [`sync`]: anti-entropy messages (digest, heads, fetch) and the space digest.
 //!
 //! `docs/PROTOCOL.md` specifies the same things byte for byte; `tests/vectors.rs` checks the test
 //! vectors printed there against this code.
@@ -21,6 +22,7 @@ pub mod idea;
 pub mod identity;
 pub mod ids;
 pub mod limits;
+pub mod sync;
 
 pub use automerge;
 pub use contribution::{Contribution, DocKind, Rejection, VerifiedContribution};

@@ -146,7 +146,9 @@ impl SyncRequest {
     /// The space the request is about.
     pub fn space(&self) -> SpaceId {
         match self {
-            SyncRequest::Summary { space, .. } | SyncRequest::Fetch { space, .. } => SpaceId(*space),
+            SyncRequest::Summary { space, .. } | SyncRequest::Fetch { space, .. } => {
+                SpaceId(*space)
+            }
         }
     }
 
@@ -156,13 +158,16 @@ impl SyncRequest {
             SyncRequest::Summary { v, .. } | SyncRequest::Fetch { v, .. } if *v != 1 => {
                 Err(format!("unsupported sync version {v}"))
             }
-            SyncRequest::Fetch { wants, .. } if wants.len() > MAX_WANTS => {
-                Err(format!("{} documents wanted; at most {MAX_WANTS}", wants.len()))
-            }
+            SyncRequest::Fetch { wants, .. } if wants.len() > MAX_WANTS => Err(format!(
+                "{} documents wanted; at most {MAX_WANTS}",
+                wants.len()
+            )),
             SyncRequest::Fetch { wants, .. }
                 if wants.iter().any(|w| w.heads.len() > MAX_HEADS_PER_DOC) =>
             {
-                Err(format!("more than {MAX_HEADS_PER_DOC} heads for one document"))
+                Err(format!(
+                    "more than {MAX_HEADS_PER_DOC} heads for one document"
+                ))
             }
             _ => Ok(()),
         }
