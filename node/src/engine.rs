@@ -754,6 +754,7 @@ impl Engine {
             let (author, nonce) = (self.author, self.actor_nonce);
             let space_state = self.spaces.get_mut(&space).expect("checked above");
             let kind = items[0].1.kind;
+            let existed = space_state.docs.contains_key(&doc);
             let state = space_state.docs.entry(doc).or_insert_with(|| {
                 new_docs.push((space, doc, kind));
                 DocState {
@@ -818,6 +819,12 @@ impl Engine {
                 }
             }
             if ready.is_empty() {
+                // Nothing applies yet: a document we did not hold stays unknown (no empty
+                // document in memory, in `heads` or on disk).
+                if !existed {
+                    space_state.docs.remove(&doc);
+                    new_docs.pop();
+                }
                 continue;
             }
             let mut changes: Vec<Change> = Vec::with_capacity(ready.len());

@@ -170,6 +170,14 @@ fn gossipsub_config(heartbeat: Duration) -> Result<gossipsub::Config, NetworkErr
 
 fn topic_score_params() -> gossipsub::TopicScoreParams {
     gossipsub::TopicScoreParams {
+        // Keep every reward small, so that one invalid contribution outweighs any amount of
+        // good standing: the defaults (time in the mesh counted per millisecond, up to 3600)
+        // let a peer that had been in the mesh for a few seconds forge with impunity.
+        time_in_mesh_weight: 0.1,
+        time_in_mesh_quantum: Duration::from_secs(1),
+        time_in_mesh_cap: 10.0,
+        first_message_deliveries_weight: 0.5,
+        first_message_deliveries_cap: 10.0,
         // Spaces are quiet most of the time: do not punish peers for not delivering.
         mesh_message_deliveries_weight: 0.0,
         mesh_failure_penalty_weight: 0.0,
