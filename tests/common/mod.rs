@@ -247,3 +247,37 @@ pub async fn shutdown_all(nodes: &[TestNode]) {
             .unwrap_or_else(|_| panic!("{} did not shut down within 20 s", t.label()));
     }
 }
+
+/// Stops `node` (flushing its store; a no-op if it was already shut down) and starts it again on
+/// the same data directory, dialing `peers`. Returns the restarted node.
+pub async fn restart(node: TestNode, peers: Vec<String>) -> TestNode {
+    tokio::time::timeout(Duration::from_secs(20), node.handle.shutdown())
+        .await
+        .unwrap_or_else(|_| panic!("{} did not shut down within 20 s", node.label()));
+    let TestNode { dir, .. } = node;
+    let mut config = Config::ephemeral(dir.path().to_path_buf());
+    config.peers = peers;
+    let handle = Node::start(config).await.expect("node failed to restart");
+    let h = handle.clone();
+    let listen_addrs = wait_for(
+        "the restarted node to listen",
+        Duration::from_secs(10),
+        || {
+            let h = h.clone();
+            async move {
+                let status = h.status().await.map_err(|e| e.to_string())?;
+                if status.listen_addrs.is_empty() {
+                    Err("no listen address yet".into())
+                } else {
+                    Ok(status.listen_addrs)
+                }
+            }
+        },
+    )
+    .await;
+    TestNode {
+        handle,
+        listen_addrs,
+        dir,
+    }
+}
