@@ -33,9 +33,9 @@ async fn write_history(writers: &[&TestNode], space: SpaceId, ideas: usize, tota
     while made < total {
         let w = writers[k % writers.len()];
         let id = ids[k % ids.len()];
-        if k % 10 == 0 {
+        if k.is_multiple_of(10) {
             // One vote per author per idea; a repeated vote is a no-op, not a contribution.
-            let vote = if k % 20 == 0 { Vote::Up } else { Vote::Down };
+            let vote = if k.is_multiple_of(20) { Vote::Up } else { Vote::Down };
             w.handle.vote(id, vote).await.expect("vote");
         } else {
             w.handle
