@@ -387,6 +387,23 @@ async fn client_command(c: &Client, cmd: Command) -> Result<()> {
                     println!("listen:   {}", a.as_str().unwrap_or_default());
                 }
                 println!("peers:    {}", s["peers"].as_array().map_or(0, Vec::len));
+                for sy in s["sync"].as_array().into_iter().flatten() {
+                    let peer = sy["peer_id"].as_str().unwrap_or_default();
+                    let state = match sy["state"].as_str().unwrap_or_default() {
+                        "in_sync" => "in sync".to_string(),
+                        "peer_behind" => "in sync (the peer is catching up)".to_string(),
+                        "catching_up" => format!(
+                            "catching up: {} documents left, {} contributions received",
+                            sy["docs_left"], sy["received"]
+                        ),
+                        other => other.to_string(),
+                    };
+                    println!(
+                        "  space {} with {}: {state}",
+                        sy["space"].as_str().unwrap_or_default(),
+                        &peer[peer.len().saturating_sub(8)..]
+                    );
+                }
                 println!("spaces:   {}", s["spaces"]);
                 println!("stored:   {} contributions", s["contributions"]);
                 println!(

@@ -107,7 +107,9 @@ pub struct SyncInfo {
     pub peer_id: String,
     /// The space.
     pub space: SpaceId,
-    /// In sync, or catching up.
+    /// In sync, or catching up (flattened: `"state": "in_sync" | "catching_up" | "peer_behind"`,
+    /// with `docs_left` and `received` while catching up).
+    #[serde(flatten)]
     pub state: SyncState,
 }
 
@@ -222,17 +224,34 @@ pub struct EventLoop {
 
 /// Where sync with one peer in one space stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", tag = "state")]
 pub enum SyncState {
     /// Digests matched at the last exchange.
     InSync,
-    /// Transferring what one side lacks.
-    CatchingUp,
+    /// We are fetching what we lack from this peer.
+    CatchingUp {
+        /// Documents in which the peer still has changes we lack.
+        docs_left: usize,
+        /// Contributions received from this peer in this catch-up so far.
+        received: u64,
+    },
+    /// The peer lacks changes we hold (its own sync round fetches them).
+    PeerBehind,
 }
+
+/// Progress of a catch-up, reported with the next fetch: (documents left, contributions just
+/// received).
+type Progress = Option<(usize, u64)>;
 
 /// Work finished off the event loop that needs the swarm.
 enum SyncStep {
-    Request(PeerId, SpaceId, SyncRequest, Option<Vec<DocHeads>>),
+    Request(
+        PeerId,
+        SpaceId,
+        SyncRequest,
+        Option<Vec<DocHeads>>,
+        Progress,
+    ),
     Respond(ResponseChannel<SyncResponse>, SyncResponse),
     Done(PeerId, SpaceId, SyncState),
     Ban(PeerId, &'static str),
@@ -671,15 +690,30 @@ impl EventLoop {
                 space: space.0,
                 digest,
             };
-            Some(SyncStep::Request(peer, space, req, None))
+            Some(SyncStep::Request(peer, space, req, None, None))
         });
     }
 
     fn on_sync_step(&mut self, step: SyncStep) {
         match step {
-            SyncStep::Request(peer, space, req, theirs) => {
+            SyncStep::Request(peer, space, req, theirs, progress) => {
                 if !self.connected.contains_key(&peer) {
                     return;
+                }
+                if let Some((docs_left, just_received)) = progress {
+                    let before = match self.sync_state.get(&(peer, space)) {
+                        Some(SyncState::CatchingUp { received, .. }) => *received,
+                        _ => 0,
+                    };
+                    let received = before + just_received;
+                    tracing::info!(target: "agora::sync", %peer, %space, docs_left, received, "catching up");
+                    self.sync_state.insert(
+                        (peer, space),
+                        SyncState::CatchingUp {
+                            docs_left,
+                            received,
+                        },
+                    );
                 }
                 let id = self.swarm.behaviour_mut().sync.send_request(&peer, req);
                 self.syncing.insert(id, (peer, space, theirs));
@@ -787,10 +821,16 @@ async fn follow_up(
                 .ok()?;
             if wants.is_empty() {
                 // They lack things we have; their own sync round will fetch them.
-                return Some(SyncStep::Done(peer, space, SyncState::CatchingUp));
+                return Some(SyncStep::Done(peer, space, SyncState::PeerBehind));
             }
-            tracing::info!(target: "agora::sync", %peer, %space, docs = wants.len(), "catching up");
-            Some(SyncStep::Request(peer, space, fetch(wants), Some(docs)))
+            let progress = Some((wants.len(), 0));
+            Some(SyncStep::Request(
+                peer,
+                space,
+                fetch(wants),
+                Some(docs),
+                progress,
+            ))
         }
         SyncResponse::Contributions { items, more } => {
             let n = items.len();
@@ -810,7 +850,7 @@ async fn follow_up(
                 .iter()
                 .filter(|o| matches!(o, Outcome::Accepted))
                 .count();
-            tracing::info!(target: "agora::sync", %peer, %space, received = n, accepted, more, "sync batch");
+            tracing::debug!(target: "agora::sync", %peer, %space, received = n, accepted, more, "sync batch");
             if !more || accepted == 0 {
                 return Some(SyncStep::Done(peer, space, SyncState::InSync));
             }
@@ -824,7 +864,14 @@ async fn follow_up(
             if wants.is_empty() {
                 return Some(SyncStep::Done(peer, space, SyncState::InSync));
             }
-            Some(SyncStep::Request(peer, space, fetch(wants), Some(theirs)))
+            let progress = Some((wants.len(), accepted as u64));
+            Some(SyncStep::Request(
+                peer,
+                space,
+                fetch(wants),
+                Some(theirs),
+                progress,
+            ))
         }
         SyncResponse::Refused { reason } => {
             tracing::debug!(target: "agora::sync", %peer, %space, reason, "sync refused");
