@@ -108,6 +108,11 @@ where
 /// listens.
 pub async fn spawn_node(peers: Vec<String>) -> TestNode {
     let dir = tempfile::tempdir().expect("cannot create a temporary directory");
+    start_in(dir, peers).await
+}
+
+/// Starts a node on `dir` (loopback, no mDNS, free ports) dialing `peers`; waits until it listens.
+async fn start_in(dir: TempDir, peers: Vec<String>) -> TestNode {
     let mut config = Config::ephemeral(dir.path().to_path_buf());
     config.peers = peers;
     let handle = Node::start(config).await.expect("node failed to start");
@@ -255,29 +260,5 @@ pub async fn restart(node: TestNode, peers: Vec<String>) -> TestNode {
         .await
         .unwrap_or_else(|_| panic!("{} did not shut down within 20 s", node.label()));
     let TestNode { dir, .. } = node;
-    let mut config = Config::ephemeral(dir.path().to_path_buf());
-    config.peers = peers;
-    let handle = Node::start(config).await.expect("node failed to restart");
-    let h = handle.clone();
-    let listen_addrs = wait_for(
-        "the restarted node to listen",
-        Duration::from_secs(10),
-        || {
-            let h = h.clone();
-            async move {
-                let status = h.status().await.map_err(|e| e.to_string())?;
-                if status.listen_addrs.is_empty() {
-                    Err("no listen address yet".into())
-                } else {
-                    Ok(status.listen_addrs)
-                }
-            }
-        },
-    )
-    .await;
-    TestNode {
-        handle,
-        listen_addrs,
-        dir,
-    }
+    start_in(dir, peers).await
 }
