@@ -753,7 +753,13 @@ impl Engine {
             items.splice(0..0, held);
             let (author, nonce) = (self.author, self.actor_nonce);
             let space_state = self.spaces.get_mut(&space).expect("checked above");
-            let kind = items[0].1.kind;
+            // A new document's kind is that of its creation (the change without dependencies),
+            // not of whatever early arrival happens to come first: an early contribution of the
+            // other kind must not decide it.
+            let kind = items
+                .iter()
+                .find(|(_, _, ch)| ch.deps().is_empty())
+                .map_or(items[0].1.kind, |(_, c, _)| c.kind);
             let existed = space_state.docs.contains_key(&doc);
             let state = space_state.docs.entry(doc).or_insert_with(|| {
                 new_docs.push((space, doc, kind));

@@ -851,10 +851,11 @@ async fn follow_up(
                 .filter(|o| matches!(o, Outcome::Accepted))
                 .count();
             tracing::debug!(target: "agora::sync", %peer, %space, received = n, accepted, more, "sync batch");
-            if !more || accepted == 0 {
+            if accepted == 0 {
                 return Some(SyncStep::Done(peer, space, SyncState::InSync));
             }
-            // Resume from our new heads: nothing already received is sent again.
+            // Resume from our new heads (nothing already received is sent again), both when the
+            // responder had `more` and when our wants were cut at `MAX_WANTS` documents.
             let theirs = theirs?;
             let for_engine = theirs.clone();
             let wants = engine

@@ -297,7 +297,12 @@ pub fn check_idea_change(
         }
     }
     let own_key = author.to_hex();
-    for op in change.decode().operations {
+    // automerge's decoder panics on some malformed changes that `Change::from_bytes` accepts
+    // (an op naming an actor index past the change's actor list): a remote peer must not be able
+    // to crash us with one, so a panic here is a refusal.
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change.decode()))
+        .map_err(|_| Rejection::BadChange("change operations do not decode".into()))?;
+    for op in decoded.operations {
         let Key::Map(key) = &op.key else { continue };
         if !creation && op.obj == ObjectId::Root && !EDITABLE_ROOT_KEYS.contains(&key.as_str()) {
             let shown = if PROTECTED_ROOT_KEYS.contains(&key.as_str()) {

@@ -23,18 +23,20 @@ use sha2::{Digest, Sha256};
 pub const SYNC_PROTOCOL: &str = "/agora/sync/1";
 /// Domain prefix of the space digest.
 pub const DIGEST_DOMAIN: &[u8] = b"agora-sync-digest-v1\0";
-/// Most documents listed in one `Heads` response.
+/// Most documents listed in one `Heads` response (about 63 bytes each with one head: the
+/// largest `Heads` fits [`MAX_RESPONSE_BYTES`]).
 pub const MAX_DOCS_PER_SPACE: usize = 100_000;
 /// Most heads per document accepted in a message.
 pub const MAX_HEADS_PER_DOC: usize = 64;
-/// Most documents in one `Fetch`.
-pub const MAX_WANTS: usize = 1024;
+/// Most documents in one `Fetch` (with [`MAX_HEADS_PER_DOC`] heads each it stays under
+/// [`MAX_REQUEST_BYTES`]); further documents are fetched in the following requests.
+pub const MAX_WANTS: usize = 256;
 /// Largest batch of contributions a responder sends in one response (encoded bytes).
 pub const MAX_RESPONSE_CONTRIBUTION_BYTES: usize = 2 * 1024 * 1024;
 /// Largest request accepted, in bytes.
 pub const MAX_REQUEST_BYTES: u64 = 1024 * 1024;
 /// Largest response accepted, in bytes (contributions plus framing).
-pub const MAX_RESPONSE_BYTES: u64 = 3 * 1024 * 1024;
+pub const MAX_RESPONSE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// A change hash on the wire (32 bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

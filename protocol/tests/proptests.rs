@@ -1,24 +1,31 @@
 //! Property tests of the contribution envelope and the idea document: the encoding round-trips
 //! and is the only accepted encoding, every tampering is refused with the documented code,
-//! untrusted bytes never panic, batch verification agrees with one-by-one verification, and
-//! replicas that receive the same changes in any order, batching and duplication converge.
+//! untrusted bytes never panic, batch verification agrees with one-by-one verification, the
+//! idea write rules (only the creator creates; later changes leave protected fields alone; no one
+//! writes under another author's key) hold, and replicas that receive the same changes in any
+//! order, batching and duplication converge.
 //!
 //! Case counts are kept moderate so that the file runs in a few seconds in a debug build.
 
-use agora_protocol::automerge::transaction::Transactable;
-use agora_protocol::automerge::{ActorId, AutoCommit, Change, ReadDoc, ROOT};
+use agora_protocol::automerge::transaction::{CommitOptions, Transactable};
+use agora_protocol::automerge::{ActorId, AutoCommit, Change, ObjType, ReadDoc, ROOT};
 use agora_protocol::contribution::{signing_message, verify_batch};
-use agora_protocol::idea::{self, actor_for, IdeaDraft, Status, Vote};
+use agora_protocol::idea::{self, actor_for, IdeaDraft, SchemaError, Status, Vote};
 use agora_protocol::limits::{MAX_CHANGE_BYTES, MAX_CONTRIBUTION_BYTES};
 use agora_protocol::{AuthorId, Contribution, DocId, DocKind, Identity, Rejection, SpaceId};
 use ciborium::Value;
 use proptest::prelude::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::OnceLock;
 
 const SPACE: SpaceId = SpaceId([0x40; 16]);
-const DOC: DocId = DocId([0x60; 16]);
+const SALT: [u8; 16] = [0x60; 16];
 const T0: i64 = 1_700_000_000_000;
+
+/// The id of the idea `author` creates with [`SALT`] in [`SPACE`].
+fn idea_doc(author: &AuthorId) -> DocId {
+    DocId::idea(&SPACE, author, &SALT)
+}
 
 fn ident(i: u8) -> Identity {
     Identity::from_seed([i.wrapping_mul(37).wrapping_add(1); 32])
@@ -32,10 +39,10 @@ fn draft(title: &str) -> IdeaDraft {
     }
 }
 
-/// A change made on a document whose actor is `actor`.
+/// The creation of `author`'s idea [`idea_doc`] made on a document whose actor is `actor`.
 fn change_with_actor(actor: ActorId, author: &AuthorId) -> Change {
     let mut d = AutoCommit::new().with_actor(actor);
-    idea::create_idea(&mut d, &draft("an idea"), author, T0).unwrap()
+    idea::create_idea(&mut d, &draft("an idea"), author, &SALT, T0).unwrap()
 }
 
 /// Valid contributions of several kinds and authors, built once.
@@ -47,8 +54,10 @@ fn pool() -> &'static [Contribution] {
             let id = ident(i);
             let author = id.author();
             let mut d = AutoCommit::new().with_actor(actor_for(&author, &[i; 16]));
-            let doc = DocId([i; 16]);
-            let c = idea::create_idea(&mut d, &draft(&format!("idea {i}")), &author, T0).unwrap();
+            let salt = [i; 16];
+            let doc = DocId::idea(&SPACE, &author, &salt);
+            let c = idea::create_idea(&mut d, &draft(&format!("idea {i}")), &author, &salt, T0)
+                .unwrap();
             out.push(Contribution::sign(&id, SPACE, doc, DocKind::Idea, &c));
             let c = idea::add_comment(&mut d, &author, "a comment", T0 + 1).unwrap();
             out.push(Contribution::sign(&id, SPACE, doc, DocKind::Idea, &c));
@@ -205,7 +214,7 @@ proptest! {
         };
         let allowed = actor_bytes.len() >= 32 && actor_bytes.len() <= 64 && actor_bytes[..32] == pk.0;
         let change = change_with_actor(ActorId::from(actor_bytes), &pk);
-        let c = Contribution::sign(&id, SPACE, DOC, DocKind::Idea, &change);
+        let c = Contribution::sign(&id, SPACE, idea_doc(&pk), DocKind::Idea, &change);
         let expected = if allowed { Ok(()) } else { Err("actor_not_signer") };
         prop_assert_eq!(outcome(&c.clone().verify()), expected);
         prop_assert_eq!(outcome(&verify_batch(vec![c])[0]), expected);
@@ -375,7 +384,8 @@ fn with_author_key(key: [u8; 32]) -> Contribution {
         ActorId::from([&key[..], &[1u8; 16][..]].concat()),
         &AuthorId(key),
     );
-    let mut c = Contribution::sign(&id, SPACE, DOC, DocKind::Idea, &change);
+    // Bound to `key`, so that only the key check can fail.
+    let mut c = Contribution::sign(&id, SPACE, idea_doc(&AuthorId(key)), DocKind::Idea, &change);
     c.author = AuthorId(key);
     c
 }
@@ -494,15 +504,28 @@ fn oversize_change_is_refused_before_parsing() {
 const AUTHORS: u8 = 3;
 const MAX_REPLICAS: usize = 6;
 
+/// The idea every convergence script edits: created by author 0 with [`SALT`].
+fn script_doc() -> DocId {
+    idea_doc(&ident(0).author())
+}
+
+/// One valid edit (or a sync) in a convergence script. Every edit here passes the idea write
+/// rules: the invalid ones are the subject of the properties above.
 #[derive(Debug, Clone)]
 enum Step {
     Comment(usize, String),
     Vote(usize, bool),
-    ForgedVote(usize, u8),
     Status(usize, usize),
     EditBody(usize, u16, u8, String),
     Tag(usize, u8, bool),
     Title(usize, String),
+    /// Deletes a comment (anyone may; see PROTOCOL.md section 13).
+    DeleteComment(usize, u16),
+    /// Overwrites a comment's text (anyone may; reads keep only what its author wrote).
+    OverwriteComment(usize, u16, String),
+    /// The creator creates the idea once more, from a fresh replica (another dependency-free
+    /// change bound to the same id), and merges it in.
+    Recreate(usize, String),
     Sync(usize, usize),
     Fork(usize),
 }
@@ -512,12 +535,15 @@ fn step() -> impl Strategy<Value = Step> {
     prop_oneof![
         3 => (r.clone(), "[a-z ]{1,12}").prop_map(|(w, t)| Step::Comment(w, t)),
         3 => (r.clone(), any::<bool>()).prop_map(|(w, up)| Step::Vote(w, up)),
-        1 => (r.clone(), 0..AUTHORS).prop_map(|(w, a)| Step::ForgedVote(w, a)),
         2 => (r.clone(), 0usize..5).prop_map(|(w, s)| Step::Status(w, s)),
         3 => (r.clone(), any::<u16>(), 0u8..4, "[a-z]{0,5}")
             .prop_map(|(w, p, d, t)| Step::EditBody(w, p, d, t)),
         2 => (r.clone(), 0u8..4, any::<bool>()).prop_map(|(w, t, on)| Step::Tag(w, t, on)),
         1 => (r.clone(), "[A-Za-z]{1,10}").prop_map(|(w, t)| Step::Title(w, t)),
+        1 => (r.clone(), any::<u16>()).prop_map(|(w, i)| Step::DeleteComment(w, i)),
+        1 => (r.clone(), any::<u16>(), "[a-z]{1,6}")
+            .prop_map(|(w, i, t)| Step::OverwriteComment(w, i, t)),
+        1 => (r.clone(), "[A-Za-z]{1,10}").prop_map(|(w, t)| Step::Recreate(w, t)),
         3 => (r.clone(), r.clone()).prop_map(|(a, b)| Step::Sync(a, b)),
         1 => r.prop_map(Step::Fork),
     ]
@@ -535,8 +561,19 @@ fn obj(doc: &AutoCommit, key: &str) -> agora_protocol::automerge::ObjId {
         .1
 }
 
-/// Runs the script on replicas of one idea and returns every change any replica made.
-fn run_script(steps: &[Step]) -> (Vec<Change>, AutoCommit) {
+/// What a script produced.
+struct Script {
+    /// Every change any replica made.
+    changes: Vec<Change>,
+    /// One document that merged every replica.
+    merged: AutoCommit,
+    /// Every (author, text) an author wrote as a comment's text (their own or someone else's).
+    comment_texts: BTreeSet<(AuthorId, String)>,
+}
+
+/// Runs the script on replicas of one idea.
+fn run_script(steps: &[Step]) -> Script {
+    let mut comment_texts = BTreeSet::new();
     let ids: Vec<Identity> = (0..AUTHORS).map(ident).collect();
     let mut nonce = 0u8;
     let mut next_actor = |author: usize| {
@@ -544,7 +581,14 @@ fn run_script(steps: &[Step]) -> (Vec<Change>, AutoCommit) {
         actor_for(&ids[author].author(), &[nonce; 16])
     };
     let mut first = AutoCommit::new().with_actor(next_actor(0));
-    idea::create_idea(&mut first, &draft("Lunch rota"), &ids[0].author(), T0).unwrap();
+    idea::create_idea(
+        &mut first,
+        &draft("Lunch rota"),
+        &ids[0].author(),
+        &SALT,
+        T0,
+    )
+    .unwrap();
     let mut replicas = vec![Replica {
         author: 0,
         doc: first,
@@ -559,26 +603,26 @@ fn run_script(steps: &[Step]) -> (Vec<Change>, AutoCommit) {
         match s {
             Step::Comment(w, text) => {
                 let r = &mut replicas[w % n];
-                let _ = idea::add_comment(&mut r.doc, &ids[r.author].author(), text, now);
+                let author = ids[r.author].author();
+                if idea::add_comment(&mut r.doc, &author, text, now).is_ok() {
+                    comment_texts.insert((author, text.trim().to_string()));
+                }
             }
             Step::Vote(w, up) => {
                 let r = &mut replicas[w % n];
                 let v = if *up { Vote::Up } else { Vote::Down };
-                // Voting the same way twice is a no-op edit: `cast_vote` then reports an error
-                // (or hands back the previous change), which is fine here.
-                let _ = idea::cast_vote(&mut r.doc, &ids[r.author].author(), v, now);
-            }
-            Step::ForgedVote(w, victim) => {
-                let r = &mut replicas[w % n];
-                let votes = obj(&r.doc, "votes");
-                r.doc
-                    .put(&votes, ids[*victim as usize].author().to_hex(), "down")
-                    .unwrap();
-                r.doc.commit();
+                // Voting the same way twice makes no change (`SchemaError::Unchanged`).
+                match idea::cast_vote(&mut r.doc, &ids[r.author].author(), v, now) {
+                    Ok(_) | Err(SchemaError::Unchanged) => {}
+                    Err(e) => panic!("cast_vote: {e}"),
+                }
             }
             Step::Status(w, st) => {
                 let r = &mut replicas[w % n];
-                let _ = idea::set_status(&mut r.doc, Status::ALL[*st], now);
+                match idea::set_status(&mut r.doc, Status::ALL[*st], now) {
+                    Ok(_) | Err(SchemaError::Unchanged) => {}
+                    Err(e) => panic!("set_status: {e}"),
+                }
             }
             Step::EditBody(w, pos, del, text) => {
                 let r = &mut replicas[w % n];
@@ -605,6 +649,36 @@ fn run_script(steps: &[Step]) -> (Vec<Change>, AutoCommit) {
                 r.doc.put(ROOT, "title", title.as_str()).unwrap();
                 r.doc.commit();
             }
+            Step::DeleteComment(w, i) => {
+                let r = &mut replicas[w % n];
+                let comments = obj(&r.doc, "comments");
+                let len = r.doc.length(&comments);
+                if len > 0 {
+                    r.doc.delete(&comments, *i as usize % len).unwrap();
+                    r.doc.commit();
+                }
+            }
+            Step::OverwriteComment(w, i, text) => {
+                let r = &mut replicas[w % n];
+                let comments = obj(&r.doc, "comments");
+                let len = r.doc.length(&comments);
+                if len > 0 {
+                    if let Some((_, c)) = r.doc.get(&comments, *i as usize % len).unwrap() {
+                        r.doc.put(&c, "text", text.as_str()).unwrap();
+                        r.doc.commit();
+                        comment_texts.insert((ids[r.author].author(), text.clone()));
+                    }
+                }
+            }
+            Step::Recreate(w, title) => {
+                let i = w % n;
+                if replicas[i].author == 0 {
+                    let mut again = AutoCommit::new().with_actor(next_actor(0));
+                    idea::create_idea(&mut again, &draft(title), &ids[0].author(), &SALT, now)
+                        .unwrap();
+                    replicas[i].doc.merge(&mut again).unwrap();
+                }
+            }
             Step::Sync(a, b) => {
                 let (a, b) = (a % n, b % n);
                 if a != b {
@@ -626,8 +700,11 @@ fn run_script(steps: &[Step]) -> (Vec<Change>, AutoCommit) {
     for r in &mut replicas {
         all.merge(&mut r.doc).unwrap();
     }
-    let changes = all.get_changes(&[]).into_iter().collect();
-    (changes, all)
+    Script {
+        changes: all.get_changes(&[]).into_iter().collect(),
+        merged: all,
+        comment_texts,
+    }
 }
 
 /// A deterministic shuffle source for delivery orders (proptest supplies the seed).
@@ -659,7 +736,8 @@ proptest! {
         steps in prop::collection::vec(step(), 0..40),
         seed in any::<u64>(),
     ) {
-        let (changes, mut reference) = run_script(&steps);
+        let Script { changes, merged: mut reference, comment_texts } = run_script(&steps);
+        let doc_id = script_doc();
         let ids: HashMap<AuthorId, Identity> =
             (0..AUTHORS).map(ident).map(|i| (i.author(), i)).collect();
         // Every change travels as a signed, encoded contribution of its actor's author.
@@ -667,11 +745,11 @@ proptest! {
             .iter()
             .map(|ch| {
                 let author = idea::author_of_actor(ch.actor_id()).unwrap();
-                Contribution::sign(&ids[&author], SPACE, DOC, DocKind::Idea, ch).encode()
+                Contribution::sign(&ids[&author], SPACE, doc_id, DocKind::Idea, ch).encode()
             })
             .collect();
         let expected_heads = sorted_heads(&mut reference);
-        let expected = idea::read_idea(&reference, SPACE, DOC);
+        let expected = idea::read_idea(&reference, SPACE, doc_id);
         prop_assert!(expected.is_some());
 
         let mut rng = Rng(seed | 1);
@@ -700,14 +778,20 @@ proptest! {
             }
             prop_assert!(doc.get_missing_deps(&[]).is_empty());
             prop_assert_eq!(sorted_heads(&mut doc), expected_heads.clone());
-            prop_assert_eq!(idea::read_idea(&doc, SPACE, DOC), expected.clone());
+            prop_assert_eq!(idea::read_idea(&doc, SPACE, doc_id), expected.clone());
         }
-        // Reads attribute by actor: forged votes never count, comments carry their real author.
+        // Reads attribute by actor: comments carry their real author and only text that author
+        // wrote (someone else's overwrite blanks it), votes count once per author, and the idea's
+        // author is its creator whatever the others did.
         let idea = expected.unwrap();
-        let authors: BTreeMap<AuthorId, ()> = ids.keys().map(|a| (*a, ())).collect();
         for c in &idea.comments {
-            prop_assert!(authors.contains_key(&c.author));
+            prop_assert!(ids.contains_key(&c.author));
+            prop_assert!(
+                c.text.is_empty() || comment_texts.contains(&(c.author, c.text.clone())),
+                "comment text {:?} was not written by its author", c.text
+            );
         }
+        prop_assert!(idea.voters.keys().all(|v| ids.contains_key(v)));
         prop_assert_eq!(idea.votes.up + idea.votes.down, idea.voters.len() as u64);
         prop_assert_eq!(idea.author, ident(0).author());
     }
@@ -730,7 +814,22 @@ fn signing_message_binds_every_field() {
         base,
         signing_message(&c.space, &c.doc, DocKind::Profile, &change.hash())
     );
-    // Re-targeting a signed change to another space or document breaks the signature.
+    // Re-targeting a signed change to another space or document breaks the signature (pool()[1]
+    // is a comment: a change with dependencies, so the creation rule does not apply)...
+    for moved in [
+        Contribution {
+            space: SpaceId([1; 16]),
+            ..pool()[1].clone()
+        },
+        Contribution {
+            doc: DocId([1; 16]),
+            ..pool()[1].clone()
+        },
+    ] {
+        assert_eq!(moved.verify().unwrap_err(), Rejection::BadSignature);
+    }
+    // ... and a creation moved anywhere is no longer bound to its id (checked before the
+    // signature, so that is the code reported).
     for moved in [
         Contribution {
             space: SpaceId([1; 16]),
@@ -741,6 +840,390 @@ fn signing_message_binds_every_field() {
             ..c.clone()
         },
     ] {
-        assert_eq!(moved.verify().unwrap_err(), Rejection::BadSignature);
+        assert_eq!(moved.verify().unwrap_err(), Rejection::NotIdeaCreator);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The idea write rules (PROTOCOL.md 6.2 step 10)
+// ---------------------------------------------------------------------------------------------
+
+/// Verifies one by one and in a batch (with a valid contribution around it), checks that both
+/// agree, and returns the code.
+fn judge(c: Contribution) -> Result<(), &'static str> {
+    let one = outcome(&c.clone().verify());
+    let batch = verify_batch(vec![pool()[0].clone(), c, pool()[3].clone()]);
+    assert_eq!(
+        outcome(&batch[1]),
+        one,
+        "verify_batch disagrees with verify"
+    );
+    assert!(batch[0].is_ok() && batch[2].is_ok());
+    one
+}
+
+/// Author `creator`'s idea (created with `salt`) as seen by author `writer`: the document, with
+/// `writer`'s actor (nonce `nonce`), after merging the creation; and the idea's id.
+fn idea_seen_by(creator: u8, salt: [u8; 16], writer: u8, nonce: u8) -> (AutoCommit, DocId) {
+    let c = ident(creator).author();
+    let mut a = AutoCommit::new().with_actor(actor_for(&c, &[0xc0; 16]));
+    idea::create_idea(&mut a, &draft("the idea"), &c, &salt, T0).unwrap();
+    let w = ident(writer).author();
+    let mut d = AutoCommit::new().with_actor(actor_for(&w, &[nonce; 16]));
+    d.merge(&mut a).unwrap();
+    (d, DocId::idea(&SPACE, &c, &salt))
+}
+
+fn last_change(doc: &mut AutoCommit) -> Change {
+    doc.commit();
+    doc.get_last_local_change().expect("the edit made a change")
+}
+
+/// The key under which a vote (or any author-keyed entry) is written.
+#[derive(Debug, Clone, Copy)]
+enum KeySpelling {
+    Lower,
+    Upper,
+    /// Lowercase with the first letter digit (if any) uppercased.
+    Mixed,
+}
+
+fn spell(author: &AuthorId, how: KeySpelling) -> String {
+    let lower = author.to_hex();
+    match how {
+        KeySpelling::Lower => lower,
+        KeySpelling::Upper => lower.to_uppercase(),
+        KeySpelling::Mixed => match lower.find(|c: char| c.is_ascii_alphabetic()) {
+            Some(i) => format!(
+                "{}{}{}",
+                &lower[..i],
+                lower[i..=i].to_uppercase(),
+                &lower[i + 1..]
+            ),
+            None => lower,
+        },
+    }
+}
+
+fn key_spelling() -> impl Strategy<Value = KeySpelling> {
+    prop_oneof![
+        Just(KeySpelling::Lower),
+        Just(KeySpelling::Upper),
+        Just(KeySpelling::Mixed)
+    ]
+}
+
+const PROTECTED: [&str; 8] = [
+    "type", "author", "created", "salt", "body", "tags", "comments", "votes",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Only the creator can make a change without dependencies to an idea: the id must be
+    /// `DocId::idea(space, signer, salt)` for the salt in the change message.
+    #[test]
+    fn a_creation_by_a_non_creator_is_not_idea_creator(
+        creator in 0u8..3,
+        forger in 0u8..3,
+        salt in any::<[u8; 16]>(),
+        other_salt in any::<[u8; 16]>(),
+        how in 0u8..6,
+        junk in "[ -~]{0,50}",
+    ) {
+        let target = DocId::idea(&SPACE, &ident(creator).author(), &salt);
+        let f = ident(forger);
+        let fa = f.author();
+        let mut d = AutoCommit::new().with_actor(actor_for(&fa, &[7; 16]));
+        let (change, bound) = match how {
+            // The forger runs `create_idea` with the creator's salt.
+            0 => (idea::create_idea(&mut d, &draft("mine now"), &fa, &salt, T0).unwrap(), forger == creator),
+            // ... or with another salt.
+            1 => (idea::create_idea(&mut d, &draft("mine now"), &fa, &other_salt, T0).unwrap(),
+                  forger == creator && other_salt == salt),
+            // A creation whose message is missing.
+            2 => {
+                d.put(ROOT, "type", "idea").unwrap();
+                (last_change(&mut d), false)
+            }
+            // A creation whose message is something else.
+            3 => {
+                d.put(ROOT, "type", "idea").unwrap();
+                d.commit_with(CommitOptions::default().with_message(junk.clone()));
+                (d.get_last_local_change().unwrap(), false)
+            }
+            // The right message with the salt in uppercase hex: the reference accepts it
+            // (PROTOCOL.md 6.2 step 10b).
+            4 => {
+                d.put(ROOT, "type", "idea").unwrap();
+                let message = format!("agora-idea-v1:{}", hex::encode_upper(salt));
+                d.commit_with(CommitOptions::default().with_message(message));
+                (d.get_last_local_change().unwrap(), forger == creator)
+            }
+            // The right message followed by anything.
+            _ => {
+                d.put(ROOT, "type", "idea").unwrap();
+                let message = format!("agora-idea-v1:{}{}", hex::encode(salt), junk);
+                d.commit_with(CommitOptions::default().with_message(message));
+                (d.get_last_local_change().unwrap(), forger == creator && junk.is_empty())
+            }
+        };
+        prop_assert!(change.deps().is_empty());
+        let c = Contribution::sign(&f, SPACE, target, DocKind::Idea, &change);
+        let expected = if bound { Ok(()) } else { Err("not_idea_creator") };
+        prop_assert_eq!(judge(c), expected);
+    }
+
+    /// After the creation, a change may write `title` and `status` at the root and nothing else
+    /// there: not the protected fields, not a new root key; whoever writes it, creator included.
+    #[test]
+    fn a_later_change_to_a_protected_root_key_is_protected_field(
+        creator in 0u8..3,
+        writer in 0u8..3,
+        protected in 0usize..PROTECTED.len(),
+        other in "[a-z_]{1,12}",
+        what in 0u8..5,
+        fine_first in any::<bool>(),
+    ) {
+        let (mut d, doc) = idea_seen_by(creator, SALT, writer, 0xd0);
+        let w = ident(writer);
+        let key = PROTECTED[protected];
+        if fine_first {
+            // Allowed edits in the same change do not make it acceptable.
+            d.put(ROOT, "title", "a new title").unwrap();
+        }
+        let expect_key = match what {
+            0 => { d.put(ROOT, key, "x").unwrap(); key.to_string() }
+            1 => { d.put_object(ROOT, key, ObjType::Map).unwrap(); key.to_string() }
+            2 => { d.delete(ROOT, key).unwrap(); key.to_string() }
+            3 => { d.put(ROOT, key, 1i64).unwrap(); key.to_string() }
+            _ => {
+                // A root key the schema does not have.
+                prop_assume!(other != "title" && other != "status");
+                d.put(ROOT, other.as_str(), "x").unwrap();
+                other.clone()
+            }
+        };
+        let change = last_change(&mut d);
+        prop_assert!(!change.deps().is_empty());
+        let c = Contribution::sign(&w, SPACE, doc, DocKind::Idea, &change);
+        prop_assert_eq!(c.clone().verify().unwrap_err(), Rejection::ProtectedField(expect_key));
+        prop_assert_eq!(judge(c), Err("protected_field"));
+    }
+
+    /// `title` and `status` stay editable by anyone.
+    #[test]
+    fn a_later_change_to_title_or_status_is_accepted(
+        creator in 0u8..3,
+        writer in 0u8..3,
+        title in "[A-Za-z ]{1,20}",
+        status in 0usize..5,
+    ) {
+        let (mut d, doc) = idea_seen_by(creator, SALT, writer, 0xd0);
+        d.put(ROOT, "title", title.as_str()).unwrap();
+        d.put(ROOT, "status", Status::ALL[status].as_str()).unwrap();
+        let change = last_change(&mut d);
+        let c = Contribution::sign(&ident(writer), SPACE, doc, DocKind::Idea, &change);
+        prop_assert_eq!(judge(c), Ok(()));
+    }
+
+    /// A key of 64 hex digits (a vote's key) may be written only by the author it names, in
+    /// lowercase: a vote put, changed or deleted under another key is foreign_key, in `votes`
+    /// or in any other map.
+    #[test]
+    fn writing_a_vote_under_another_key_is_foreign_key(
+        creator in 0u8..3,
+        writer in 0u8..3,
+        victim in 0u8..3,
+        how in key_spelling(),
+        action in 0u8..3,
+        where_ in 0u8..3,
+    ) {
+        let (mut d, doc) = idea_seen_by(creator, SALT, writer, 0xd0);
+        let victim_author = ident(victim).author();
+        let key = spell(&victim_author, how);
+        if action == 2 {
+            // The victim's own vote first (valid), then the writer deletes it.
+            let (mut v, _) = idea_seen_by(creator, SALT, victim, 0xe0);
+            let vote = idea::cast_vote(&mut v, &victim_author, Vote::Up, T0 + 1).unwrap();
+            d.apply_changes([vote]).unwrap();
+        }
+        let map = match where_ {
+            0 => obj(&d, "votes"),
+            1 => obj(&d, "tags"),
+            _ => {
+                idea::add_comment(&mut d, &ident(writer).author(), "c", T0 + 2).unwrap();
+                let comments = obj(&d, "comments");
+                d.get(&comments, 0).unwrap().unwrap().1
+            }
+        };
+        let expect_key = spell(&victim_author, KeySpelling::Lower);
+        match action {
+            0 => d.put(&map, key.as_str(), "down").unwrap(),
+            1 => { d.put_object(&map, key.as_str(), ObjType::Map).unwrap(); }
+            _ => {
+                let key = if where_ == 0 { expect_key.clone() } else { key.clone() };
+                prop_assume!(d.get(&map, key.as_str()).unwrap().is_some());
+                d.delete(&map, key.as_str()).unwrap()
+            }
+        }
+        let change = last_change(&mut d);
+        let c = Contribution::sign(&ident(writer), SPACE, doc, DocKind::Idea, &change);
+        let own = writer == victim && (matches!(how, KeySpelling::Lower) || action == 2 && where_ == 0);
+        let expected = if own { Ok(()) } else { Err("foreign_key") };
+        prop_assert_eq!(judge(c), expected);
+    }
+}
+
+#[test]
+fn unchanged_edits_make_no_change() {
+    let (mut d, _) = idea_seen_by(0, SALT, 1, 0xd0);
+    let bob = ident(1).author();
+    idea::cast_vote(&mut d, &bob, Vote::Up, T0).unwrap();
+    assert_eq!(
+        idea::cast_vote(&mut d, &bob, Vote::Up, T0 + 1).unwrap_err(),
+        SchemaError::Unchanged
+    );
+    idea::cast_vote(&mut d, &bob, Vote::Down, T0 + 2).unwrap();
+    assert_eq!(
+        idea::set_status(&mut d, Status::Open, T0 + 3).unwrap_err(),
+        SchemaError::Unchanged
+    );
+    idea::set_status(&mut d, Status::Done, T0 + 4).unwrap();
+    assert_eq!(
+        idea::set_status(&mut d, Status::Done, T0 + 5).unwrap_err(),
+        SchemaError::Unchanged
+    );
+    // Nothing was committed by the refused edits: the last local change is still the status.
+    let last = d.get_last_local_change().unwrap();
+    let read = idea::read_idea(&d, SPACE, idea_doc(&ident(0).author())).unwrap();
+    assert_eq!(read.status, Status::Done);
+    assert_eq!(read.voters.get(&bob), Some(&Vote::Down));
+    assert_eq!(last.seq(), 3);
+}
+
+/// Sets the checksum of change-chunk bytes to the first 4 bytes of their hash.
+fn fix_checksum(change: &mut [u8]) {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(&change[8..]);
+    change[4..8].copy_from_slice(&hash[..4]);
+}
+
+fn uleb(b: &[u8], at: &mut usize) -> u64 {
+    let (mut v, mut shift) = (0u64, 0);
+    loop {
+        let x = b[*at];
+        *at += 1;
+        v |= u64::from(x & 0x7f) << shift;
+        shift += 7;
+        if x & 0x80 == 0 {
+            return v;
+        }
+    }
+}
+
+fn push_uleb(mut v: u64, out: &mut Vec<u8>) {
+    loop {
+        let mut x = (v & 0x7f) as u8;
+        v >>= 7;
+        if v != 0 {
+            x |= 0x80;
+        }
+        out.push(x);
+        if v == 0 {
+            return;
+        }
+    }
+}
+
+/// The change-chunk bytes of `change` with its list of other actors emptied: its operations
+/// then name actor indices the change does not have. Automerge parses such a change.
+fn without_other_actors(change: &[u8]) -> Vec<u8> {
+    let mut at = 9;
+    uleb(change, &mut at); // chunk length
+    let body_start = at;
+    let deps = uleb(change, &mut at);
+    at += 32 * deps as usize;
+    let actor = uleb(change, &mut at);
+    at += actor as usize;
+    uleb(change, &mut at); // seq
+    uleb(change, &mut at); // start op
+    uleb(change, &mut at); // time (small and positive here, so uLEB reads the sLEB)
+    let message = uleb(change, &mut at);
+    at += message as usize;
+    let others_at = at;
+    let others = uleb(change, &mut at);
+    assert!(others > 0, "the change references other actors");
+    for _ in 0..others {
+        let n = uleb(change, &mut at);
+        at += n as usize;
+    }
+    let mut body = change[body_start..others_at].to_vec();
+    body.push(0);
+    body.extend_from_slice(&change[at..]);
+    let mut out = vec![0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1];
+    push_uleb(body.len() as u64, &mut out);
+    out.extend_from_slice(&body);
+    fix_checksum(&mut out);
+    out
+}
+
+/// A remote panic: every node that verifies this crashes (it needs no valid signature, since
+/// the structure is checked first). `check_idea_change` calls automerge's `Change::decode`,
+/// which unwraps actor indices and action numbers that `Change::from_bytes` does not check.
+#[test]
+fn a_change_naming_an_unknown_actor_is_refused_without_panic() {
+    // A comment by someone other than the idea's creator refers to the creator's actor.
+    let (alice, bob) = (ident(0), ident(1));
+    let salt = [9u8; 16];
+    let doc = DocId::idea(&SPACE, &alice.author(), &salt);
+    let mut a = AutoCommit::new().with_actor(actor_for(&alice.author(), &[1; 16]));
+    idea::create_idea(&mut a, &draft("shared"), &alice.author(), &salt, T0).unwrap();
+    let mut b = AutoCommit::new().with_actor(actor_for(&bob.author(), &[2; 16]));
+    b.merge(&mut a).unwrap();
+    let change = idea::add_comment(&mut b, &bob.author(), "hello", T0 + 1).unwrap();
+    assert!(!change.other_actor_ids().is_empty());
+    let comment = &Contribution::sign(&bob, SPACE, doc, DocKind::Idea, &change);
+    let bytes = without_other_actors(&comment.change);
+    assert!(
+        Change::from_bytes(bytes.clone()).is_ok(),
+        "automerge parses it"
+    );
+    let c = Contribution {
+        change: bytes,
+        signature: [0; 64],
+        ..comment.clone()
+    };
+    let r = std::panic::catch_unwind(|| c.clone().verify().map(|_| ()));
+    assert!(r.is_ok(), "verify panicked");
+    assert!(r.unwrap().is_err());
+    let r = std::panic::catch_unwind(|| verify_batch(vec![c.clone()]).len());
+    assert!(r.is_ok(), "verify_batch panicked");
+}
+
+/// Every single-byte change to a comment's change chunk, with the checksum fixed up so that it
+/// reaches the write rules: judged without a panic (the signature need not be valid: the
+/// structure is checked first).
+#[test]
+fn every_byte_mutation_with_a_good_checksum_is_judged_without_panic() {
+    for i in [1usize, 2] {
+        let good = &pool()[i];
+        for at in 12..good.change.len() {
+            let original = good.change[at];
+            for b in [0x00, 0x01, 0x02, 0x07, 0x7f, 0x80, 0x81, 0xff, original ^ 1] {
+                let mut change = good.change.clone();
+                change[at] = b;
+                fix_checksum(&mut change);
+                let c = Contribution {
+                    change,
+                    ..good.clone()
+                };
+                let r = std::panic::catch_unwind(|| c.clone().verify().map(|_| ()));
+                assert!(
+                    r.is_ok(),
+                    "byte {at} of pool[{i}] set to {b:#04x}: verify panicked"
+                );
+            }
+        }
     }
 }

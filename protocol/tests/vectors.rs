@@ -7,14 +7,20 @@
 //! document states them (hashes, layouts, byte concatenations), so that the prose and the code
 //! cannot drift apart either.
 //!
+//! The vectors cover the identity, both id derivations (a profile, and an idea bound to its
+//! creator by a salt), an idea creation and a profile change with their hashes, signatures and
+//! encodings, and the sync digest and messages. The annotated excerpts of section 5.3 are checked
+//! as well.
+//!
 //! If a vector changes on purpose, run `cargo test -p agora-protocol --test vectors` and paste the
-//! block it prints into the document.
+//! lines it prints (sorted by name) into the matching blocks of the document.
 
-use agora_protocol::automerge::{AutoCommit, Change};
+use agora_protocol::automerge::{AutoCommit, Change, ReadDoc, ROOT};
 use agora_protocol::contribution::{signing_message, SIGNING_DOMAIN};
-use agora_protocol::idea::{self, actor_for, IdeaDraft, Status};
-use agora_protocol::ids::PROFILE_DOC_DOMAIN;
+use agora_protocol::idea::{self, actor_for, IdeaDraft, Status, IDEA_CREATION_MESSAGE};
+use agora_protocol::ids::{IDEA_DOC_DOMAIN, PROFILE_DOC_DOMAIN};
 use agora_protocol::limits::MAX_CHANGE_BYTES;
+use agora_protocol::sync::{self, DocHeads, SyncRequest, SyncResponse};
 use agora_protocol::{AuthorId, Contribution, DocId, DocKind, Identity, Rejection, SpaceId};
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
@@ -65,7 +71,7 @@ struct Inputs {
     nonce: [u8; 16],
     now_ms: i64,
     space: SpaceId,
-    doc: DocId,
+    salt: [u8; 16],
     draft: IdeaDraft,
     display_name: String,
 }
@@ -77,7 +83,7 @@ impl Inputs {
             nonce: input_hex(spec, "nonce"),
             now_ms: input(spec, "now_ms").parse().expect("now_ms is an integer"),
             space: SpaceId(input_hex(spec, "space")),
-            doc: DocId(input_hex(spec, "idea_doc")),
+            salt: input_hex(spec, "idea_salt"),
             draft: IdeaDraft {
                 title: input_json(spec, "idea_title"),
                 body: input_json(spec, "idea_body"),
@@ -91,6 +97,7 @@ impl Inputs {
 /// What this crate computes from the inputs, one entry per output vector.
 struct Outputs {
     values: BTreeMap<&'static str, String>,
+    idea_doc: DocId,
     idea: Contribution,
     profile: Contribution,
 }
@@ -100,9 +107,10 @@ fn compute(inp: &Inputs) -> Outputs {
     let author = id.author();
     let actor = actor_for(&author, &inp.nonce);
 
+    let idea_doc = DocId::idea(&inp.space, &author, &inp.salt);
     let mut doc = AutoCommit::new().with_actor(actor.clone());
-    let change = idea::create_idea(&mut doc, &inp.draft, &author, inp.now_ms).unwrap();
-    let idea = Contribution::sign(&id, inp.space, inp.doc, DocKind::Idea, &change);
+    let change = idea::create_idea(&mut doc, &inp.draft, &author, &inp.salt, inp.now_ms).unwrap();
+    let idea = Contribution::sign(&id, inp.space, idea_doc, DocKind::Idea, &change);
     let idea_bytes = idea.encode();
 
     let profile_doc = DocId::profile(&inp.space, &author);
@@ -117,13 +125,14 @@ fn compute(inp: &Inputs) -> Outputs {
     v.insert("actor", hex::encode(actor.to_bytes()));
     v.insert("topic", inp.space.topic());
     v.insert("profile_doc", profile_doc.to_hex());
+    v.insert("idea_doc", idea_doc.to_hex());
     v.insert("idea_change", hex::encode(change.raw_bytes()));
     v.insert("idea_change_hash", hex::encode(change.hash().0));
     v.insert(
         "idea_signing_message",
         hex::encode(signing_message(
             &inp.space,
-            &inp.doc,
+            &idea_doc,
             DocKind::Idea,
             &change.hash(),
         )),
@@ -151,11 +160,61 @@ fn compute(inp: &Inputs) -> Outputs {
         "profile_message_id",
         hex::encode(Contribution::wire_id(&profile_bytes)),
     );
+
+    // Sync (section 9): a node holding exactly these two contributions.
+    let idea_heads = [change.hash()];
+    let profile_heads = [pchange.hash()];
+    let digest = sync::space_digest([
+        (&idea_doc, &idea_heads[..]),
+        (&profile_doc, &profile_heads[..]),
+    ]);
+    v.insert("sync_digest", hex::encode(digest));
+    let summary = SyncRequest::Summary {
+        v: 1,
+        space: inp.space.0,
+        digest,
+    };
+    v.insert("sync_summary", hex::encode(cbor(&summary)));
+    let mut docs = vec![
+        DocHeads {
+            doc: idea_doc.0,
+            heads: vec![change.hash().into()],
+        },
+        DocHeads {
+            doc: profile_doc.0,
+            heads: vec![pchange.hash().into()],
+        },
+    ];
+    docs.sort_by_key(|d| d.doc);
+    v.insert(
+        "sync_heads",
+        hex::encode(cbor(&SyncResponse::Heads { docs })),
+    );
+    let fetch = SyncRequest::Fetch {
+        v: 1,
+        space: inp.space.0,
+        wants: vec![DocHeads {
+            doc: idea_doc.0,
+            heads: vec![],
+        }],
+        max_bytes: sync::MAX_RESPONSE_CONTRIBUTION_BYTES as u32,
+    };
+    v.insert("sync_fetch", hex::encode(cbor(&fetch)));
+    v.insert("sync_in_sync", hex::encode(cbor(&SyncResponse::InSync)));
     Outputs {
         values: v,
+        idea_doc,
         idea,
         profile,
     }
+}
+
+/// The CBOR encoding of a sync message (the reference node's libp2p codec, cbor4ii, writes the
+/// same bytes for these types as ciborium does).
+fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    ciborium::into_writer(v, &mut out).expect("CBOR into a Vec");
+    out
 }
 
 /// The block to paste into the document, long values wrapped at 64 hex digits.
@@ -213,7 +272,7 @@ fn the_spec_has_no_unknown_vectors() {
         "nonce",
         "now_ms",
         "space",
-        "idea_doc",
+        "idea_salt",
         "idea_title",
         "idea_body",
         "idea_tags",
@@ -333,18 +392,32 @@ fn outputs_follow_the_rules_in_the_spec() {
     let digest = sha256(&[b"agora/profile-doc/v1", &inp.space.0, &author.0]);
     assert_eq!(PROFILE_DOC_DOMAIN, b"agora/profile-doc/v1");
     assert_eq!(hexv("profile_doc"), &digest[..16]);
+    let idea_digest = sha256(&[b"agora/idea-doc/v1", &inp.space.0, &author.0, &inp.salt]);
+    assert_eq!(IDEA_DOC_DOMAIN, b"agora/idea-doc/v1");
+    assert_eq!(hexv("idea_doc"), &idea_digest[..16]);
+    let idea_doc = DocId(idea_digest[..16].try_into().unwrap());
     assert_eq!(
         out.values["topic"],
         format!("agora/v1/space/{}", hex::encode(inp.space.0))
     );
 
-    for (which, c, kind, doc) in [
-        ("idea", &out.idea, 0u8, inp.doc),
+    // The creating change of an idea carries "agora-idea-v1:" and the salt in lowercase hex.
+    assert_eq!(IDEA_CREATION_MESSAGE, "agora-idea-v1:");
+    let creation_message = format!("agora-idea-v1:{}", hex::encode(inp.salt));
+    for (which, c, kind, doc, message) in [
+        (
+            "idea",
+            &out.idea,
+            0u8,
+            idea_doc,
+            Some(creation_message.as_str()),
+        ),
         (
             "profile",
             &out.profile,
             1u8,
             DocId(digest[..16].try_into().unwrap()),
+            None,
         ),
     ] {
         let change = hexv(&format!("{which}_change"));
@@ -359,7 +432,7 @@ fn outputs_follow_the_rules_in_the_spec() {
         assert_eq!(parsed.timestamp(), inp.now_ms.div_euclid(1000));
         assert_eq!(parsed.seq(), 1);
         assert!(parsed.deps().is_empty());
-        assert_eq!(parsed.message(), None);
+        assert_eq!(parsed.message(), message);
 
         // Signed message: domain ‖ space ‖ doc ‖ kind ‖ change hash, 87 bytes.
         assert_eq!(SIGNING_DOMAIN, b"agora-contribution-v1\0");
@@ -394,7 +467,7 @@ fn outputs_follow_the_rules_in_the_spec() {
     let mut d = AutoCommit::new();
     d.apply_changes([Change::from_bytes(hexv("idea_change")).unwrap()])
         .unwrap();
-    let read = idea::read_idea(&d, inp.space, inp.doc).unwrap();
+    let read = idea::read_idea(&d, inp.space, idea_doc).unwrap();
     let draft = inp.draft.validated().unwrap();
     assert_eq!(read.title, draft.title);
     assert_eq!(read.body, draft.body);
@@ -403,6 +476,13 @@ fn outputs_follow_the_rules_in_the_spec() {
     assert_eq!(read.created, inp.now_ms);
     assert_eq!(read.status, Status::Open);
     assert!(read.comments.is_empty() && read.voters.is_empty());
+    // The root `salt` key holds the salt in lowercase hex (informational: receivers check the
+    // change message, not this key).
+    let (salt_value, _) = d.get(ROOT, "salt").unwrap().unwrap();
+    assert_eq!(
+        salt_value.as_str().map(str::to_string),
+        Some(hex::encode(inp.salt))
+    );
 
     let mut p = AutoCommit::new();
     p.apply_changes([Change::from_bytes(hexv("profile_change")).unwrap()])
@@ -482,6 +562,9 @@ fn every_rejection_code_is_documented() {
         Rejection::BadChange(String::new()),
         Rejection::ActorNotSigner,
         Rejection::NotProfileOwner,
+        Rejection::NotIdeaCreator,
+        Rejection::ProtectedField(String::new()),
+        Rejection::ForeignKey,
         Rejection::BadSignature,
         Rejection::UnknownSpace,
         Rejection::WrongTopic,
@@ -535,4 +618,171 @@ fn change_chunk_rules_in_the_spec_are_enforced() {
     };
     assert!(matches!(bad.verify(), Err(Rejection::BadChange(_))));
     good.verify().unwrap();
+}
+
+#[test]
+fn the_vector_idea_is_bound_to_its_creator() {
+    let spec = spec_vectors();
+    let inp = Inputs::from_spec(&spec);
+    let out = compute(&inp);
+    let alice = Identity::from_seed(inp.seed);
+    let change = Change::from_bytes(out.idea.change.clone()).unwrap();
+
+    // Alice's own creating change, signed by her for any other document id: not_idea_creator.
+    let elsewhere =
+        Contribution::sign(&alice, inp.space, DocId([0x60; 16]), DocKind::Idea, &change);
+    assert_eq!(elsewhere.verify().unwrap_err(), Rejection::NotIdeaCreator);
+    // ... or for the same document id in another space.
+    let moved = Contribution::sign(
+        &alice,
+        SpaceId([9; 16]),
+        out.idea_doc,
+        DocKind::Idea,
+        &change,
+    );
+    assert_eq!(moved.verify().unwrap_err(), Rejection::NotIdeaCreator);
+
+    // Someone else creating an idea with the same salt, under Alice's idea id: not_idea_creator.
+    let mallory = Identity::from_seed([0xee; 32]);
+    let mut d = AutoCommit::new().with_actor(actor_for(&mallory.author(), &inp.nonce));
+    let forged =
+        idea::create_idea(&mut d, &inp.draft, &mallory.author(), &inp.salt, inp.now_ms).unwrap();
+    let forged = Contribution::sign(&mallory, inp.space, out.idea_doc, DocKind::Idea, &forged);
+    assert_eq!(forged.verify().unwrap_err(), Rejection::NotIdeaCreator);
+
+    // The same creation under Mallory's own bound id is fine.
+    let own = DocId::idea(&inp.space, &mallory.author(), &inp.salt);
+    let mut d = AutoCommit::new().with_actor(actor_for(&mallory.author(), &inp.nonce));
+    let ch =
+        idea::create_idea(&mut d, &inp.draft, &mallory.author(), &inp.salt, inp.now_ms).unwrap();
+    Contribution::sign(&mallory, inp.space, own, DocKind::Idea, &ch)
+        .verify()
+        .unwrap();
+}
+
+#[test]
+fn sync_vectors_follow_the_rules_in_the_spec() {
+    let spec = spec_vectors();
+    let inp = Inputs::from_spec(&spec);
+    let out = compute(&inp);
+    let hexv = |name: &str| hex::decode(&out.values[name]).unwrap();
+    let idea_doc = hexv("idea_doc");
+    let profile_doc = hexv("profile_doc");
+    let idea_hash = hexv("idea_change_hash");
+    let profile_hash = hexv("profile_change_hash");
+
+    // Digest: SHA-256 of the domain, then per document in ascending id order:
+    // doc ‖ number of heads (u32 big-endian) ‖ heads in ascending order.
+    assert_eq!(sync::DIGEST_DOMAIN, b"agora-sync-digest-v1\0");
+    let mut docs = [
+        (idea_doc.clone(), idea_hash.clone()),
+        (profile_doc.clone(), profile_hash.clone()),
+    ];
+    docs.sort();
+    let mut parts: Vec<&[u8]> = vec![b"agora-sync-digest-v1\0"];
+    let one = 1u32.to_be_bytes();
+    for (doc, head) in &docs {
+        parts.extend([&doc[..], &one[..], &head[..]]);
+    }
+    let digest = sha256(&parts);
+    assert_eq!(hexv("sync_digest"), digest);
+
+    // Messages: CBOR maps whose first entry is "t" (the message type), as the tables in 9.2 say.
+    let text = |s: &str| [&[0x60 + s.len() as u8][..], s.as_bytes()].concat();
+    let bytes = |b: &[u8]| {
+        let head: Vec<u8> = match b.len() {
+            0..=23 => vec![0x40 + b.len() as u8],
+            24..=255 => vec![0x58, b.len() as u8],
+            _ => unreachable!(),
+        };
+        [&head[..], b].concat()
+    };
+    let summary = [
+        &[0xa4][..],
+        &text("t"),
+        &text("summary"),
+        &text("v"),
+        &[0x01],
+        &text("space"),
+        &bytes(&inp.space.0),
+        &text("digest"),
+        &bytes(&digest),
+    ]
+    .concat();
+    assert_eq!(hexv("sync_summary"), summary);
+
+    let mut heads = vec![0xa2];
+    heads.extend(text("t"));
+    heads.extend(text("heads"));
+    heads.extend(text("docs"));
+    heads.push(0x82);
+    for (doc, head) in &docs {
+        heads.push(0xa2);
+        heads.extend(text("doc"));
+        heads.extend(bytes(doc));
+        heads.extend(text("heads"));
+        heads.push(0x81);
+        heads.extend(bytes(head));
+    }
+    assert_eq!(hexv("sync_heads"), heads);
+
+    let mut fetch = vec![0xa5];
+    fetch.extend(text("t"));
+    fetch.extend(text("fetch"));
+    fetch.extend(text("v"));
+    fetch.push(0x01);
+    fetch.extend(text("space"));
+    fetch.extend(bytes(&inp.space.0));
+    fetch.extend(text("wants"));
+    fetch.push(0x81);
+    fetch.push(0xa2);
+    fetch.extend(text("doc"));
+    fetch.extend(bytes(&idea_doc));
+    fetch.extend(text("heads"));
+    fetch.push(0x80);
+    fetch.extend(text("max_bytes"));
+    fetch.push(0x1a);
+    fetch.extend(2_097_152u32.to_be_bytes());
+    assert_eq!(sync::MAX_RESPONSE_CONTRIBUTION_BYTES, 2_097_152);
+    assert_eq!(hexv("sync_fetch"), fetch);
+
+    assert_eq!(
+        hexv("sync_in_sync"),
+        [&[0xa1][..], &text("t"), &text("in_sync")].concat()
+    );
+
+    // And they decode to what they encode.
+    let req: SyncRequest = ciborium::from_reader(&summary[..]).unwrap();
+    assert_eq!(req.space(), inp.space);
+    assert_eq!(req.check(), Ok(()));
+    let req: SyncRequest = ciborium::from_reader(&fetch[..]).unwrap();
+    assert_eq!(req.check(), Ok(()));
+    let resp: SyncResponse = ciborium::from_reader(&heads[..]).unwrap();
+    assert!(matches!(resp, SyncResponse::Heads { ref docs } if docs.len() == 2));
+    assert_eq!(sync::SYNC_PROTOCOL, "/agora/sync/1");
+}
+
+#[test]
+fn the_annotated_idea_encoding_in_the_spec_matches_the_vectors() {
+    // Section 5.3 shows the idea vector in diagnostic notation and annotated; those excerpts are
+    // not `vector.` lines, so check them here.
+    let spec = spec_vectors();
+    let out = compute(&Inputs::from_spec(&spec));
+    let v = &out.values;
+    let change = &v["idea_change"];
+    let n = change.len() / 2;
+    let excerpts = [
+        format!("\"doc\": h'{}'", v["idea_doc"]),
+        format!("\"change\": h'{}…',   / {n} bytes /", &change[..32]),
+        format!("\"sig\": h'{}'", v["idea_signature"]),
+        format!("50 {}     bytes(16)", v["idea_doc"]),
+        format!("59 {n:04x} {}…", &change[..32]),
+        format!("bytes({n})"),
+        format!("58 40 {}", v["idea_signature"]),
+        format!("`{}` (checksum", &change[8..16]),
+        format!("`{}` ({} bytes follow)", &change[18..22], n - 11),
+    ];
+    for e in excerpts {
+        assert!(SPEC.contains(&e), "PROTOCOL.md 5.3 lacks {e:?}");
+    }
 }
