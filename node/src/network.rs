@@ -210,6 +210,8 @@ pub struct EventLoop {
     next_token: u64,
     queued: HashMap<TopicHash, VecDeque<Vec<u8>>>,
     connected: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Peers found by mDNS and not expired: redialled while unconnected.
+    mdns_peers: HashMap<PeerId, Multiaddr>,
     /// Outbound sync requests in flight: what they were about.
     syncing: HashMap<OutboundRequestId, (PeerId, SpaceId, Option<Vec<DocHeads>>)>,
     /// Results of sync work done off the loop (engine queries), to act on in the loop.
@@ -341,6 +343,7 @@ pub fn new(
         next_token: 0,
         queued: HashMap::new(),
         connected: HashMap::new(),
+        mdns_peers: HashMap::new(),
         syncing: HashMap::new(),
         sync_tx,
         sync_rx,
@@ -361,9 +364,13 @@ impl EventLoop {
         for addr in self.config.peers.clone() {
             self.dial(addr);
         }
-        let mut redial = tokio::time::interval(self.config.redial_every);
+        // First ticks one period from now: the explicit peers were just dialled above.
+        let start = tokio::time::Instant::now();
+        let mut redial =
+            tokio::time::interval_at(start + self.config.redial_every, self.config.redial_every);
         redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut resync = tokio::time::interval(self.config.sync_every);
+        let mut resync =
+            tokio::time::interval_at(start + self.config.sync_every, self.config.sync_every);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -386,12 +393,29 @@ impl EventLoop {
     }
 
     fn dial(&mut self, addr: Multiaddr) {
-        if let Err(e) = self.swarm.dial(addr.clone()) {
+        // A fresh local port per dial: with the default (dialling from our listen port), two
+        // nodes that learn of each other from the same mDNS answer and dial at the same moment
+        // merge both attempts into one TCP connection where both sides initiate, and both
+        // handshakes fail.
+        let opts = libp2p::swarm::dial_opts::DialOpts::unknown_peer_id()
+            .address(addr.clone())
+            .allocate_new_port()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
             tracing::debug!(target: "agora::network", %addr, %e, "dial failed");
         }
     }
 
     fn redial(&mut self) {
+        let lan: Vec<Multiaddr> = self
+            .mdns_peers
+            .iter()
+            .filter(|(p, _)| !self.connected.contains_key(p))
+            .map(|(p, a)| a.clone().with_p2p(*p).unwrap_or_else(|a| a))
+            .collect();
+        for addr in lan {
+            self.dial(addr);
+        }
         for addr in self.config.peers.clone() {
             let peer = addr.iter().find_map(|p| match p {
                 libp2p::multiaddr::Protocol::P2p(id) => Some(id),
@@ -416,7 +440,17 @@ impl EventLoop {
                     tracing::warn!(target: "agora::network", %space, %e, "subscribe failed");
                 }
                 let _ = gs.set_topic_params(topic.clone(), topic_score_params());
-                self.topics.insert(topic.hash(), space);
+                let hash = topic.hash();
+                // Peers already in the space will not announce it again: catch up from them now.
+                let already: Vec<PeerId> = gs
+                    .all_peers()
+                    .filter(|(_, topics)| topics.contains(&&hash))
+                    .map(|(p, _)| *p)
+                    .collect();
+                self.topics.insert(hash, space);
+                for peer in already {
+                    self.start_sync(peer, space);
+                }
             }
             NetRequest::Publish { space, bytes } => {
                 let topic = IdentTopic::new(space.topic()).hash();
@@ -567,10 +601,17 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 let mut seen = HashSet::new();
                 for (peer, addr) in list {
+                    // Remembered until mDNS says it expired, so `redial` retries failed dials.
+                    self.mdns_peers.insert(peer, addr.clone());
                     if !self.connected.contains_key(&peer) && seen.insert(peer) {
                         tracing::info!(target: "agora::network", %peer, %addr, "discovered by mDNS");
                         self.dial(addr.with_p2p(peer).unwrap_or_else(|a| a));
                     }
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(list))) => {
+                for (peer, _) in list {
+                    self.mdns_peers.remove(&peer);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
