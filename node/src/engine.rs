@@ -23,6 +23,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub const MAX_BATCH: usize = 4096;
 /// Most early contributions (missing dependencies) held in memory across all documents.
 pub const MAX_PENDING: usize = 10_000;
+/// Most change bytes of early contributions held in memory across all documents.
+pub const MAX_PENDING_BYTES: usize = 32 * 1024 * 1024;
 /// A document gets a fresh snapshot once this many contributions were added since the last one.
 pub const SNAPSHOT_EVERY: u64 = 256;
 
@@ -167,6 +169,8 @@ pub struct Engine {
     /// Early contributions by (space, doc), in arrival order.
     pending: HashMap<(SpaceId, DocId), Vec<(Contribution, Change)>>,
     pending_len: usize,
+    /// Change bytes held in `pending`.
+    pending_bytes: usize,
     counters: Counters,
     net: Option<mpsc::Sender<NetRequest>>,
     events: broadcast::Sender<NodeEvent>,
@@ -302,6 +306,7 @@ impl Engine {
             idea_space,
             pending: HashMap::new(),
             pending_len: 0,
+            pending_bytes: 0,
             counters: Counters::default(),
             net: None,
             events,
@@ -746,6 +751,7 @@ impl Engine {
             // Earlier arrivals that were waiting for dependencies get another chance.
             let waiting = self.pending.remove(&(space, doc)).unwrap_or_default();
             self.pending_len -= waiting.len();
+            self.pending_bytes -= waiting.iter().map(|(c, _)| c.change.len()).sum::<usize>();
             let held: Vec<(usize, Contribution, Change)> = waiting
                 .into_iter()
                 .map(|(c, ch)| (usize::MAX, c, ch))
@@ -819,8 +825,13 @@ impl Engine {
                 if slot != usize::MAX {
                     outcomes[slot] = Some(Outcome::Pending);
                 }
-                if self.pending_len < MAX_PENDING {
+                // Bounded by count and by bytes; beyond that, early arrivals are dropped (sync
+                // fetches them again once their dependencies are here).
+                let size = c.change.len();
+                if self.pending_len < MAX_PENDING && self.pending_bytes + size <= MAX_PENDING_BYTES
+                {
                     self.pending_len += 1;
+                    self.pending_bytes += size;
                     self.pending.entry((space, doc)).or_default().push((c, ch));
                 }
             }

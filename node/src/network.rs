@@ -98,6 +98,10 @@ pub struct NetStatus {
     pub queued: u64,
     /// Anti-entropy state per peer and space, as of the last exchange.
     pub sync: Vec<SyncInfo>,
+    /// Outbound sync requests that failed (timeouts, refusals, oversize answers).
+    pub sync_failures: u64,
+    /// Peers currently banned for sending invalid data by sync.
+    pub banned: usize,
 }
 
 /// Where sync with one peer in one space stands.
@@ -220,6 +224,8 @@ pub struct EventLoop {
     sync_tasks: std::sync::Arc<tokio::sync::Semaphore>,
     /// Peers that sent invalid contributions by sync, until when.
     banned: HashMap<PeerId, std::time::Instant>,
+    /// Outbound sync requests that failed (timeouts, refusals, oversize answers).
+    sync_failures: u64,
     /// Per (peer, space): the last sync state, for status.
     sync_state: HashMap<(PeerId, SpaceId), SyncState>,
 }
@@ -349,6 +355,7 @@ pub fn new(
         sync_rx,
         sync_tasks: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SYNC_TASKS)),
         banned: HashMap::new(),
+        sync_failures: 0,
         sync_state: HashMap::new(),
     })
 }
@@ -557,6 +564,8 @@ impl EventLoop {
                             state: *state,
                         })
                         .collect(),
+                    sync_failures: self.sync_failures,
+                    banned: self.banned.len(),
                 });
             }
         }
@@ -567,6 +576,10 @@ impl EventLoop {
             SwarmEvent::NewListenAddr { address, .. } => {
                 let me = *self.swarm.local_peer_id();
                 tracing::info!(target: "agora::network", "listening on {address}/p2p/{me}");
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, .. } if self.is_banned(&peer_id) => {
+                tracing::debug!(target: "agora::sync", peer = %peer_id, "refusing a banned peer");
+                let _ = self.swarm.disconnect_peer_id(peer_id);
             }
             SwarmEvent::ConnectionEstablished {
                 peer_id, endpoint, ..
@@ -722,7 +735,26 @@ impl EventLoop {
         });
     }
 
+    /// Whether `peer` is banned; lifts an expired ban.
+    fn is_banned(&mut self, peer: &PeerId) -> bool {
+        match self.banned.get(peer) {
+            Some(until) if *until > std::time::Instant::now() => true,
+            Some(_) => {
+                self.banned.remove(peer);
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .remove_blacklisted_peer(peer);
+                false
+            }
+            None => false,
+        }
+    }
+
     fn start_sync(&mut self, peer: PeerId, space: SpaceId) {
+        if self.is_banned(&peer) {
+            return;
+        }
         let engine = self.engine.clone();
         self.spawn_sync(async move {
             let digest = engine.call(move |e| e.sync_digest(space)).await.ok()??;
@@ -827,7 +859,8 @@ impl EventLoop {
                 ..
             } => {
                 self.syncing.remove(&request_id);
-                tracing::debug!(target: "agora::sync", %peer, %error, "sync request failed; will retry on the next round");
+                self.sync_failures += 1;
+                tracing::info!(target: "agora::sync", %peer, %error, "sync request failed (timeout, refused, or an answer over the size limit); will retry on the next round");
             }
             request_response::Event::InboundFailure { peer, error, .. } => {
                 tracing::debug!(target: "agora::sync", %peer, %error, "inbound sync failed");
@@ -854,6 +887,14 @@ async fn follow_up(
     };
     match response {
         SyncResponse::InSync => Some(SyncStep::Done(peer, space, SyncState::InSync)),
+        // An answer that does not fit the question (heads to a fetch, contributions to a
+        // summary) is a protocol violation: end the exchange rather than loop on it.
+        SyncResponse::Heads { .. } if theirs.is_some() => {
+            Some(SyncStep::Ban(peer, "sync_protocol_violation"))
+        }
+        SyncResponse::Contributions { .. } if theirs.is_none() => {
+            Some(SyncStep::Ban(peer, "sync_protocol_violation"))
+        }
         SyncResponse::Heads { docs } => {
             let docs_for_engine = docs.clone();
             let wants = engine
