@@ -32,6 +32,8 @@ pub const MAX_AWAITING_VERDICT: usize = 20_000;
 pub const SYNC_FETCH_BYTES: u32 = 1024 * 1024;
 /// Most sync exchanges running at once (inbound and outbound together).
 pub const MAX_SYNC_TASKS: usize = 64;
+/// An exchange with no step for this long is considered over (its peer may have gone quiet).
+pub const SYNC_STALE: Duration = Duration::from_secs(60);
 /// How long a peer that sent invalid contributions by sync stays disconnected.
 pub const SYNC_BAN: Duration = Duration::from_secs(600);
 
@@ -226,6 +228,8 @@ pub struct EventLoop {
     banned: HashMap<PeerId, std::time::Instant>,
     /// Outbound sync requests that failed (timeouts, refusals, oversize answers).
     sync_failures: u64,
+    /// Exchanges running, by peer and space, with the time of their last step.
+    in_flight: HashMap<(PeerId, SpaceId), std::time::Instant>,
     /// Per (peer, space): the last sync state, for status.
     sync_state: HashMap<(PeerId, SpaceId), SyncState>,
 }
@@ -262,6 +266,8 @@ enum SyncStep {
     ),
     Respond(ResponseChannel<SyncResponse>, SyncResponse),
     Done(PeerId, SpaceId, SyncState),
+    /// The exchange ended without a verdict on the state (the peer refused).
+    End(PeerId, SpaceId),
     Ban(PeerId, &'static str),
 }
 
@@ -356,6 +362,7 @@ pub fn new(
         sync_tasks: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SYNC_TASKS)),
         banned: HashMap::new(),
         sync_failures: 0,
+        in_flight: HashMap::new(),
         sync_state: HashMap::new(),
     })
 }
@@ -755,6 +762,17 @@ impl EventLoop {
         if self.is_banned(&peer) {
             return;
         }
+        // One exchange per peer and space at a time: a catch-up that outlasts `sync_every`
+        // must not be doubled by the next round (an exchange silent for a minute is over).
+        let now = std::time::Instant::now();
+        if self
+            .in_flight
+            .get(&(peer, space))
+            .is_some_and(|t| now.duration_since(*t) < SYNC_STALE)
+        {
+            return;
+        }
+        self.in_flight.insert((peer, space), now);
         let engine = self.engine.clone();
         self.spawn_sync(async move {
             let digest = engine.call(move |e| e.sync_digest(space)).await.ok()??;
@@ -771,8 +789,11 @@ impl EventLoop {
         match step {
             SyncStep::Request(peer, space, req, theirs, progress) => {
                 if !self.connected.contains_key(&peer) {
+                    self.in_flight.remove(&(peer, space));
                     return;
                 }
+                self.in_flight
+                    .insert((peer, space), std::time::Instant::now());
                 if let Some((docs_left, just_received)) = progress {
                     let before = match self.sync_state.get(&(peer, space)) {
                         Some(SyncState::CatchingUp { received, .. }) => *received,
@@ -794,10 +815,15 @@ impl EventLoop {
             SyncStep::Respond(channel, resp) => {
                 let _ = self.swarm.behaviour_mut().sync.send_response(channel, resp);
             }
+            SyncStep::End(peer, space) => {
+                self.in_flight.remove(&(peer, space));
+            }
             SyncStep::Done(peer, space, state) => {
+                self.in_flight.remove(&(peer, space));
                 self.sync_state.insert((peer, space), state);
             }
             SyncStep::Ban(peer, reason) => {
+                self.in_flight.retain(|(p, _), _| *p != peer);
                 tracing::warn!(target: "agora::sync", %peer, reason, "peer sent invalid contributions by sync; disconnecting it for a while");
                 self.banned
                     .insert(peer, std::time::Instant::now() + SYNC_BAN);
@@ -858,7 +884,9 @@ impl EventLoop {
                 error,
                 ..
             } => {
-                self.syncing.remove(&request_id);
+                if let Some((p, space, _)) = self.syncing.remove(&request_id) {
+                    self.in_flight.remove(&(p, space));
+                }
                 self.sync_failures += 1;
                 tracing::info!(target: "agora::sync", %peer, %error, "sync request failed (timeout, refused, or an answer over the size limit); will retry on the next round");
             }
@@ -958,7 +986,7 @@ async fn follow_up(
         }
         SyncResponse::Refused { reason } => {
             tracing::debug!(target: "agora::sync", %peer, %space, reason, "sync refused");
-            None
+            Some(SyncStep::End(peer, space))
         }
     }
 }

@@ -378,9 +378,15 @@ fn verifying_key(author: &AuthorId) -> Result<VerifyingKey, Rejection> {
 pub fn verify_batch(items: Vec<Contribution>) -> Vec<Result<VerifiedContribution, Rejection>> {
     let mut results: Vec<Result<VerifiedContribution, Rejection>> = Vec::with_capacity(items.len());
     let mut pending: Vec<(usize, Vec<u8>, VerifyingKey)> = Vec::new();
+    // Decompressing a public key is a noticeable share of verification: once per author.
+    let mut keys: std::collections::HashMap<AuthorId, Result<VerifyingKey, Rejection>> =
+        std::collections::HashMap::new();
     for item in items {
         let checked = item.check_structure().and_then(|(change, message)| {
-            let key = verifying_key(&item.author)?;
+            let key = keys
+                .entry(item.author)
+                .or_insert_with(|| verifying_key(&item.author))
+                .clone()?;
             Ok((change, message, key))
         });
         match checked {
