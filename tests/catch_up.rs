@@ -35,7 +35,11 @@ async fn write_history(writers: &[&TestNode], space: SpaceId, ideas: usize, tota
         let id = ids[k % ids.len()];
         if k.is_multiple_of(10) {
             // One vote per author per idea; a repeated vote is a no-op, not a contribution.
-            let vote = if k.is_multiple_of(20) { Vote::Up } else { Vote::Down };
+            let vote = if k.is_multiple_of(20) {
+                Vote::Up
+            } else {
+                Vote::Down
+            };
             w.handle.vote(id, vote).await.expect("vote");
         } else {
             w.handle
