@@ -811,10 +811,11 @@ async fn a_stalling_peer_blocks_nothing_and_late_answers_are_dropped() {
     )
     .await;
     let asked = liar.requests().len();
-    // One summary per periodic round (5 s), plus the one on subscription and one spare.
+    // One exchange per peer and space at a time: while a request hangs the node does not pile
+    // up more; at most one summary per periodic round (5 s) plus the one on subscription.
     let rounds = first.elapsed().as_secs() / 5 + 3;
     assert!(
-        (2..=rounds as usize).contains(&asked),
+        (1..=rounds as usize).contains(&asked),
         "{asked} requests to a peer that never answers in {:?}",
         first.elapsed()
     );
