@@ -212,7 +212,7 @@ pub struct EventLoop {
     commands: mpsc::Receiver<NetCommand>,
     config: NetConfig,
     topics: HashMap<TopicHash, SpaceId>,
-    awaiting: HashMap<u64, (MessageId, PeerId)>,
+    awaiting: HashMap<u64, (MessageId, PeerId, Option<SpaceId>)>,
     next_token: u64,
     queued: HashMap<TopicHash, VecDeque<Vec<u8>>>,
     connected: HashMap<PeerId, Vec<Multiaddr>>,
@@ -471,9 +471,14 @@ impl EventLoop {
                 self.publish(topic, bytes);
             }
             NetRequest::Verdict { token, outcome } => {
-                let Some((id, source)) = self.awaiting.remove(&token) else {
+                let Some((id, source, space)) = self.awaiting.remove(&token) else {
                     return;
                 };
+                // An early arrival: its dependencies are missing here, and the peer that sent it
+                // most likely has them. Fetch them now rather than at the next periodic round.
+                if let (Outcome::Pending, Some(space)) = (&outcome, space) {
+                    self.start_sync(source, space);
+                }
                 let acceptance = match outcome {
                     Outcome::Accepted => MessageAcceptance::Accept,
                     // Duplicates and early arrivals are not the sender's fault; do not relay them
@@ -668,15 +673,16 @@ impl EventLoop {
                 }
                 let token = self.next_token;
                 self.next_token += 1;
+                let space = self.topics.get(&message.topic).copied();
                 let g = GossipIn {
                     token,
-                    topic: self.topics.get(&message.topic).copied(),
+                    topic: space,
                     bytes: message.data,
                 };
                 match self.engine.try_gossip(g) {
                     Ok(()) => {
                         self.awaiting
-                            .insert(token, (message_id, propagation_source));
+                            .insert(token, (message_id, propagation_source, space));
                     }
                     Err(_) => {
                         tracing::debug!(target: "agora::network", "engine busy; ignoring a gossip message");
