@@ -11,52 +11,18 @@
 
 mod proc;
 
-use proc::{wait_until, AgoraProc};
+use proc::{ip, require_root_and_iproute2, run_ip, wait_until, AgoraProc};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Upper bound for discovery and gossip (mDNS probes start after ~0.5 s and back off).
 const CONVERGE: Duration = Duration::from_secs(90);
 
-fn run_ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip {}`: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "`ip {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-#[track_caller]
-fn ip(args: &[&str]) -> String {
-    run_ip(args).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Fails the test (never skips it) unless we are root and iproute2 is installed.
-fn require_root_and_iproute2() {
-    const NEED: &str = "the LAN mDNS test needs root and iproute2 (`ip`) to create network \
+/// Why this test needs root and iproute2.
+const NEED_ROOT: &str = "the LAN mDNS test needs root and iproute2 (`ip`) to create network \
                         namespaces; run it as root with iproute2 installed (CI does both)";
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|e| panic!("{NEED}: cannot run `id -u`: {e}"));
-    assert_eq!(uid, "0", "{NEED}: running as uid {uid}");
-    if let Err(e) = run_ip(&["-V"]) {
-        panic!("{NEED}: {e}");
-    }
-}
 
 /// The namespaces of one test run; deleted on drop (also on panic). Declare it before the
 /// nodes so that the nodes are killed first.
@@ -188,7 +154,7 @@ fn handshake_hint(nodes: &[AgoraProc]) -> String {
 
 #[test]
 fn three_nodes_on_a_lan_find_each_other_by_mdns_and_converge() {
-    require_root_and_iproute2();
+    require_root_and_iproute2(NEED_ROOT);
     let t0 = Instant::now();
     let tmp = tempfile::tempdir().expect("temp dir");
     let lan = Lan::new(3);

@@ -19,10 +19,9 @@
 
 mod proc;
 
-use proc::{try_cli_json_with, wait_until, AgoraProc};
+use proc::{ip, require_root_and_iproute2, run_ip, try_cli_json_with, wait_until, AgoraProc};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -39,43 +38,10 @@ const PORT: u16 = 7400;
 const GROUP_A: usize = 3;
 const NODES: usize = 5;
 
-fn run_ip(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run `ip {}`: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "`ip {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-#[track_caller]
-fn ip(args: &[&str]) -> String {
-    run_ip(args).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Fails the test (never skips it) unless we are root and iproute2 is installed.
-fn require_root_and_iproute2() {
-    const NEED: &str = "the partition test needs root and iproute2 (`ip`) to create network \
+/// Why this test needs root and iproute2.
+const NEED_ROOT: &str = "the partition test needs root and iproute2 (`ip`) to create network \
                         namespaces and bridges; run it as root with iproute2 installed (CI does \
                         both)";
-    let uid = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|e| panic!("{NEED}: cannot run `id -u`: {e}"));
-    assert_eq!(uid, "0", "{NEED}: running as uid {uid}");
-    if let Err(e) = run_ip(&["-V"]) {
-        panic!("{NEED}: {e}");
-    }
-}
 
 /// The namespaces of one test run; deleted on drop (also on panic). Declare it before the
 /// nodes so that the nodes are killed first.
@@ -319,7 +285,7 @@ fn add_idea(node: &AgoraProc, space: &str, title: &str) -> String {
 
 #[test]
 fn five_nodes_split_in_two_post_on_both_sides_heal_and_converge() {
-    require_root_and_iproute2();
+    require_root_and_iproute2(NEED_ROOT);
     let t0 = Instant::now();
     let log = |msg: &str| eprintln!("[{:>6.1} s] {msg}", t0.elapsed().as_secs_f64());
     let tmp = tempfile::tempdir().expect("temp dir");

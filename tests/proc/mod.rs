@@ -496,3 +496,41 @@ pub fn wait_until<T>(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Runs `ip ARGS` (iproute2) and returns its stdout, or a message with its stderr.
+pub fn run_ip(args: &[&str]) -> Result<String, String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run `ip {}`: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "`ip {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Runs `ip ARGS` and panics if it fails.
+#[track_caller]
+pub fn ip(args: &[&str]) -> String {
+    run_ip(args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Fails the test (never skips it) unless we are root and iproute2 is installed. `need` says
+/// which test needs them and why.
+pub fn require_root_and_iproute2(need: &str) {
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|e| panic!("{need}: cannot run `id -u`: {e}"));
+    assert_eq!(uid, "0", "{need}: running as uid {uid}");
+    if let Err(e) = run_ip(&["-V"]) {
+        panic!("{need}: {e}");
+    }
+}
