@@ -18,9 +18,12 @@ use agora_protocol::idea::{self, IdeaDraft, Vote};
 use agora_protocol::limits::MAX_CONTRIBUTION_BYTES;
 use agora_protocol::sync::{self, DocHeads, Hash, SyncRequest, SyncResponse};
 use agora_protocol::{AuthorId, Contribution, DocId, DocKind, Identity, SpaceId};
-use common::{converge, restart, shutdown_all, spawn_node, view, wait_for, wait_until, TestNode};
+use common::{
+    converge, raw_peer_gossipsub_config, restart, shutdown_all, spawn_node, view, wait_for,
+    wait_until, TestNode,
+};
 use libp2p::futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, ValidationMode};
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
 use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
@@ -91,17 +94,7 @@ impl Liar {
         let mut secret = seed; // `ed25519_from_bytes` zeroes its argument.
         let keypair =
             libp2p::identity::Keypair::ed25519_from_bytes(&mut secret).expect("ed25519 seed");
-        let gs_config = gossipsub::ConfigBuilder::default()
-            .mesh_n(3)
-            .mesh_n_low(1)
-            .mesh_n_high(6)
-            .mesh_outbound_min(1)
-            .heartbeat_initial_delay(Duration::from_millis(200))
-            .heartbeat_interval(Duration::from_millis(200))
-            .validation_mode(ValidationMode::Strict)
-            .message_id_fn(|m: &gossipsub::Message| agora_node::network::message_id(&m.data))
-            .build()
-            .expect("gossipsub config");
+        let gs_config = raw_peer_gossipsub_config();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(

@@ -7,9 +7,12 @@ use agora_node::{Counters, NodeHandle};
 use agora_protocol::automerge::AutoCommit;
 use agora_protocol::idea::{self, IdeaDraft, Vote, VoteCount};
 use agora_protocol::{AuthorId, Contribution, DocId, DocKind, Identity, SpaceId};
-use common::{converge, shutdown_all, spawn_nodes, wait_for, wait_for_mesh, wait_until, TestNode};
+use common::{
+    converge, raw_peer_gossipsub_config, shutdown_all, spawn_nodes, wait_for, wait_for_mesh,
+    wait_until, TestNode,
+};
 use libp2p::futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, TopicHash, ValidationMode};
+use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, TopicHash};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId};
 use std::collections::{BTreeMap, HashSet};
@@ -209,17 +212,7 @@ impl Forger {
         let mut secret = seed; // `ed25519_from_bytes` zeroes its argument.
         let keypair =
             libp2p::identity::Keypair::ed25519_from_bytes(&mut secret).expect("ed25519 seed");
-        let config = gossipsub::ConfigBuilder::default()
-            .mesh_n(3)
-            .mesh_n_low(1)
-            .mesh_n_high(6)
-            .mesh_outbound_min(1)
-            .heartbeat_initial_delay(Duration::from_millis(200))
-            .heartbeat_interval(Duration::from_millis(200))
-            .validation_mode(ValidationMode::Strict)
-            .message_id_fn(|m: &gossipsub::Message| agora_node::network::message_id(&m.data))
-            .build()
-            .expect("gossipsub config");
+        let config = raw_peer_gossipsub_config();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(

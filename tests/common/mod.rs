@@ -262,3 +262,20 @@ pub async fn restart(node: TestNode, peers: Vec<String>) -> TestNode {
     let TestNode { dir, .. } = node;
     start_in(dir, peers).await
 }
+
+/// The gossipsub settings of a raw libp2p test peer (forger, liar): the node's small-mesh
+/// settings and message ids, signed messages, no application validation.
+pub fn raw_peer_gossipsub_config() -> libp2p::gossipsub::Config {
+    use libp2p::gossipsub;
+    gossipsub::ConfigBuilder::default()
+        .mesh_n(3)
+        .mesh_n_low(1)
+        .mesh_n_high(6)
+        .mesh_outbound_min(1)
+        .heartbeat_initial_delay(Duration::from_millis(200))
+        .heartbeat_interval(Duration::from_millis(200))
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .message_id_fn(|m: &gossipsub::Message| agora_node::network::message_id(&m.data))
+        .build()
+        .expect("gossipsub config")
+}
