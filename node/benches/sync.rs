@@ -53,45 +53,8 @@ const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 // ---------------------------------------------------------------------------------------------
 // Deterministic generation of signed contributions.
 
-/// xorshift64*: deterministic, no global state.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-
-    fn bytes<const N: usize>(&mut self) -> [u8; N] {
-        let mut b = [0u8; N];
-        for x in &mut b {
-            *x = self.next() as u8;
-        }
-        b
-    }
-
-    fn text(&mut self, min: usize, max: usize) -> String {
-        const WORDS: &[&str] = &[
-            "lunch", "rota", "deploy", "friday", "coffee", "budget", "offsite", "review", "agree",
-            "later", "ticket", "design", "garden", "bikes", "parking", "quiet", "music", "retro",
-        ];
-        let target = min + self.below(max - min + 1);
-        let mut s = String::new();
-        while s.len() < target {
-            if !s.is_empty() {
-                s.push(' ');
-            }
-            s.push_str(WORDS[self.below(WORDS.len())]);
-        }
-        s
-    }
-}
+mod support;
+use support::Rng;
 
 struct Writer {
     identity: Identity,

@@ -176,6 +176,28 @@ pub struct Engine {
     events: broadcast::Sender<NodeEvent>,
 }
 
+/// A store record that does not decode or apply: the disk is corrupt.
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        tree: "contributions",
+        detail: e.to_string(),
+    }
+}
+
+/// The Automerge changes of stored contributions, in order, with the document kind they name.
+/// Stored contributions were verified before they were written; decoding them again only guards
+/// against disk corruption.
+fn changes_of(tail: &[(u64, Vec<u8>)]) -> Result<(Vec<Change>, Option<DocKind>), StoreError> {
+    let mut kind = None;
+    let mut changes = Vec::with_capacity(tail.len());
+    for (_, bytes) in tail {
+        let c = Contribution::decode(bytes).map_err(corrupt)?;
+        kind = Some(c.kind);
+        changes.push(Change::from_bytes(c.change).map_err(corrupt)?);
+    }
+    Ok((changes, kind))
+}
+
 fn new_doc(author: &AuthorId, nonce: &[u8; 16]) -> AutoCommit {
     AutoCommit::new().with_actor(idea::actor_for(author, nonce))
 }
@@ -263,25 +285,8 @@ impl Engine {
                 None => AutoCommit::new(),
             }
             .with_actor(idea::actor_for(&author, &actor_nonce));
-            let mut changes = Vec::with_capacity(stored.tail.len());
-            for (_, bytes) in &stored.tail {
-                // Stored contributions were verified before they were written; decoding them again
-                // only guards against disk corruption.
-                let c = Contribution::decode(bytes).map_err(|e| StoreError::Corrupt {
-                    tree: "contributions",
-                    detail: e.to_string(),
-                })?;
-                let ch = Change::from_bytes(c.change).map_err(|e| StoreError::Corrupt {
-                    tree: "contributions",
-                    detail: e.to_string(),
-                })?;
-                changes.push(ch);
-            }
-            doc.apply_changes(changes)
-                .map_err(|e| StoreError::Corrupt {
-                    tree: "contributions",
-                    detail: e.to_string(),
-                })?;
+            let (changes, _) = changes_of(&stored.tail)?;
+            doc.apply_changes(changes).map_err(corrupt)?;
             let snapshot_seq = stored.snapshot.as_ref().map_or(0, |(s, _)| *s);
             let last_seq = stored.tail.last().map_or(snapshot_seq, |(s, _)| *s);
             if stored.kind == DocKind::Idea {
@@ -517,25 +522,13 @@ impl Engine {
             return Ok(());
         }
         let mut d = new_doc(&self.author, &self.actor_nonce);
-        let mut kind = DocKind::Idea;
-        let mut changes = Vec::new();
-        for (_, bytes) in &tail {
-            if let Ok(c) = Contribution::decode(bytes) {
-                kind = c.kind;
-                if let Ok(ch) = Change::from_bytes(c.change) {
-                    changes.push(ch);
-                }
-            }
-        }
-        d.apply_changes(changes).map_err(|e| StoreError::Corrupt {
-            tree: "contributions",
-            detail: e.to_string(),
-        })?;
+        let (changes, kind) = changes_of(&tail)?;
+        d.apply_changes(changes).map_err(corrupt)?;
         let last_seq = tail.last().map_or(0, |(s, _)| *s);
         s.docs.insert(
             doc,
             DocState {
-                kind,
+                kind: kind.unwrap_or(DocKind::Idea),
                 doc: d,
                 last_seq,
                 snapshot_seq: 0,
@@ -864,14 +857,12 @@ impl Engine {
                     // that only the bad ones are refused.
                     tracing::warn!(target: "agora::engine", %space, %doc, %e, "batch apply failed; retrying one by one");
                     let mut fresh = new_doc(&author, &nonce);
-                    let stored: Vec<Change> = self
+                    let stored = self
                         .store
                         .contributions_of(&space, &doc, 0)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter_map(|(_, b)| Contribution::decode(&b).ok())
-                        .filter_map(|c| Change::from_bytes(c.change).ok())
-                        .collect();
+                        .and_then(|tail| changes_of(&tail))
+                        .map(|(changes, _)| changes)
+                        .unwrap_or_default();
                     let _ = fresh.apply_changes(stored);
                     state.doc = fresh;
                     let mut ok = Vec::new();
