@@ -15,7 +15,7 @@ use agora_protocol::contribution::verify_batch;
 use agora_protocol::idea::{self, Idea, IdeaDraft, Status, Vote};
 use agora_protocol::sync::{self, DocHeads, SyncRequest, SyncResponse};
 use agora_protocol::{AuthorId, Contribution, DocId, DocKind, Identity, Rejection, SpaceId};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -63,7 +63,7 @@ pub enum Outcome {
 }
 
 /// A live event for API subscribers.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum NodeEvent {
     /// An idea was created or changed (locally or by a peer).
@@ -81,7 +81,7 @@ pub enum NodeEvent {
     /// A contribution was refused.
     Rejected {
         /// The reason code.
-        reason: &'static str,
+        reason: String,
     },
 }
 
@@ -119,7 +119,7 @@ pub struct GossipIn {
 }
 
 /// Counters for status and tests.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Counters {
     /// Contributions accepted from the network.
     pub accepted: u64,
@@ -128,7 +128,7 @@ pub struct Counters {
     /// Contributions currently waiting for dependencies.
     pub pending: u64,
     /// Rejections by reason code.
-    pub rejected: BTreeMap<&'static str, u64>,
+    pub rejected: BTreeMap<String, u64>,
 }
 
 impl Counters {
@@ -950,9 +950,15 @@ impl Engine {
                 Outcome::Duplicate => self.counters.duplicates += 1,
                 Outcome::Pending => {}
                 Outcome::Rejected(r) => {
-                    *self.counters.rejected.entry(r.code()).or_default() += 1;
+                    *self
+                        .counters
+                        .rejected
+                        .entry(r.code().to_string())
+                        .or_default() += 1;
                     tracing::info!(target: "agora::engine", reason = r.code(), detail = %r, "rejected a contribution");
-                    let _ = self.events.send(NodeEvent::Rejected { reason: r.code() });
+                    let _ = self.events.send(NodeEvent::Rejected {
+                        reason: r.code().to_string(),
+                    });
                 }
             }
         }

@@ -21,14 +21,14 @@ pub mod store;
 
 pub use config::Config;
 pub use engine::{Counters, EngineError, NodeEvent};
-pub use network::{NetStatus, PeerInfo};
+pub use network::{NetStatus, PeerInfo, SyncInfo, SyncState};
 
 use agora_protocol::automerge::ChangeHash;
 use agora_protocol::idea::{Idea, IdeaDraft, Status, Vote};
 use agora_protocol::{AuthorId, DocId, Identity, SpaceId};
 use engine::{Engine, EngineHandle};
 use network::NetCommand;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -251,7 +251,7 @@ struct Inner {
 }
 
 /// A node's status, as `agora status` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeStatus {
     /// Our author id.
     pub author: AuthorId,
@@ -278,7 +278,7 @@ pub struct NodeStatus {
 }
 
 /// A space as listed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpaceInfo {
     /// Id.
     pub id: SpaceId,

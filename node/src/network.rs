@@ -17,7 +17,7 @@ use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, MessageId, TopicHas
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{behaviour::toggle::Toggle, NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, mdns, noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -75,7 +75,7 @@ pub fn parse_addr(s: &str) -> Result<Multiaddr, NetworkError> {
 }
 
 /// A connected peer, as shown by `agora peers`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerInfo {
     /// The peer's libp2p id.
     pub peer_id: String,
@@ -88,7 +88,7 @@ pub struct PeerInfo {
 }
 
 /// The network's view, for `status`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NetStatus {
     /// Our peer id.
     pub peer_id: String,
@@ -107,7 +107,7 @@ pub struct NetStatus {
 }
 
 /// Where sync with one peer in one space stands.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SyncInfo {
     /// The peer.
     pub peer_id: String,
@@ -160,7 +160,9 @@ pub fn message_id(data: &[u8]) -> MessageId {
     MessageId::from(Contribution::wire_id(data).to_vec())
 }
 
-fn gossipsub_config(heartbeat: Duration) -> Result<gossipsub::Config, NetworkError> {
+/// The gossipsub settings of a node (and of raw test peers that must speak like one): small-mesh
+/// parameters, application validation, content-addressed message ids.
+pub fn gossipsub_config(heartbeat: Duration) -> Result<gossipsub::Config, NetworkError> {
     gossipsub::ConfigBuilder::default()
         .mesh_n(3)
         .mesh_n_low(1)
@@ -235,7 +237,7 @@ pub struct EventLoop {
 }
 
 /// Where sync with one peer in one space stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum SyncState {
     /// Digests matched at the last exchange.
