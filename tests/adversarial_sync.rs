@@ -11,8 +11,8 @@
 
 mod common;
 
-use agora_node::network::SyncState;
 use agora_node::NodeHandle;
+use agora_node::SyncState;
 use agora_protocol::automerge::AutoCommit;
 use agora_protocol::idea::{self, IdeaDraft, Vote};
 use agora_protocol::limits::MAX_CONTRIBUTION_BYTES;
@@ -294,7 +294,7 @@ fn idea_contribution(
 type Snapshot = (
     BTreeMap<DocId, Vec<agora_protocol::automerge::ChangeHash>>,
     String,
-    usize,
+    u64,
 );
 
 async fn snapshot(h: &NodeHandle, space: SpaceId) -> Snapshot {

@@ -8,7 +8,7 @@
 //! Routes (JSON in and out): see `docs/API.md`.
 
 use crate::config::{Config, DEFAULT_API};
-use crate::engine::EngineError;
+use crate::EngineError;
 use crate::{NodeError, NodeHandle};
 use agora_protocol::idea::{IdeaDraft, Status, Vote};
 use agora_protocol::{DocId, SpaceId};

@@ -3,8 +3,8 @@
 //! applies them on top of [`Config::load`]).
 
 use crate::network::{parse_addr, NetworkError};
+use crate::service::ServiceConfig;
 use crate::NodeError;
-use libp2p::Multiaddr;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -132,14 +132,24 @@ impl Config {
         self.data_dir.join(API_FILE)
     }
 
-    /// Parsed listen addresses.
-    pub fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetworkError> {
-        self.listen.iter().map(|a| parse_addr(a)).collect()
+    /// The listen addresses, checked (a clear error names the first bad one).
+    pub fn listen_addrs(&self) -> Result<Vec<String>, NetworkError> {
+        checked(&self.listen)
     }
 
-    /// Parsed peer addresses.
-    pub fn peer_addrs(&self) -> Result<Vec<Multiaddr>, NetworkError> {
-        self.peers.iter().map(|a| parse_addr(a)).collect()
+    /// The peer addresses, checked.
+    pub fn peer_addrs(&self) -> Result<Vec<String>, NetworkError> {
+        checked(&self.peers)
+    }
+
+    /// The service's settings that follow from this config.
+    pub fn service_config(&self) -> ServiceConfig {
+        ServiceConfig {
+            sync_every: self.sync_ms.max(1),
+            // Gossip usually closes a gap within a few heartbeats: look again after three.
+            sync_recheck: 3 * self.heartbeat_ms.max(1),
+            ..ServiceConfig::default()
+        }
     }
 
     /// Parsed API address, refused unless it is on loopback.
@@ -169,6 +179,13 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn checked(addrs: &[String]) -> Result<Vec<String>, NetworkError> {
+    addrs
+        .iter()
+        .map(|a| parse_addr(a).map(|_| a.clone()))
+        .collect()
 }
 
 /// Writes a file readable and writable by the owner only, atomically (temp file + rename).

@@ -364,6 +364,50 @@ impl Contribution {
     }
 }
 
+/// Reads an unsigned LEB128 number (at most 10 bytes) from the front of `bytes`; returns it with
+/// the number of bytes it took.
+fn leb128_u64(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, b) in bytes.iter().take(10).enumerate() {
+        value |= u64::from(b & 0x7f).checked_shl(7 * i as u32)?;
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// The hash and the dependencies of an encoded Automerge change, read from its header without
+/// parsing its operations. A receiver uses it to plan what to ask for next before it has
+/// verified a batch; it proves nothing (`None` when the header does not parse).
+///
+/// Layout: magic (4) ‖ checksum (4) ‖ chunk type (1) ‖ data length (uLEB128) ‖ data, where the
+/// data begins with the number of dependencies (uLEB128) and their 32-byte hashes. The change
+/// hash is SHA-256 of chunk type ‖ data length ‖ data.
+pub fn change_preview(change: &[u8]) -> Option<(ChangeHash, Vec<ChangeHash>)> {
+    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    if change.get(..4)? != MAGIC || *change.get(8)? != CHANGE_CHUNK_TYPE {
+        return None;
+    }
+    let (len, n) = leb128_u64(change.get(9..)?)?;
+    let start = 9 + n;
+    let data = change.get(start..start.checked_add(usize::try_from(len).ok()?)?)?;
+    let hash: [u8; 32] = Sha256::new()
+        .chain_update(&change[8..start])
+        .chain_update(data)
+        .finalize()
+        .into();
+    let (count, n) = leb128_u64(data)?;
+    let mut deps = Vec::with_capacity(usize::try_from(count).ok()?.min(64));
+    let mut rest = &data[n..];
+    for _ in 0..count {
+        let (dep, tail) = rest.split_first_chunk::<32>()?;
+        deps.push(ChangeHash(*dep));
+        rest = tail;
+    }
+    Some((ChangeHash(hash), deps))
+}
+
 fn verifying_key(author: &AuthorId) -> Result<VerifyingKey, Rejection> {
     let key = VerifyingKey::from_bytes(&author.0).map_err(|_| Rejection::BadSignature)?;
     if key.is_weak() {
@@ -451,5 +495,40 @@ impl VerifiedContribution {
     /// Splits into envelope and change.
     pub fn into_parts(self) -> (Contribution, Change) {
         (self.contribution, self.change)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+    use automerge::{AutoCommit, ROOT};
+
+    #[test]
+    fn the_change_preview_agrees_with_automerge() {
+        let mut a = AutoCommit::new();
+        let mut b = AutoCommit::new();
+        let mut changes = Vec::new();
+        for i in 0..20i64 {
+            let d = if i % 3 == 0 { &mut b } else { &mut a };
+            d.put(ROOT, format!("k{i}"), i).unwrap();
+            d.commit();
+            changes.push(d.get_last_local_change().unwrap().clone());
+            if i % 5 == 4 {
+                a.merge(&mut b).unwrap();
+                b.merge(&mut a).unwrap();
+            }
+        }
+        assert!(changes.iter().any(|c| c.deps().len() > 1), "a merge point");
+        for c in changes {
+            let (hash, deps) = change_preview(c.raw_bytes()).expect("a valid change");
+            assert_eq!(hash, c.hash());
+            assert_eq!(deps, c.deps());
+        }
+        assert_eq!(change_preview(b"not a change"), None);
+        assert_eq!(
+            change_preview(&[0x85, 0x6f, 0x4a, 0x83, 0, 0, 0, 0, 1, 0xff]),
+            None
+        );
     }
 }

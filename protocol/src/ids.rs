@@ -117,10 +117,20 @@ pub const IDEA_DOC_DOMAIN: &[u8] = b"agora/idea-doc/v1";
 /// Domain prefix of the profile document id derivation.
 pub const PROFILE_DOC_DOMAIN: &[u8] = b"agora/profile-doc/v1";
 
+/// The prefix of every space's gossipsub topic.
+pub const TOPIC_PREFIX: &str = "agora/v1/space/";
+
 impl SpaceId {
     /// The gossipsub topic on which the space's contributions travel: `agora/v1/space/<hex id>`.
     pub fn topic(&self) -> String {
-        format!("agora/v1/space/{}", self.to_hex())
+        format!("{TOPIC_PREFIX}{}", self.to_hex())
+    }
+
+    /// The space a topic names, if it is a space topic in the canonical (lowercase) form.
+    pub fn from_topic(topic: &str) -> Option<SpaceId> {
+        let hex = topic.strip_prefix(TOPIC_PREFIX)?;
+        let id: SpaceId = hex.parse().ok()?;
+        (id.to_hex() == hex).then_some(id)
     }
 }
 
@@ -162,6 +172,10 @@ mod tests {
     fn hex_round_trip_and_errors() {
         let s = SpaceId([7; 16]);
         assert_eq!(s.to_hex().parse::<SpaceId>().unwrap(), s);
+        assert_eq!(SpaceId::from_topic(&s.topic()), Some(s));
+        assert_eq!(SpaceId::from_topic(&s.topic().to_uppercase()), None);
+        assert_eq!(SpaceId::from_topic("agora/v1/space/zz"), None);
+        assert_eq!(SpaceId::from_topic("other/topic"), None);
         assert!("zz".parse::<SpaceId>().is_err());
         assert!("00".repeat(17).parse::<SpaceId>().is_err());
         assert!("g0".repeat(16).parse::<SpaceId>().is_err());

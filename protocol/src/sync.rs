@@ -13,6 +13,9 @@
 //!
 //! Every contribution received this way is verified exactly like gossip input: sync moves
 //! signed contributions only, never Automerge sync messages.
+//!
+//! This module owns the bytes: [`SyncRequest::encode`] / [`SyncRequest::decode`] (and the same
+//! for [`SyncResponse`]) are what travels; the node's libp2p transport only carries them.
 
 use crate::ids::{DocId, SpaceId};
 use automerge::ChangeHash;
@@ -28,9 +31,12 @@ pub const DIGEST_DOMAIN: &[u8] = b"agora-sync-digest-v1\0";
 pub const MAX_DOCS_PER_SPACE: usize = 100_000;
 /// Most heads per document accepted in a message.
 pub const MAX_HEADS_PER_DOC: usize = 64;
-/// Most documents in one `Fetch` (with [`MAX_HEADS_PER_DOC`] heads each it stays under
-/// [`MAX_REQUEST_BYTES`]); further documents are fetched in the following requests.
+/// Most documents a node asks for in one `Fetch` (with [`MAX_HEADS_PER_DOC`] heads each it stays
+/// under [`MAX_REQUEST_BYTES`]); further documents are fetched in the following requests.
 pub const MAX_WANTS: usize = 256;
+/// Most documents a responder accepts in one `Fetch` (more than a node sends, so that other
+/// implementations may batch differently; the request size limit bounds it as well).
+pub const MAX_WANTS_ACCEPTED: usize = 1024;
 /// Largest batch of contributions a responder sends in one response (encoded bytes).
 pub const MAX_RESPONSE_CONTRIBUTION_BYTES: usize = 2 * 1024 * 1024;
 /// Largest request accepted, in bytes.
@@ -160,8 +166,8 @@ impl SyncRequest {
             SyncRequest::Summary { v, .. } | SyncRequest::Fetch { v, .. } if *v != 1 => {
                 Err(format!("unsupported sync version {v}"))
             }
-            SyncRequest::Fetch { wants, .. } if wants.len() > MAX_WANTS => Err(format!(
-                "{} documents wanted; at most {MAX_WANTS}",
+            SyncRequest::Fetch { wants, .. } if wants.len() > MAX_WANTS_ACCEPTED => Err(format!(
+                "{} documents wanted; at most {MAX_WANTS_ACCEPTED}",
                 wants.len()
             )),
             SyncRequest::Fetch { wants, .. }
@@ -172,6 +178,168 @@ impl SyncRequest {
                 ))
             }
             _ => Ok(()),
+        }
+    }
+}
+
+/// Why a sync message could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncDecodeError {
+    /// The message is longer than the limit for its direction.
+    #[error("sync message is {len} bytes, more than the {max} allowed")]
+    TooLarge {
+        /// Bytes received (at least; a reader stops one byte past the limit).
+        len: usize,
+        /// The limit.
+        max: u64,
+    },
+    /// The bytes are not a sync message of this version.
+    #[error("malformed sync message: {0}")]
+    Malformed(String),
+}
+
+fn encode_cbor<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail, and every message has a serde shape CBOR supports.
+    ciborium::into_writer(value, &mut out).expect("CBOR encoding into a Vec cannot fail");
+    out
+}
+
+fn decode_cbor<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    max: u64,
+) -> Result<T, SyncDecodeError> {
+    if bytes.len() as u64 > max {
+        return Err(SyncDecodeError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
+    }
+    ciborium::from_reader(bytes)
+        .map_err(|e| SyncDecodeError::Malformed(e.to_string().chars().take(200).collect()))
+}
+
+/// Bytes of a CBOR head (major type and argument) for the argument `n`.
+fn head_len(n: usize) -> usize {
+    match n {
+        0..=23 => 1,
+        24..=0xff => 2,
+        0x100..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+/// Bytes of a CBOR text or byte string of `n` bytes.
+fn string_len(n: usize) -> usize {
+    head_len(n) + n
+}
+
+fn doc_heads_len(d: &DocHeads) -> usize {
+    head_len(2)
+        + string_len(3)
+        + string_len(16)
+        + string_len(5)
+        + head_len(d.heads.len())
+        + d.heads.len() * string_len(32)
+}
+
+/// Bytes of `"t": name` in a message map.
+fn tag_len(name: &str) -> usize {
+    string_len(1) + string_len(name.len())
+}
+
+impl SyncRequest {
+    /// The wire encoding (section 9.2 of `docs/PROTOCOL.md`).
+    pub fn encode(&self) -> Vec<u8> {
+        encode_cbor(self)
+    }
+
+    /// Reads a request from untrusted bytes (at most [`MAX_REQUEST_BYTES`]). Never panics.
+    pub fn decode(bytes: &[u8]) -> Result<SyncRequest, SyncDecodeError> {
+        decode_cbor(bytes, MAX_REQUEST_BYTES)
+    }
+
+    /// `self.encode().len()`, computed without encoding.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            SyncRequest::Summary { v, .. } => {
+                head_len(4)
+                    + tag_len("summary")
+                    + string_len(1)
+                    + head_len(*v as usize)
+                    + string_len(5)
+                    + string_len(16)
+                    + string_len(6)
+                    + string_len(32)
+            }
+            SyncRequest::Fetch {
+                v,
+                wants,
+                max_bytes,
+                ..
+            } => {
+                head_len(5)
+                    + tag_len("fetch")
+                    + string_len(1)
+                    + head_len(*v as usize)
+                    + string_len(5)
+                    + string_len(16)
+                    + string_len(5)
+                    + head_len(wants.len())
+                    + wants.iter().map(doc_heads_len).sum::<usize>()
+                    + string_len(9)
+                    + head_len(*max_bytes as usize)
+            }
+        }
+    }
+}
+
+impl SyncResponse {
+    /// The wire encoding (section 9.2 of `docs/PROTOCOL.md`).
+    pub fn encode(&self) -> Vec<u8> {
+        encode_cbor(self)
+    }
+
+    /// Reads a response from untrusted bytes (at most [`MAX_RESPONSE_BYTES`]). Never panics.
+    pub fn decode(bytes: &[u8]) -> Result<SyncResponse, SyncDecodeError> {
+        decode_cbor(bytes, MAX_RESPONSE_BYTES)
+    }
+
+    /// `self.encode().len()`, computed without encoding.
+    pub fn encoded_len(&self) -> usize {
+        match self {
+            SyncResponse::InSync => head_len(1) + tag_len("in_sync"),
+            SyncResponse::Heads { docs } => {
+                head_len(2)
+                    + tag_len("heads")
+                    + string_len(4)
+                    + head_len(docs.len())
+                    + docs.iter().map(doc_heads_len).sum::<usize>()
+            }
+            SyncResponse::Contributions { items, .. } => {
+                head_len(3)
+                    + tag_len("contributions")
+                    + string_len(5)
+                    + head_len(items.len())
+                    + items.iter().map(|b| string_len(b.len())).sum::<usize>()
+                    + string_len(4)
+                    + 1
+            }
+            SyncResponse::Refused { reason } => {
+                head_len(2) + tag_len("refused") + string_len(6) + string_len(reason.len())
+            }
+        }
+    }
+
+    /// The name of the message type (`"in_sync"`, `"heads"`, ...), for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SyncResponse::InSync => "in_sync",
+            SyncResponse::Heads { .. } => "heads",
+            SyncResponse::Contributions { .. } => "contributions",
+            SyncResponse::Refused { .. } => "refused",
         }
     }
 }
@@ -190,5 +358,79 @@ mod tests {
         let two = space_digest([(&b, &h2[..]), (&a, &h1r[..])]);
         assert_eq!(one, two);
         assert_ne!(one, space_digest([(&a, &h1[..])]));
+    }
+
+    fn heads(n: usize, tag: u8) -> Vec<DocHeads> {
+        (0..n)
+            .map(|i| DocHeads {
+                doc: [tag.wrapping_add(i as u8); 16],
+                heads: (0..(i % 4)).map(|j| Hash([j as u8; 32])).collect(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn messages_round_trip_and_their_length_is_known_without_encoding() {
+        let requests = [
+            SyncRequest::Summary {
+                v: 1,
+                space: [4; 16],
+                digest: [5; 32],
+            },
+            SyncRequest::Fetch {
+                v: 1,
+                space: [4; 16],
+                wants: heads(300, 7),
+                max_bytes: 1 << 20,
+            },
+            SyncRequest::Fetch {
+                v: 200,
+                space: [4; 16],
+                wants: Vec::new(),
+                max_bytes: 7,
+            },
+        ];
+        for r in requests {
+            let bytes = r.encode();
+            assert_eq!(bytes.len(), r.encoded_len(), "{r:?}");
+            assert_eq!(SyncRequest::decode(&bytes), Ok(r));
+        }
+        let responses = [
+            SyncResponse::InSync,
+            SyncResponse::Heads {
+                docs: heads(70_000, 1),
+            },
+            SyncResponse::Contributions {
+                items: vec![
+                    serde_bytes::ByteBuf::from(vec![1; 10]),
+                    serde_bytes::ByteBuf::from(vec![2; 300]),
+                    serde_bytes::ByteBuf::from(vec![3; 70_000]),
+                ],
+                more: true,
+            },
+            SyncResponse::Refused {
+                reason: "busy".into(),
+            },
+        ];
+        for r in responses {
+            let bytes = r.encode();
+            assert_eq!(bytes.len(), r.encoded_len(), "{}", r.kind());
+            assert_eq!(SyncResponse::decode(&bytes), Ok(r));
+        }
+    }
+
+    #[test]
+    fn oversize_and_garbage_are_refused_without_panicking() {
+        let big = vec![0u8; MAX_REQUEST_BYTES as usize + 1];
+        assert!(matches!(
+            SyncRequest::decode(&big),
+            Err(SyncDecodeError::TooLarge { .. })
+        ));
+        for bytes in [&[][..], &[0xff][..], &[0xa1, 0x61, 0x74][..], b"hello"] {
+            assert!(matches!(
+                SyncResponse::decode(bytes),
+                Err(SyncDecodeError::Malformed(_))
+            ));
+        }
     }
 }

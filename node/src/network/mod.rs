@@ -1,0 +1,137 @@
+//! The network: the only module that knows libp2p.
+//!
+//! One task ([`EventLoop::run`]) owns the `Swarm` and only translates: libp2p events become
+//! service [`Input`](crate::service::Input)s for the engine (peers are named by opaque
+//! [`PeerHandle`](crate::service::PeerHandle)s, never by `PeerId`), and the service's
+//! [`NetAction`](crate::service::NetAction)s become swarm calls. It decides nothing about
+//! sync, verdicts or bans; it keeps what only a transport can keep: gossip messages awaiting a
+//! verdict, sync requests awaiting a response, contributions published before anyone listened.
+//!
+//! - `behaviour`: the swarm (TCP + noise + yamux; gossipsub, request-response for sync,
+//!   identify, optional mDNS), gossipsub's settings and the sync codec (bytes from
+//!   `agora_protocol::sync`).
+//! - `peers`: `PeerId` ↔ `PeerHandle`, connections, mDNS discoveries.
+//! - `event_loop`: the task.
+
+mod behaviour;
+mod event_loop;
+mod peers;
+
+pub use self::behaviour::{gossipsub_config, message_id, IDENTIFY_PROTOCOL};
+pub use self::event_loop::EventLoop;
+
+use crate::engine::EngineHandle;
+use crate::service::{NetAction, PeerHandle};
+use crate::status::PeerInfo;
+use libp2p::Multiaddr;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most contributions queued per topic while no peer is subscribed to it.
+pub const MAX_QUEUED_PER_TOPIC: usize = 10_000;
+/// Most gossip messages awaiting the engine's verdict.
+pub const MAX_AWAITING_VERDICT: usize = 20_000;
+/// Most peer and sync events held while the engine's queue is full (beyond this the oldest are
+/// dropped; sync rounds repair what that loses).
+pub const MAX_BACKLOG: usize = 16_384;
+/// Most inbound sync requests awaiting the engine's response.
+pub const MAX_INBOUND_SYNC: usize = 1_024;
+
+/// Errors of the network layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetworkError {
+    /// A listen or peer address is not a valid multiaddr.
+    #[error("invalid multiaddr {addr:?}: {reason} (example: /ip4/192.168.1.20/tcp/7400)")]
+    BadAddr {
+        /// The text given.
+        addr: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Listening failed.
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// Building the swarm failed.
+    #[error("network setup failed: {0}")]
+    Setup(String),
+    /// The network task is gone.
+    #[error("the network task has stopped")]
+    Stopped,
+}
+
+/// Parses a multiaddr with a clear error.
+pub fn parse_addr(s: &str) -> Result<Multiaddr, NetworkError> {
+    s.parse()
+        .map_err(|e: libp2p::multiaddr::Error| NetworkError::BadAddr {
+            addr: s.chars().take(200).collect(),
+            reason: e.to_string(),
+        })
+}
+
+/// The libp2p peer id that an identity's 32-byte secret yields.
+pub fn peer_id_of(seed: [u8; 32]) -> String {
+    // `ed25519_from_bytes` zeroes the buffer it is given: it gets its own copy.
+    let mut secret = seed;
+    libp2p::identity::Keypair::ed25519_from_bytes(&mut secret)
+        .map(|k| k.public().to_peer_id().to_string())
+        .expect("an ed25519 seed is always 32 valid bytes")
+}
+
+/// Commands from the API side.
+pub enum NetCommand {
+    /// Dial an address.
+    Dial(Multiaddr),
+    /// Report the network's view.
+    Status(oneshot::Sender<NetView>),
+}
+
+/// The network's view, for status.
+#[derive(Debug, Clone)]
+pub struct NetView {
+    /// Our peer id.
+    pub peer_id: String,
+    /// Full listen multiaddrs ending in `/p2p/<peer id>`.
+    pub listen_addrs: Vec<String>,
+    /// Connected peers.
+    pub peers: Vec<PeerInfo>,
+    /// Contributions waiting for a subscriber.
+    pub queued: u64,
+    /// The peer id behind each handle the service may mention.
+    pub names: BTreeMap<PeerHandle, String>,
+}
+
+/// Network settings (a slice of the node's `Config`).
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<String>,
+    /// Peers to dial at start and redial whenever disconnected.
+    pub peers: Vec<String>,
+    /// Whether to run mDNS discovery.
+    pub mdns: bool,
+    /// How often gossipsub runs its heartbeat.
+    pub heartbeat: Duration,
+    /// How often unconnected explicit peers are redialled.
+    pub redial_every: Duration,
+    /// The service's sync request timeout (the transport's is a little longer, so that the
+    /// service decides).
+    pub sync_timeout: Duration,
+}
+
+/// Builds the swarm and starts listening. Returns the event loop to spawn.
+pub fn new(
+    seed: [u8; 32],
+    config: NetConfig,
+    engine: EngineHandle,
+    actions: mpsc::Receiver<NetAction>,
+    commands: mpsc::Receiver<NetCommand>,
+) -> Result<EventLoop, NetworkError> {
+    EventLoop::new(seed, config, engine, actions, commands)
+}

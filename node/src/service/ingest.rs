@@ -1,0 +1,232 @@
+//! Ingest: untrusted contributions (from gossip or sync) in, verified, ordered and applied
+//! contributions out, in batches: one verification batch, one apply per document, writes for
+//! the engine's single flush. Early arrivals wait in the pending set.
+
+use super::replica::{Item, Replica};
+use super::{NodeEvent, Now, Outcome, Service};
+use agora_protocol::automerge::ChangeHash;
+use agora_protocol::{DocKind, Rejection, SpaceId};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// The input slot of contributions held in the pending set since an earlier batch.
+const HELD: usize = usize::MAX;
+
+/// Which of a document's candidate changes can be applied now, and in which order (indices
+/// into `hashes`). `missing[i]` lists the dependencies of change `i` that the document lacks; a
+/// change is ready when each of them is another ready candidate.
+///
+/// The order is the one of a scan that repeats over the candidates in arrival order, taking each
+/// change whose missing dependencies were all taken before it, until a pass takes nothing: by
+/// pass, then by arrival. It is computed in one topological sweep instead of repeated passes
+/// (which cost a pass per step of a chain delivered backwards).
+pub(crate) fn ready_order(hashes: &[ChangeHash], missing: &[Vec<ChangeHash>]) -> Vec<usize> {
+    let n = hashes.len();
+    let index: HashMap<ChangeHash, usize> =
+        hashes.iter().enumerate().map(|(i, h)| (*h, i)).collect();
+    // pass[i]: the pass that takes change i (from 1); blocked: it waits for a change that is
+    // neither held nor a candidate, directly or through another candidate.
+    let mut pass = vec![1usize; n];
+    let mut blocked = vec![false; n];
+    let mut unresolved = vec![0usize; n];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); n];
+    let mut sweep = Vec::new();
+    for (i, deps) in missing.iter().enumerate() {
+        for d in deps {
+            match index.get(d) {
+                Some(&j) => {
+                    dependents[j].push(i);
+                    unresolved[i] += 1;
+                }
+                None => blocked[i] = true,
+            }
+        }
+        if unresolved[i] == 0 {
+            sweep.push(i);
+        }
+    }
+    let mut done = vec![false; n];
+    while let Some(j) = sweep.pop() {
+        done[j] = true;
+        for &i in &dependents[j] {
+            // A pass takes i after j only if j comes first in arrival order; otherwise i waits for
+            // the next pass.
+            pass[i] = pass[i].max(if j < i { pass[j] } else { pass[j] + 1 });
+            blocked[i] |= blocked[j];
+            unresolved[i] -= 1;
+            if unresolved[i] == 0 {
+                sweep.push(i);
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..n).filter(|&i| done[i] && !blocked[i]).collect();
+    order.sort_by_key(|&i| (pass[i], i));
+    order
+}
+
+impl<R: Replica> Service<R> {
+    /// Ingests untrusted encoded contributions, each with the space of the topic or exchange it
+    /// came on (`None` when the transport names no space). Verifies them in one batch, applies
+    /// them with one call per document, and queues their writes. Returns one outcome per input,
+    /// in order. `Accepted` holds only once the engine's flush succeeds.
+    pub(crate) fn ingest(
+        &mut self,
+        items: Vec<(Vec<u8>, Option<SpaceId>)>,
+        now: Now,
+    ) -> Vec<Outcome> {
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
+        let mut decoded = Vec::new();
+        let mut slots = Vec::new();
+        for (i, (bytes, topic)) in items.into_iter().enumerate() {
+            match self.replica.decode(bytes) {
+                Ok(d) => {
+                    let space = R::space_of(&d);
+                    if topic.is_some_and(|t| t != space) {
+                        outcomes[i] = Some(Outcome::Rejected(Rejection::WrongTopic));
+                    } else if !self.spaces.contains_key(&space) {
+                        outcomes[i] = Some(Outcome::Rejected(Rejection::UnknownSpace));
+                    } else {
+                        decoded.push(d);
+                        slots.push(i);
+                    }
+                }
+                Err(e) => outcomes[i] = Some(Outcome::Rejected(e)),
+            }
+        }
+        // Group the verified ones by document (in id order, so that runs are reproducible),
+        // remembering which input each came from.
+        let mut by_doc: BTreeMap<_, Vec<(usize, R::Item)>> = BTreeMap::new();
+        for (slot, result) in slots.into_iter().zip(self.replica.verify(decoded)) {
+            match result {
+                Ok(item) => by_doc
+                    .entry((item.space(), item.doc()))
+                    .or_default()
+                    .push((slot, item)),
+                Err(e) => outcomes[slot] = Some(Outcome::Rejected(e)),
+            }
+        }
+        for ((space, doc), mut items) in by_doc {
+            // Earlier arrivals that were waiting for dependencies get another chance.
+            let held = self.pending.take(&(space, doc));
+            items.splice(0..0, held.into_iter().map(|it| (HELD, it)));
+            let existing = self.replica.doc_kind(&space, &doc);
+            // A new document's kind is that of its creation (the change without dependencies),
+            // not of whatever early arrival happens to come first.
+            let kind = existing.unwrap_or_else(|| {
+                items
+                    .iter()
+                    .find(|(_, it)| it.deps().is_empty())
+                    .map_or(items[0].1.kind(), |(_, it)| it.kind())
+            });
+            let mut seen: HashSet<ChangeHash> = HashSet::new();
+            let mut rest = Vec::new();
+            let mut rest_hashes = Vec::new();
+            let mut rest_missing = Vec::new();
+            let mut query: Vec<ChangeHash> = Vec::new();
+            for (slot, it) in items {
+                let hash = it.hash();
+                // One query answers both "already held?" and "which dependencies are missing?":
+                // a held change has all its dependencies, so the answer is empty exactly when
+                // the change is held; otherwise it is the change itself plus its missing
+                // dependencies (a change is never its own ancestor).
+                let mut missing = Vec::new();
+                let dup = seen.contains(&hash) || {
+                    query.clear();
+                    query.push(hash);
+                    query.extend_from_slice(it.deps());
+                    missing = self.replica.missing(&space, &doc, &query);
+                    missing.is_empty()
+                };
+                if dup {
+                    if slot != HELD {
+                        outcomes[slot] = Some(Outcome::Duplicate);
+                    }
+                } else if it.kind() != kind {
+                    if slot != HELD {
+                        outcomes[slot] = Some(Outcome::Rejected(Rejection::Inapplicable(
+                            "document kind differs from the document's first contribution".into(),
+                        )));
+                    }
+                } else {
+                    seen.insert(hash);
+                    missing.retain(|d| *d != hash);
+                    rest.push(Some((slot, it)));
+                    rest_hashes.push(hash);
+                    rest_missing.push(missing);
+                }
+            }
+            // The contributions whose dependencies are all held or ready, dependencies first.
+            let ready: Vec<(usize, R::Item)> = ready_order(&rest_hashes, &rest_missing)
+                .into_iter()
+                .filter_map(|i| rest[i].take())
+                .collect();
+            for (slot, it) in rest.into_iter().flatten() {
+                if slot != HELD {
+                    outcomes[slot] = Some(Outcome::Pending);
+                }
+                let size = it.size();
+                let evicted = self.pending.insert((space, doc), it, size, now.mono);
+                self.counters.evicted += evicted as u64;
+            }
+            if ready.is_empty() {
+                continue;
+            }
+            let (ready_slots, ready_items): (Vec<usize>, Vec<R::Item>) = ready.into_iter().unzip();
+            let results =
+                self.replica
+                    .apply(space, doc, kind, ready_items, &mut self.outbox.writes);
+            let mut any = false;
+            for (slot, r) in ready_slots.into_iter().zip(results) {
+                match r {
+                    Ok(()) => {
+                        any = true;
+                        self.outbox.accepted += 1;
+                        if slot == HELD {
+                            // Accepted now after waiting: no input slot reports it.
+                            self.counters.accepted += 1;
+                        } else {
+                            outcomes[slot] = Some(Outcome::Accepted);
+                        }
+                    }
+                    Err(e) if slot != HELD => outcomes[slot] = Some(Outcome::Rejected(e)),
+                    Err(_) => {}
+                }
+            }
+            if any {
+                self.changed(space, doc, kind);
+            }
+        }
+        let outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Pending))
+            .collect();
+        for o in &outcomes {
+            match o {
+                Outcome::Accepted => self.counters.accepted += 1,
+                Outcome::Duplicate => self.counters.duplicates += 1,
+                Outcome::Pending => {}
+                Outcome::Rejected(r) => {
+                    *self
+                        .counters
+                        .rejected
+                        .entry(r.code().to_string())
+                        .or_default() += 1;
+                    tracing::info!(target: "agora::engine", reason = r.code(), detail = %r, "rejected a contribution");
+                    self.outbox.event(NodeEvent::Rejected {
+                        reason: r.code().to_string(),
+                    });
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// Bookkeeping after a document changed in memory (ingest or local edit).
+    pub(crate) fn changed(&mut self, space: SpaceId, doc: agora_protocol::DocId, kind: DocKind) {
+        self.outbox.touched.insert((space, doc));
+        self.digests.remove(&space);
+        if kind == DocKind::Idea {
+            self.outbox
+                .event(NodeEvent::IdeaChanged { space, idea: doc });
+        }
+    }
+}

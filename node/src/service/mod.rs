@@ -1,0 +1,763 @@
+//! The service: every decision a node makes, as a state machine without I/O.
+//!
+//! [`Service::handle`] takes one [`Input`] (a local command, gossip received, a peer event, a
+//! sync request or response, a timer tick) and the time, and queues what should happen: store
+//! [`Write`]s, then [`Output`]s (network actions, replies, events). The caller (the engine
+//! thread in a node, the simulator in tests) applies the writes ([`Service::take_writes`]),
+//! flushes once per group of inputs, and only then releases the outputs
+//! ([`Service::commit`]), so that nothing vouches for a write that is not durable. Time and
+//! randomness come in from outside (the `now` argument, a seeded RNG), so a run replays
+//! exactly. The service never sees a libp2p type: a peer is a [`PeerHandle`].
+//!
+//! Layout, by concern:
+//! - [`replica`]: the documents held (the [`Replica`] trait; [`AutomergeReplica`] is the
+//!   node's) and snapshots;
+//! - `ingest`: untrusted contributions in, verified and applied in batches;
+//! - [`pending`]: early arrivals waiting for their dependencies;
+//! - `edits`: local edits, spaces and the display name;
+//! - `views`: reads;
+//! - [`sync`]: the anti-entropy scheduler, the per-exchange state machine, the responder, bans;
+//! - `outbox`: what a group asks for, and what survives a failed flush.
+
+mod edits;
+mod ingest;
+mod outbox;
+pub mod pending;
+pub mod replica;
+pub mod sync;
+mod views;
+
+pub use self::pending::{PendingLimits, PendingSet};
+pub use self::replica::{AutomergeReplica, Edit, Item, Replica};
+pub use self::sync::{PairStatus, SyncState};
+
+use self::outbox::{Outbox, When};
+use crate::store::{SpaceRecord, Storage, Store, StoreError, Write};
+use agora_protocol::automerge::ChangeHash;
+use agora_protocol::idea::{Idea, IdeaDraft, SchemaError, Status, Vote};
+use agora_protocol::sync::{SyncRequest, SyncResponse};
+use agora_protocol::{DocId, Identity, Rejection, SpaceId};
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Monotonic time in milliseconds (since the node or the simulation started).
+pub type Millis = u64;
+
+/// The time, as the service is told it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Monotonic milliseconds: what timers are measured in.
+    pub mono: Millis,
+    /// Milliseconds since the Unix epoch: what is written into documents.
+    pub wall_ms: i64,
+}
+
+/// The random number generator of a service: ChaCha12 (unpredictable, so space ids and salts
+/// cannot be guessed; reproducible from its seed).
+pub type ServiceRng = rand::rngs::ChaCha12Rng;
+
+/// An opaque name for a connected peer, given by the network layer (which alone knows what it
+/// stands for). A peer keeps its handle while it is connected or banned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PeerHandle(pub u64);
+
+impl std::fmt::Display for PeerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "peer#{}", self.0)
+    }
+}
+
+/// Names a local command, so its reply finds its way back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(pub u64);
+
+/// Names one outbound sync request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExchangeId(pub u64);
+
+/// Names one inbound sync request awaiting our response (given by the network layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InboundId(pub u64);
+
+/// What a person (through the API or the CLI) or a program asks of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// Create a space and join it.
+    CreateSpace {
+        /// Its name.
+        name: String,
+    },
+    /// Join a space by id.
+    JoinSpace {
+        /// The space.
+        space: SpaceId,
+    },
+    /// List joined spaces.
+    Spaces,
+    /// Post an idea.
+    CreateIdea {
+        /// The space.
+        space: SpaceId,
+        /// What was typed.
+        draft: IdeaDraft,
+    },
+    /// List a space's ideas.
+    ListIdeas {
+        /// The space.
+        space: SpaceId,
+    },
+    /// Show one idea.
+    ShowIdea {
+        /// The idea.
+        idea: DocId,
+    },
+    /// Comment on an idea.
+    Comment {
+        /// The idea.
+        idea: DocId,
+        /// The text.
+        text: String,
+    },
+    /// Vote on an idea.
+    Vote {
+        /// The idea.
+        idea: DocId,
+        /// The vote.
+        vote: Vote,
+    },
+    /// Change an idea's status.
+    SetStatus {
+        /// The idea.
+        idea: DocId,
+        /// The status.
+        status: Status,
+    },
+    /// Set our display name (published to every joined space).
+    SetName {
+        /// The name.
+        name: String,
+    },
+    /// The service's status.
+    Status,
+    /// Heads of every document in a space.
+    Heads {
+        /// The space.
+        space: SpaceId,
+    },
+    /// Whether the store holds a contribution with exactly these bytes (tests).
+    StoreContains {
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// Snapshot every document with a tail (before shutdown).
+    Checkpoint,
+}
+
+impl Command {
+    /// Whether the command changes anything (its reply then waits for the flush).
+    pub fn writes(&self) -> bool {
+        matches!(
+            self,
+            Command::CreateSpace { .. }
+                | Command::JoinSpace { .. }
+                | Command::CreateIdea { .. }
+                | Command::Comment { .. }
+                | Command::Vote { .. }
+                | Command::SetStatus { .. }
+                | Command::SetName { .. }
+                | Command::Checkpoint
+        )
+    }
+}
+
+/// The answer to a [`Command`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Reply {
+    /// Done (nothing to return).
+    Done,
+    /// A space was created.
+    Space(SpaceId),
+    /// Joined spaces.
+    Spaces(Vec<SpaceInfo>),
+    /// An idea was created.
+    Created(DocId),
+    /// Ideas.
+    Ideas(Vec<Idea>),
+    /// One idea.
+    Idea(Box<Idea>),
+    /// Status.
+    Status(Box<ServiceStatus>),
+    /// Heads.
+    Heads(BTreeMap<DocId, Vec<ChangeHash>>),
+    /// Whether the bytes are stored.
+    Contains(bool),
+}
+
+/// A gossip message handed over by the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GossipIn {
+    /// The network's token for the verdict.
+    pub token: u64,
+    /// The peer that forwarded it.
+    pub from: PeerHandle,
+    /// The space of the topic it arrived on (`None`: not a space topic).
+    pub topic: Option<SpaceId>,
+    /// The payload.
+    pub bytes: Vec<u8>,
+}
+
+/// Contributions received by sync, to be ingested after the request that follows them left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncBatch {
+    /// The peer that sent them.
+    pub peer: PeerHandle,
+    /// The space of the exchange.
+    pub space: SpaceId,
+    /// The exchange (its first request's id).
+    pub exchange: ExchangeId,
+    /// Encoded contributions.
+    pub items: Vec<Vec<u8>>,
+}
+
+/// Why an outbound sync request got no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncFailure {
+    /// No answer in time.
+    #[error("no answer in time")]
+    Timeout,
+    /// The answer was longer than a response may be.
+    #[error("the answer was over the size limit")]
+    TooLarge,
+    /// The answer did not decode.
+    #[error("the answer did not decode: {0}")]
+    Malformed(String),
+    /// The connection failed, or the peer does not speak the protocol.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// One input to the service.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Input {
+    /// A local command.
+    Command {
+        /// Names the reply.
+        id: RequestId,
+        /// The command.
+        command: Command,
+    },
+    /// Gossip messages, in arrival order.
+    Gossip(Vec<GossipIn>),
+    /// A peer connected.
+    PeerConnected {
+        /// The peer.
+        peer: PeerHandle,
+    },
+    /// A peer's last connection closed.
+    PeerDisconnected {
+        /// The peer.
+        peer: PeerHandle,
+    },
+    /// A peer follows a space's topic.
+    PeerSubscribed {
+        /// The peer.
+        peer: PeerHandle,
+        /// The space.
+        space: SpaceId,
+    },
+    /// A peer stopped following a space's topic.
+    PeerUnsubscribed {
+        /// The peer.
+        peer: PeerHandle,
+        /// The space.
+        space: SpaceId,
+    },
+    /// A peer's sync request.
+    SyncRequest {
+        /// The peer.
+        peer: PeerHandle,
+        /// Names our response.
+        inbound: InboundId,
+        /// The request.
+        request: SyncRequest,
+    },
+    /// The answer to one of our sync requests, or why there is none.
+    SyncResponse {
+        /// The peer.
+        peer: PeerHandle,
+        /// Our request.
+        exchange: ExchangeId,
+        /// The answer.
+        result: Result<SyncResponse, SyncFailure>,
+    },
+    /// A sync batch handed out earlier as [`Output::Ingest`].
+    Ingest(SyncBatch),
+    /// Time passed: run what is due (see [`Service::next_wakeup`]).
+    Tick,
+}
+
+/// What the service asks of the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NetAction {
+    /// Follow a space's topic.
+    Subscribe(SpaceId),
+    /// Publish an encoded contribution on a space's topic.
+    Publish {
+        /// The space.
+        space: SpaceId,
+        /// Canonical contribution bytes.
+        bytes: Vec<u8>,
+    },
+    /// The verdict on a gossip message.
+    Verdict {
+        /// The network's token.
+        token: u64,
+        /// Relay, drop, or drop and penalise.
+        verdict: Verdict,
+    },
+    /// Send a sync request.
+    SyncRequest {
+        /// To whom.
+        peer: PeerHandle,
+        /// Names the request (its answer comes back with it).
+        exchange: ExchangeId,
+        /// The request.
+        request: SyncRequest,
+    },
+    /// Answer a peer's sync request.
+    SyncResponse {
+        /// To whom.
+        peer: PeerHandle,
+        /// Which request.
+        inbound: InboundId,
+        /// The answer.
+        response: SyncResponse,
+    },
+    /// Disconnect a peer and refuse it (and its gossip) for `duration` ms.
+    Ban {
+        /// The peer.
+        peer: PeerHandle,
+        /// Why (a stable code).
+        reason: &'static str,
+        /// How long, in ms.
+        duration: Millis,
+    },
+    /// A ban ended.
+    Unban {
+        /// The peer.
+        peer: PeerHandle,
+    },
+    /// Close a peer's connections (a banned peer came back).
+    Disconnect {
+        /// The peer.
+        peer: PeerHandle,
+    },
+}
+
+/// The verdict on a gossip message, as gossipsub takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid and stored: relay it.
+    Accept,
+    /// Duplicate, early, or not vouched for: do not relay, do not penalise.
+    Ignore,
+    /// Invalid: do not relay, penalise the sender.
+    Reject,
+}
+
+/// What the service asks of the outside world.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Output {
+    /// A network action.
+    Net(NetAction),
+    /// The answer to a command.
+    Reply {
+        /// The command.
+        id: RequestId,
+        /// Its answer.
+        result: Result<Reply, ServiceError>,
+    },
+    /// An event for API subscribers.
+    Event(NodeEvent),
+    /// Feed this batch back as [`Input::Ingest`] after the outputs before it have left.
+    Ingest(SyncBatch),
+}
+
+/// What happened to one incoming contribution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Verified, applied and stored (durable once the group is flushed).
+    Accepted,
+    /// Already held; nothing to do.
+    Duplicate,
+    /// Verified but its dependencies are missing; held in memory until they arrive.
+    Pending,
+    /// Refused.
+    Rejected(Rejection),
+}
+
+/// A live event for API subscribers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum NodeEvent {
+    /// An idea was created or changed (locally or by a peer).
+    IdeaChanged {
+        /// Space.
+        space: SpaceId,
+        /// Idea.
+        idea: DocId,
+    },
+    /// A space was created or joined.
+    SpaceJoined {
+        /// Space.
+        space: SpaceId,
+    },
+    /// A contribution was refused.
+    Rejected {
+        /// The reason code.
+        reason: String,
+    },
+}
+
+/// Counters for status and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Contributions accepted from the network.
+    pub accepted: u64,
+    /// Duplicates seen.
+    pub duplicates: u64,
+    /// Contributions currently waiting for dependencies.
+    pub pending: u64,
+    /// Early contributions dropped from the pending set (full, or waited too long); sync
+    /// fetches them again.
+    #[serde(default)]
+    pub evicted: u64,
+    /// Rejections by reason code.
+    pub rejected: BTreeMap<String, u64>,
+}
+
+impl Counters {
+    /// Total rejections.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.values().sum()
+    }
+}
+
+/// A space as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceInfo {
+    /// Id.
+    pub id: SpaceId,
+    /// Name, if known.
+    pub name: Option<String>,
+    /// Number of ideas held.
+    pub ideas: usize,
+    /// When this node joined.
+    pub joined_at: i64,
+}
+
+/// The service's part of a node's status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceStatus {
+    /// Our display name.
+    pub name: Option<String>,
+    /// Joined spaces.
+    pub spaces: usize,
+    /// Stored contributions.
+    pub contributions: u64,
+    /// Ingest counters.
+    pub counters: Counters,
+    /// Sync state per peer and space.
+    pub sync: Vec<PairStatus>,
+    /// Outbound sync requests that failed.
+    pub sync_failures: u64,
+    /// Peers banned now.
+    pub banned: usize,
+}
+
+/// Errors a caller of the service can see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The store failed; the write was not acknowledged.
+    #[error("the store failed, so the change was not saved: {0}")]
+    Store(String),
+    /// The input broke a schema rule.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// No such space on this node.
+    #[error("space {0} is not joined on this node: join it first with `agora space join {0}`")]
+    UnknownSpace(SpaceId),
+    /// No such idea on this node.
+    #[error("no idea {0} on this node: check the id with `agora idea list --space SPACE_ID`")]
+    UnknownIdea(DocId),
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    Stopped,
+}
+
+impl From<StoreError> for ServiceError {
+    fn from(e: StoreError) -> Self {
+        ServiceError::Store(e.to_string())
+    }
+}
+
+/// The service's settings (see `docs/CONFIG.md` for the node settings they come from).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// Every pair (peer, space) gets a sync round at least this often (ms).
+    pub sync_every: Millis,
+    /// A sync request without an answer for this long has failed (ms).
+    pub sync_timeout: Millis,
+    /// After a round found the peer behind, look again this soon, once (ms).
+    pub sync_recheck: Millis,
+    /// After a round that failed or left documents missing, retry this soon, doubling up to
+    /// `sync_every` while it keeps happening (ms).
+    pub sync_retry: Millis,
+    /// Most outbound exchanges at once; more wait in a queue.
+    pub max_exchanges: usize,
+    /// Contribution bytes asked for in one `Fetch`.
+    pub fetch_bytes: u32,
+    /// How long a peer that sent invalid data by sync stays banned (ms).
+    pub ban_for: Millis,
+    /// Bounds of the pending set.
+    pub pending: PendingLimits,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            sync_every: 30_000,
+            sync_timeout: 30_000,
+            sync_recheck: 1_500,
+            sync_retry: 5_000,
+            max_exchanges: 64,
+            fetch_bytes: 1024 * 1024,
+            ban_for: 600_000,
+            pending: PendingLimits::default(),
+        }
+    }
+}
+
+/// The node's decisions. See the module docs.
+pub struct Service<R: Replica> {
+    replica: R,
+    config: ServiceConfig,
+    rng: ServiceRng,
+    spaces: BTreeMap<SpaceId, SpaceRecord>,
+    display_name: Option<String>,
+    pending: PendingSet<R::Item>,
+    sync: sync::Scheduler,
+    /// Space digests, until the space changes.
+    digests: BTreeMap<SpaceId, [u8; 32]>,
+    outbox: Outbox,
+    counters: Counters,
+}
+
+impl<S: Storage> Service<AutomergeReplica<S>> {
+    /// Opens a node's service on its store: spaces, display name and every document.
+    pub fn open(
+        store: Store<S>,
+        identity: Identity,
+        config: ServiceConfig,
+        seed: [u8; 32],
+    ) -> Result<Self, StoreError> {
+        let mut rng = ServiceRng::from_seed(seed);
+        let spaces: BTreeMap<SpaceId, SpaceRecord> = store.spaces()?.into_iter().collect();
+        let name = store.display_name()?;
+        let replica =
+            AutomergeReplica::open(store, identity, rng.random(), spaces.keys().copied())?;
+        Ok(Service::new(replica, spaces, name, config, rng))
+    }
+}
+
+impl<R: Replica> Service<R> {
+    /// A service over `replica`, which holds `spaces` (as recorded in the store).
+    pub fn new(
+        mut replica: R,
+        spaces: BTreeMap<SpaceId, SpaceRecord>,
+        display_name: Option<String>,
+        config: ServiceConfig,
+        rng: ServiceRng,
+    ) -> Self {
+        let mut outbox = Outbox::default();
+        for space in spaces.keys() {
+            replica.add_space(*space);
+            outbox.net(NetAction::Subscribe(*space));
+        }
+        Service {
+            replica,
+            pending: PendingSet::new(config.pending),
+            config,
+            rng,
+            spaces,
+            display_name,
+            sync: sync::Scheduler::default(),
+            digests: BTreeMap::new(),
+            outbox,
+            counters: Counters::default(),
+        }
+    }
+
+    /// The replica (read-only uses: tests, the simulation's checks).
+    pub fn replica(&self) -> &R {
+        &self.replica
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
+    /// Handles one input. Writes and outputs accumulate until [`Service::take_writes`] and
+    /// [`Service::commit`].
+    pub fn handle(&mut self, input: Input, now: Now) {
+        match input {
+            Input::Command { id, command } => {
+                let when = if command.writes() {
+                    When::Durable
+                } else {
+                    When::Now
+                };
+                let result = self.command(command, now);
+                self.outbox.push(Output::Reply { id, result }, when);
+            }
+            Input::Gossip(batch) => self.gossip(batch, now),
+            Input::PeerConnected { peer } => self.peer_connected(peer, now),
+            Input::PeerDisconnected { peer } => self.peer_disconnected(peer, now),
+            Input::PeerSubscribed { peer, space } => self.peer_subscribed(peer, space, now),
+            Input::PeerUnsubscribed { peer, space } => self.peer_unsubscribed(peer, space, now),
+            Input::SyncRequest {
+                peer,
+                inbound,
+                request,
+            } => self.answer_sync(peer, inbound, request, now),
+            Input::SyncResponse {
+                peer,
+                exchange,
+                result,
+            } => self.on_sync_response(peer, exchange, result, now),
+            Input::Ingest(batch) => self.on_sync_batch(batch, now),
+            Input::Tick => self.tick(now),
+        }
+    }
+
+    /// The store writes queued since the last call, in order. The caller applies them before it
+    /// hands in the next input (the service reads the store).
+    pub fn take_writes(&mut self) -> Vec<Write> {
+        std::mem::take(&mut self.outbox.writes)
+    }
+
+    /// Ends a group of inputs once its writes were applied and flushed (`Ok`), or failed
+    /// (`Err`: memory is made to agree with the store again, and nothing that vouches for the
+    /// lost writes leaves). Returns the outputs to carry out, in order.
+    pub fn commit(&mut self, flushed: Result<(), StoreError>, now: Now) -> Vec<Output> {
+        let Err(e) = flushed else {
+            return self.outbox.release(None);
+        };
+        tracing::error!(target: "agora::engine", %e, "could not persist; the group's changes are dropped");
+        self.outbox.writes.clear();
+        let touched: Vec<(SpaceId, DocId)> = self.outbox.touched.iter().copied().collect();
+        for (space, _) in &touched {
+            self.digests.remove(space);
+        }
+        if let Err(e) = self.replica.revert(&touched) {
+            tracing::error!(target: "agora::engine", %e, "reloading documents after a failed write failed");
+        }
+        for space in std::mem::take(&mut self.outbox.joined) {
+            self.spaces.remove(&space);
+        }
+        if let Some(name) = self.outbox.previous_name.take() {
+            self.display_name = name;
+        }
+        self.counters.accepted = self.counters.accepted.saturating_sub(self.outbox.accepted);
+        let exchanges = std::mem::take(&mut self.outbox.exchanges);
+        self.sync_abort(exchanges, now);
+        self.outbox.release(Some(&e.to_string()))
+    }
+
+    /// When the service next needs a [`Input::Tick`] (`None`: only inputs wake it).
+    pub fn next_wakeup(&self) -> Option<Millis> {
+        [self.sync_next_wakeup(), self.pending.next_expiry()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    fn tick(&mut self, now: Now) {
+        let expired = self.pending.expire(now.mono);
+        self.counters.evicted += expired as u64;
+        self.sync_tick(now);
+    }
+
+    fn gossip(&mut self, batch: Vec<GossipIn>, now: Now) {
+        let meta: Vec<(u64, PeerHandle, Option<SpaceId>)> =
+            batch.iter().map(|g| (g.token, g.from, g.topic)).collect();
+        let outcomes = self.ingest(batch.into_iter().map(|g| (g.bytes, g.topic)).collect(), now);
+        for ((token, from, topic), outcome) in meta.into_iter().zip(outcomes) {
+            let (verdict, when) = match &outcome {
+                Outcome::Accepted => (Verdict::Accept, When::Durable),
+                // Duplicates and early arrivals are not the sender's fault: do not relay them
+                // again (duplicates) or yet (early), and do not penalise.
+                Outcome::Duplicate | Outcome::Pending => (Verdict::Ignore, When::Now),
+                Outcome::Rejected(r) => {
+                    tracing::info!(target: "agora::network", %from, reason = r.code(), "rejected gossip; penalising peer");
+                    (Verdict::Reject, When::Now)
+                }
+            };
+            self.outbox
+                .push(Output::Net(NetAction::Verdict { token, verdict }), when);
+            if let (Outcome::Pending, Some(space)) = (&outcome, topic) {
+                self.sync_early_arrival(from, space, now);
+            }
+        }
+    }
+
+    fn command(&mut self, command: Command, now: Now) -> Result<Reply, ServiceError> {
+        Ok(match command {
+            Command::CreateSpace { name } => Reply::Space(self.create_space(&name, now)?),
+            Command::JoinSpace { space } => {
+                self.join_space(space, None, now)?;
+                Reply::Done
+            }
+            Command::Spaces => Reply::Spaces(self.list_spaces()),
+            Command::CreateIdea { space, draft } => {
+                Reply::Created(self.create_idea(space, draft, now)?)
+            }
+            Command::ListIdeas { space } => Reply::Ideas(self.list_ideas(space)?),
+            Command::ShowIdea { idea } => Reply::Idea(Box::new(self.show_idea(idea)?)),
+            Command::Comment { idea, text } => {
+                self.comment(idea, text, now)?;
+                Reply::Done
+            }
+            Command::Vote { idea, vote } => {
+                self.vote(idea, vote, now)?;
+                Reply::Done
+            }
+            Command::SetStatus { idea, status } => {
+                self.set_status(idea, status, now)?;
+                Reply::Done
+            }
+            Command::SetName { name } => {
+                self.set_display_name(&name, now)?;
+                Reply::Done
+            }
+            Command::Status => Reply::Status(Box::new(self.status())),
+            Command::Heads { space } => Reply::Heads(self.heads(&space)),
+            Command::StoreContains { bytes } => {
+                Reply::Contains(self.replica.contains_bytes(&bytes))
+            }
+            Command::Checkpoint => {
+                self.replica.checkpoint(&mut self.outbox.writes);
+                Reply::Done
+            }
+        })
+    }
+}

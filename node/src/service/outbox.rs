@@ -1,0 +1,100 @@
+//! The outbox: what one group of inputs asks the outside world to do, in the order it must
+//! happen. Store writes come first; everything that depends on them (a reply to a write, a
+//! relayed or published contribution, an event, a sync answer read from memory) waits until the
+//! engine has flushed them, and is corrected by [`Outbox::release`] when the flush failed.
+
+use super::{ExchangeId, NetAction, NodeEvent, Output, PeerHandle, ServiceError, Verdict};
+use crate::store::Write;
+use agora_protocol::sync::SyncResponse;
+use agora_protocol::{DocId, SpaceId};
+use std::collections::BTreeSet;
+
+/// Whether an output may leave before the group's writes are durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum When {
+    /// It does not depend on this group's writes.
+    Now,
+    /// It vouches for this group's writes: only after a successful flush.
+    Durable,
+}
+
+/// What the current group has done so far, and what it must undo if its flush fails.
+#[derive(Default)]
+pub(crate) struct Outbox {
+    pub writes: Vec<Write>,
+    outputs: Vec<(Output, When)>,
+    /// Documents changed in memory by this group.
+    pub touched: BTreeSet<(SpaceId, DocId)>,
+    /// Spaces joined by this group.
+    pub joined: Vec<SpaceId>,
+    /// The display name before this group changed it.
+    pub previous_name: Option<Option<String>>,
+    /// Contributions this group counted as accepted.
+    pub accepted: u64,
+    /// Sync exchanges that ingested a batch in this group.
+    pub exchanges: Vec<((PeerHandle, SpaceId), ExchangeId)>,
+}
+
+impl Outbox {
+    /// Queues an output.
+    pub fn push(&mut self, output: Output, when: When) {
+        self.outputs.push((output, when));
+    }
+
+    /// Queues a network action that does not depend on this group's writes.
+    pub fn net(&mut self, action: NetAction) {
+        self.push(Output::Net(action), When::Now);
+    }
+
+    /// Queues an event for API subscribers (after the flush).
+    pub fn event(&mut self, event: NodeEvent) {
+        self.push(Output::Event(event), When::Durable);
+    }
+
+    /// Ends the group: its outputs, in order, as they may leave given whether the flush
+    /// succeeded. After a failure nothing that vouches for the lost writes leaves: replies to
+    /// writes become errors, accepted gossip is not relayed (`Ignore`, so peers offer it again),
+    /// publications and events are dropped, and sync answers become refusals.
+    pub fn release(&mut self, failure: Option<&str>) -> Vec<Output> {
+        self.touched.clear();
+        self.joined.clear();
+        self.previous_name = None;
+        self.accepted = 0;
+        self.exchanges.clear();
+        let outputs = std::mem::take(&mut self.outputs);
+        let Some(failure) = failure else {
+            return outputs.into_iter().map(|(o, _)| o).collect();
+        };
+        outputs
+            .into_iter()
+            .filter_map(|(o, when)| match (o, when) {
+                (o, When::Now) => Some(o),
+                (Output::Reply { id, result: Ok(_) }, When::Durable) => Some(Output::Reply {
+                    id,
+                    result: Err(ServiceError::Store(failure.to_string())),
+                }),
+                (
+                    Output::Net(NetAction::Verdict {
+                        token,
+                        verdict: Verdict::Accept,
+                    }),
+                    When::Durable,
+                ) => Some(Output::Net(NetAction::Verdict {
+                    token,
+                    verdict: Verdict::Ignore,
+                })),
+                (Output::Net(NetAction::SyncResponse { peer, inbound, .. }), When::Durable) => {
+                    Some(Output::Net(NetAction::SyncResponse {
+                        peer,
+                        inbound,
+                        response: SyncResponse::Refused {
+                            reason: "temporarily unavailable".into(),
+                        },
+                    }))
+                }
+                (Output::Net(NetAction::Publish { .. }) | Output::Event(_), When::Durable) => None,
+                (o, When::Durable) => Some(o),
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,553 @@
+//! The node's replica: every document an Automerge document in memory, backed by the store.
+
+use super::{Edit, Item, Replica};
+use crate::service::ServiceError;
+use crate::store::{Storage, Store, StoreError, Write};
+use agora_protocol::automerge::{AutoCommit, Change, ChangeHash};
+use agora_protocol::contribution::{change_preview, verify_batch};
+use agora_protocol::idea::{self, Idea};
+use agora_protocol::{AuthorId, Contribution, DocId, DocKind, Identity, Rejection, SpaceId};
+use std::collections::{BTreeMap, HashMap};
+
+/// A document gets a fresh snapshot once this many contributions were added since the last one
+/// (or a quarter of the document, whichever is more).
+pub const SNAPSHOT_EVERY: u64 = 256;
+
+/// A contribution that decoded, with the bytes it came in (stored as they are: `decode` accepts
+/// only the canonical encoding, so they are what `encode()` would produce).
+pub struct Decoded {
+    contribution: Contribution,
+    bytes: Vec<u8>,
+}
+
+/// A verified contribution: the parsed change and the canonical bytes.
+pub struct Verified {
+    space: SpaceId,
+    doc: DocId,
+    kind: DocKind,
+    change: Change,
+    bytes: Vec<u8>,
+}
+
+impl Item for Verified {
+    fn space(&self) -> SpaceId {
+        self.space
+    }
+    fn doc(&self) -> DocId {
+        self.doc
+    }
+    fn kind(&self) -> DocKind {
+        self.kind
+    }
+    fn hash(&self) -> ChangeHash {
+        self.change.hash()
+    }
+    fn deps(&self) -> &[ChangeHash] {
+        self.change.deps()
+    }
+    fn size(&self) -> usize {
+        // The bytes as received plus the parsed change, which keeps its own copy.
+        2 * self.bytes.len()
+    }
+}
+
+struct DocState {
+    kind: DocKind,
+    doc: AutoCommit,
+    /// Seq of the last stored contribution (the number of contributions held).
+    last_seq: u64,
+    /// Seq covered by the latest snapshot.
+    snapshot_seq: u64,
+}
+
+/// A store record that does not decode or apply: the disk is corrupt.
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        tree: "contributions",
+        detail: e.to_string(),
+    }
+}
+
+/// The Automerge changes of stored contributions, in order, with the document kind they name.
+/// Stored contributions were verified before they were written; decoding them again only guards
+/// against disk corruption.
+fn changes_of(tail: &[(u64, Vec<u8>)]) -> Result<(Vec<Change>, Option<DocKind>), StoreError> {
+    let mut kind = None;
+    let mut changes = Vec::with_capacity(tail.len());
+    for (_, bytes) in tail {
+        let c = Contribution::decode(bytes).map_err(corrupt)?;
+        kind = Some(c.kind);
+        changes.push(Change::from_bytes(c.change).map_err(corrupt)?);
+    }
+    Ok((changes, kind))
+}
+
+/// The node's replica (see the module docs of `replica`).
+pub struct AutomergeReplica<S> {
+    store: Store<S>,
+    identity: Identity,
+    author: AuthorId,
+    actor_nonce: [u8; 16],
+    spaces: BTreeMap<SpaceId, BTreeMap<DocId, DocState>>,
+    /// Which space each idea lives in (idea ids are global).
+    idea_space: HashMap<DocId, SpaceId>,
+    contributions: u64,
+}
+
+impl<S: Storage> AutomergeReplica<S> {
+    /// Loads the documents of `spaces` from the store: each from its latest snapshot plus the
+    /// contributions after it. `actor_nonce` must be fresh random bytes for this process start.
+    pub fn open(
+        store: Store<S>,
+        identity: Identity,
+        actor_nonce: [u8; 16],
+        spaces: impl IntoIterator<Item = SpaceId>,
+    ) -> Result<Self, StoreError> {
+        let author = identity.author();
+        let mut r = AutomergeReplica {
+            store,
+            identity,
+            author,
+            actor_nonce,
+            spaces: spaces.into_iter().map(|s| (s, BTreeMap::new())).collect(),
+            idea_space: HashMap::new(),
+            contributions: 0,
+        };
+        for stored in r.store.load_docs()? {
+            let Some(docs) = r.spaces.get_mut(&stored.space) else {
+                continue;
+            };
+            let mut doc = match &stored.snapshot {
+                Some((_, saved)) => AutoCommit::load(saved).map_err(|e| StoreError::Corrupt {
+                    tree: "snapshots",
+                    detail: e.to_string(),
+                })?,
+                None => AutoCommit::new(),
+            }
+            .with_actor(idea::actor_for(&author, &actor_nonce));
+            let (changes, _) = changes_of(&stored.tail)?;
+            doc.apply_changes(changes).map_err(corrupt)?;
+            let snapshot_seq = stored.snapshot.as_ref().map_or(0, |(s, _)| *s);
+            let last_seq = stored.tail.last().map_or(snapshot_seq, |(s, _)| *s);
+            if stored.kind == DocKind::Idea {
+                r.idea_space.insert(stored.doc, stored.space);
+            }
+            r.contributions += last_seq;
+            docs.insert(
+                stored.doc,
+                DocState {
+                    kind: stored.kind,
+                    doc,
+                    last_seq,
+                    snapshot_seq,
+                },
+            );
+        }
+        Ok(r)
+    }
+
+    /// The store it reads.
+    pub fn store(&self) -> &Store<S> {
+        &self.store
+    }
+
+    fn new_doc(&self) -> AutoCommit {
+        AutoCommit::new().with_actor(idea::actor_for(&self.author, &self.actor_nonce))
+    }
+
+    fn state(&self, space: &SpaceId, doc: &DocId) -> Option<&DocState> {
+        self.spaces.get(space)?.get(doc)
+    }
+
+    fn state_mut(&mut self, space: &SpaceId, doc: &DocId) -> Option<&mut DocState> {
+        self.spaces.get_mut(space)?.get_mut(doc)
+    }
+
+    /// Rebuilds a document from all its stored contributions (or forgets it if none are).
+    fn reload(&mut self, space: SpaceId, doc: DocId) -> Result<(), StoreError> {
+        let fresh = self.new_doc();
+        let Some(docs) = self.spaces.get_mut(&space) else {
+            return Ok(());
+        };
+        if let Some(old) = docs.remove(&doc) {
+            self.contributions -= old.last_seq;
+        }
+        let tail = self.store.contributions_of(&space, &doc, 0)?;
+        if tail.is_empty() {
+            self.idea_space.remove(&doc);
+            return Ok(());
+        }
+        let mut d = fresh;
+        let (changes, kind) = changes_of(&tail)?;
+        d.apply_changes(changes).map_err(corrupt)?;
+        let last_seq = tail.last().map_or(0, |(s, _)| *s);
+        self.contributions += last_seq;
+        docs.insert(
+            doc,
+            DocState {
+                kind: kind.unwrap_or(DocKind::Idea),
+                doc: d,
+                last_seq,
+                snapshot_seq: 0,
+            },
+        );
+        Ok(())
+    }
+
+    fn maybe_snapshot(state: &mut DocState, space: &SpaceId, doc: &DocId, writes: &mut Vec<Write>) {
+        // Saving costs time proportional to the document, replaying a tail at start-up costs
+        // time proportional to the tail: snapshot when the tail reaches a quarter of the
+        // document (and at least SNAPSHOT_EVERY), which keeps both amortised O(1) per change.
+        let threshold = SNAPSHOT_EVERY.max(state.snapshot_seq / 4);
+        if state.last_seq - state.snapshot_seq >= threshold {
+            writes.push(Write::snapshot(
+                space,
+                doc,
+                state.last_seq,
+                &state.doc.save(),
+            ));
+            state.snapshot_seq = state.last_seq;
+        }
+    }
+
+    /// Applies one by one, after a batch apply failed, to a document rebuilt from the store, so
+    /// that only the changes Automerge refuses are refused.
+    fn apply_one_by_one(
+        &mut self,
+        space: SpaceId,
+        doc: DocId,
+        items: &[(ChangeHash, Vec<u8>)],
+    ) -> Vec<Result<(), Rejection>> {
+        let mut fresh = self.new_doc();
+        let stored = self
+            .store
+            .contributions_of(&space, &doc, 0)
+            .and_then(|tail| changes_of(&tail))
+            .map(|(changes, _)| changes)
+            .unwrap_or_default();
+        let _ = fresh.apply_changes(stored);
+        let results = items
+            .iter()
+            .map(|(_, bytes)| {
+                // These bytes decoded and their change parsed when they were verified.
+                Contribution::decode(bytes)
+                    .map_err(|e| e.to_string())
+                    .and_then(|c| Change::from_bytes(c.change).map_err(|e| e.to_string()))
+                    .and_then(|ch| fresh.apply_changes([ch]).map_err(|e| e.to_string()))
+                    .map_err(Rejection::Inapplicable)
+            })
+            .collect();
+        if let Some(state) = self.state_mut(&space, &doc) {
+            state.doc = fresh;
+        }
+        results
+    }
+}
+
+impl<S: Storage> Replica for AutomergeReplica<S> {
+    type Decoded = Decoded;
+    type Item = Verified;
+
+    fn author(&self) -> AuthorId {
+        self.author
+    }
+
+    fn add_space(&mut self, space: SpaceId) {
+        self.spaces.entry(space).or_default();
+    }
+
+    fn decode(&self, bytes: Vec<u8>) -> Result<Decoded, Rejection> {
+        let contribution = Contribution::decode(&bytes)?;
+        Ok(Decoded {
+            contribution,
+            bytes,
+        })
+    }
+
+    fn space_of(decoded: &Decoded) -> SpaceId {
+        decoded.contribution.space
+    }
+
+    fn verify(&mut self, batch: Vec<Decoded>) -> Vec<Result<Verified, Rejection>> {
+        let (contributions, bytes): (Vec<Contribution>, Vec<Vec<u8>>) =
+            batch.into_iter().map(|d| (d.contribution, d.bytes)).unzip();
+        verify_batch(contributions)
+            .into_iter()
+            .zip(bytes)
+            .map(|(result, bytes)| {
+                let (c, change) = result?.into_parts();
+                Ok(Verified {
+                    space: c.space,
+                    doc: c.doc,
+                    kind: c.kind,
+                    change,
+                    bytes,
+                })
+            })
+            .collect()
+    }
+
+    fn preview(&self, bytes: &[u8]) -> Option<(DocId, ChangeHash, Vec<ChangeHash>)> {
+        let c = Contribution::decode(bytes).ok()?;
+        let (hash, deps) = change_preview(&c.change)?;
+        Some((c.doc, hash, deps))
+    }
+
+    fn apply(
+        &mut self,
+        space: SpaceId,
+        doc: DocId,
+        kind: DocKind,
+        items: Vec<Verified>,
+        writes: &mut Vec<Write>,
+    ) -> Vec<Result<(), Rejection>> {
+        let fresh = self.new_doc();
+        let Some(docs) = self.spaces.get_mut(&space) else {
+            return items.iter().map(|_| Err(Rejection::UnknownSpace)).collect();
+        };
+        let is_new = !docs.contains_key(&doc);
+        let state = docs.entry(doc).or_insert_with(|| DocState {
+            kind,
+            doc: fresh,
+            last_seq: 0,
+            snapshot_seq: 0,
+        });
+        let mut metas: Vec<(ChangeHash, Vec<u8>)> = Vec::with_capacity(items.len());
+        let mut changes = Vec::with_capacity(items.len());
+        for it in items {
+            metas.push((it.change.hash(), it.bytes));
+            changes.push(it.change);
+        }
+        let results = match state.doc.apply_changes(changes) {
+            Ok(()) => vec![Ok(()); metas.len()],
+            Err(e) => {
+                // Rare: a validly signed change that Automerge refuses (e.g. an author who
+                // reused a sequence number).
+                tracing::warn!(target: "agora::engine", %space, %doc, %e, "batch apply failed; retrying one by one");
+                self.apply_one_by_one(space, doc, &metas)
+            }
+        };
+        let Some(state) = self.state_mut(&space, &doc) else {
+            return results;
+        };
+        let mut accepted = 0;
+        let doc_write = writes.len();
+        if is_new {
+            writes.push(Write::doc(&space, &doc, kind));
+        }
+        for ((hash, bytes), r) in metas.iter().zip(&results) {
+            if r.is_ok() {
+                state.last_seq += 1;
+                accepted += 1;
+                writes.extend(Write::contribution(
+                    &space,
+                    &doc,
+                    state.last_seq,
+                    &hash.0,
+                    bytes,
+                ));
+            }
+        }
+        if accepted == 0 && is_new {
+            // Nothing applied: a document we did not hold stays unknown (no empty document in
+            // memory, in heads or on disk).
+            writes.truncate(doc_write);
+            if let Some(docs) = self.spaces.get_mut(&space) {
+                docs.remove(&doc);
+            }
+            return results;
+        }
+        Self::maybe_snapshot(state, &space, &doc, writes);
+        self.contributions += accepted;
+        if kind == DocKind::Idea {
+            self.idea_space.insert(doc, space);
+        }
+        results
+    }
+
+    fn edit(
+        &mut self,
+        space: SpaceId,
+        doc: DocId,
+        kind: DocKind,
+        edit: &Edit,
+        now_ms: i64,
+        writes: &mut Vec<Write>,
+    ) -> Result<Option<Vec<u8>>, ServiceError> {
+        let fresh = self.new_doc();
+        let author = self.author;
+        let docs = self
+            .spaces
+            .get_mut(&space)
+            .ok_or(ServiceError::UnknownSpace(space))?;
+        let is_new = !docs.contains_key(&doc);
+        let state = docs.entry(doc).or_insert_with(|| DocState {
+            kind,
+            doc: fresh,
+            last_seq: 0,
+            snapshot_seq: 0,
+        });
+        let d = &mut state.doc;
+        let made = match edit {
+            Edit::CreateIdea { draft, salt } => idea::create_idea(d, draft, &author, salt, now_ms),
+            Edit::Comment { text } => idea::add_comment(d, &author, text, now_ms),
+            Edit::Vote { vote } => idea::cast_vote(d, &author, *vote, now_ms),
+            Edit::Status { status } => idea::set_status(d, *status, now_ms),
+            Edit::DisplayName { name } => idea::set_display_name(d, name, now_ms),
+        };
+        let change = match made {
+            Ok(c) => c,
+            Err(e) => {
+                let unchanged = e == idea::SchemaError::Unchanged;
+                if !unchanged {
+                    state.doc.rollback();
+                }
+                if is_new {
+                    docs.remove(&doc);
+                }
+                // Nothing changed (the same vote again): nothing to sign, store or send.
+                return if unchanged { Ok(None) } else { Err(e.into()) };
+            }
+        };
+        let contribution = Contribution::sign(&self.identity, space, doc, kind, &change);
+        let bytes = contribution.encode();
+        state.last_seq += 1;
+        if is_new {
+            writes.push(Write::doc(&space, &doc, kind));
+        }
+        writes.extend(Write::contribution(
+            &space,
+            &doc,
+            state.last_seq,
+            &change.hash().0,
+            &bytes,
+        ));
+        Self::maybe_snapshot(state, &space, &doc, writes);
+        self.contributions += 1;
+        if kind == DocKind::Idea {
+            self.idea_space.insert(doc, space);
+        }
+        Ok(Some(bytes))
+    }
+
+    fn revert(&mut self, docs: &[(SpaceId, DocId)]) -> Result<(), StoreError> {
+        for (space, doc) in docs {
+            self.reload(*space, *doc)?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self, writes: &mut Vec<Write>) {
+        for (space, docs) in &mut self.spaces {
+            for (doc, state) in docs.iter_mut() {
+                if state.last_seq > state.snapshot_seq {
+                    writes.push(Write::snapshot(
+                        space,
+                        doc,
+                        state.last_seq,
+                        &state.doc.save(),
+                    ));
+                    state.snapshot_seq = state.last_seq;
+                }
+            }
+        }
+    }
+
+    fn doc_kind(&self, space: &SpaceId, doc: &DocId) -> Option<DocKind> {
+        self.state(space, doc).map(|s| s.kind)
+    }
+
+    fn docs(&self, space: &SpaceId) -> Vec<DocId> {
+        self.spaces
+            .get(space)
+            .map(|d| d.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn heads(&mut self, space: &SpaceId, doc: &DocId) -> Vec<ChangeHash> {
+        let mut h = self
+            .state_mut(space, doc)
+            .map(|s| s.doc.get_heads())
+            .unwrap_or_default();
+        h.sort();
+        h
+    }
+
+    fn missing(&mut self, space: &SpaceId, doc: &DocId, hashes: &[ChangeHash]) -> Vec<ChangeHash> {
+        match self.state_mut(space, doc) {
+            Some(s) => s.doc.get_missing_deps(hashes),
+            None => hashes.to_vec(),
+        }
+    }
+
+    fn changes_after(
+        &mut self,
+        space: &SpaceId,
+        doc: &DocId,
+        have: &[ChangeHash],
+    ) -> Vec<ChangeHash> {
+        self.state_mut(space, doc)
+            .map(|s| {
+                s.doc
+                    .get_changes_meta(have)
+                    .into_iter()
+                    .map(|m| m.hash)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn stored(
+        &self,
+        space: &SpaceId,
+        doc: &DocId,
+        hash: &ChangeHash,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.contribution_by_hash(space, doc, &hash.0)
+    }
+
+    fn contributions(&self) -> u64 {
+        self.contributions
+    }
+
+    fn contains_bytes(&self, bytes: &[u8]) -> bool {
+        self.store.contains_bytes(bytes).unwrap_or(false)
+    }
+
+    fn idea_space(&self, idea: &DocId) -> Option<SpaceId> {
+        self.idea_space.get(idea).copied()
+    }
+
+    fn idea_count(&self, space: &SpaceId) -> usize {
+        self.spaces.get(space).map_or(0, |docs| {
+            docs.values().filter(|d| d.kind == DocKind::Idea).count()
+        })
+    }
+
+    fn idea(&self, space: &SpaceId, id: &DocId) -> Option<Idea> {
+        let state = self.state(space, id)?;
+        (state.kind == DocKind::Idea)
+            .then(|| idea::read_idea(&state.doc, *space, *id))
+            .flatten()
+    }
+
+    fn ideas(&self, space: &SpaceId) -> Vec<Idea> {
+        let Some(docs) = self.spaces.get(space) else {
+            return Vec::new();
+        };
+        docs.iter()
+            .filter(|(_, d)| d.kind == DocKind::Idea)
+            .filter_map(|(id, d)| idea::read_idea(&d.doc, *space, *id))
+            .collect()
+    }
+
+    fn display_names(&self, space: &SpaceId) -> BTreeMap<AuthorId, String> {
+        let Some(docs) = self.spaces.get(space) else {
+            return BTreeMap::new();
+        };
+        docs.iter()
+            .filter(|(_, d)| d.kind == DocKind::Profile)
+            .filter_map(|(id, d)| idea::read_profile(&d.doc, space, id))
+            .collect()
+    }
+}

@@ -1,0 +1,164 @@
+//! The replica: what a node holds of each space's documents, behind one trait so that the
+//! service's logic (ingest, the pending set, local edits, sync) runs unchanged on the real
+//! thing and on a model.
+//!
+//! - [`AutomergeReplica`]: the node's replica. Every document is an Automerge document in
+//!   memory, rebuilt at start-up from its latest snapshot and the contributions after it; every
+//!   contribution is fully verified (signature, actor, write rules) before it is applied;
+//!   snapshots are written when a document's tail grows.
+//! - A model replica (in the test kit's simulation) keeps only the contribution DAG: hashes and
+//!   dependencies, no content.
+//!
+//! The replica never writes to the store itself: it appends [`Write`]s to the list it is given,
+//! which the engine applies and flushes. It reads the store directly (start-up, sync answers).
+
+mod automerge;
+
+pub use self::automerge::AutomergeReplica;
+
+use super::ServiceError;
+use crate::store::{StoreError, Write};
+use agora_protocol::automerge::ChangeHash;
+use agora_protocol::idea::{Idea, IdeaDraft, Status, Vote};
+use agora_protocol::{AuthorId, DocId, DocKind, Rejection, SpaceId};
+use std::collections::BTreeMap;
+
+/// A verified contribution, ready to be applied.
+pub trait Item {
+    /// Its space.
+    fn space(&self) -> SpaceId;
+    /// Its document.
+    fn doc(&self) -> DocId;
+    /// The kind of its document.
+    fn kind(&self) -> DocKind;
+    /// The hash of its change (its identity inside the document).
+    fn hash(&self) -> ChangeHash;
+    /// The hashes of the changes it depends on.
+    fn deps(&self) -> &[ChangeHash];
+    /// Bytes it occupies in memory while it waits in the pending set.
+    fn size(&self) -> usize;
+}
+
+/// A local edit, as the replica carries it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit {
+    /// Create an idea with this salt (the document id is `DocId::idea(space, author, salt)`).
+    CreateIdea {
+        /// What was typed.
+        draft: IdeaDraft,
+        /// 16 random bytes.
+        salt: [u8; 16],
+    },
+    /// Append a comment.
+    Comment {
+        /// The text.
+        text: String,
+    },
+    /// Cast (or change) this author's vote.
+    Vote {
+        /// The vote.
+        vote: Vote,
+    },
+    /// Change the status.
+    Status {
+        /// The new status.
+        status: Status,
+    },
+    /// Set this author's display name in their profile document.
+    DisplayName {
+        /// The name.
+        name: String,
+    },
+}
+
+/// What a node holds of its spaces' documents. See the module docs.
+pub trait Replica {
+    /// A contribution that decoded (its bounds, shape and canonical form hold), not yet
+    /// verified.
+    type Decoded;
+    /// A verified contribution.
+    type Item: Item;
+
+    /// This replica's author (who signs local edits).
+    fn author(&self) -> AuthorId;
+
+    /// Starts holding a space (joined now or at start-up).
+    fn add_space(&mut self, space: SpaceId);
+
+    /// Decodes untrusted bytes (size, shape, version, canonical form).
+    fn decode(&self, bytes: Vec<u8>) -> Result<Self::Decoded, Rejection>;
+    /// The space a decoded contribution names.
+    fn space_of(decoded: &Self::Decoded) -> SpaceId;
+    /// Verifies a batch (signatures, actor = signer, write rules). Results in input order.
+    fn verify(&mut self, batch: Vec<Self::Decoded>) -> Vec<Result<Self::Item, Rejection>>;
+    /// The document, hash and dependencies named by encoded contribution bytes, read without
+    /// verifying anything (to plan the next sync request before a batch is ingested).
+    fn preview(&self, bytes: &[u8]) -> Option<(DocId, ChangeHash, Vec<ChangeHash>)>;
+    /// Applies verified contributions to one document (created with `kind` if it is new), in
+    /// the order given (dependencies first). Appends the writes that store the accepted ones.
+    /// One result per item.
+    fn apply(
+        &mut self,
+        space: SpaceId,
+        doc: DocId,
+        kind: DocKind,
+        items: Vec<Self::Item>,
+        writes: &mut Vec<Write>,
+    ) -> Vec<Result<(), Rejection>>;
+    /// Makes a local edit, signs it and appends the writes that store it. Returns the encoded
+    /// contribution to publish, or `None` when the edit changed nothing.
+    fn edit(
+        &mut self,
+        space: SpaceId,
+        doc: DocId,
+        kind: DocKind,
+        edit: &Edit,
+        now_ms: i64,
+        writes: &mut Vec<Write>,
+    ) -> Result<Option<Vec<u8>>, ServiceError>;
+    /// Forgets the in-memory state of these documents and reloads them from the store (after a
+    /// failed flush, so that memory does not hold what the disk may not).
+    fn revert(&mut self, docs: &[(SpaceId, DocId)]) -> Result<(), StoreError>;
+    /// Appends a snapshot of every document whose tail is not in one (at shutdown).
+    fn checkpoint(&mut self, writes: &mut Vec<Write>);
+
+    /// The kind of a document held, `None` if it is not held.
+    fn doc_kind(&self, space: &SpaceId, doc: &DocId) -> Option<DocKind>;
+    /// The documents held in a space, in id order.
+    fn docs(&self, space: &SpaceId) -> Vec<DocId>;
+    /// A document's heads, sorted (empty if it is not held).
+    fn heads(&mut self, space: &SpaceId, doc: &DocId) -> Vec<ChangeHash>;
+    /// Which of `hashes` (with their ancestors) the document lacks: empty exactly when it holds
+    /// all of them. For a document not held, all of them.
+    fn missing(&mut self, space: &SpaceId, doc: &DocId, hashes: &[ChangeHash]) -> Vec<ChangeHash>;
+    /// The changes held that are neither in `have` nor ancestors of it, in causal order.
+    fn changes_after(
+        &mut self,
+        space: &SpaceId,
+        doc: &DocId,
+        have: &[ChangeHash],
+    ) -> Vec<ChangeHash>;
+    /// The stored encoded contribution of a change held.
+    fn stored(
+        &self,
+        space: &SpaceId,
+        doc: &DocId,
+        hash: &ChangeHash,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Contributions held, in all spaces.
+    fn contributions(&self) -> u64;
+    /// Whether the store holds a contribution with exactly these bytes (tests; a full scan).
+    fn contains_bytes(&self, bytes: &[u8]) -> bool;
+
+    /// The space of an idea held.
+    fn idea_space(&self, idea: &DocId) -> Option<SpaceId>;
+    /// Ideas held in a space.
+    fn idea_count(&self, space: &SpaceId) -> usize;
+    /// One idea, materialised (without display names). A replica that holds no content (the
+    /// model) answers `None`.
+    fn idea(&self, space: &SpaceId, idea: &DocId) -> Option<Idea>;
+    /// Every idea of a space, materialised (without display names).
+    fn ideas(&self, space: &SpaceId) -> Vec<Idea>;
+    /// The display names of a space's members, from their profile documents.
+    fn display_names(&self, space: &SpaceId) -> BTreeMap<AuthorId, String>;
+}

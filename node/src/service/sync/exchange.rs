@@ -1,0 +1,89 @@
+//! One anti-entropy exchange with one peer about one space: its phase, the request it waits
+//! for (with a deadline), what it has received but not yet ingested, and its progress.
+//!
+//! ```text
+//!  Summary ──in_sync──────────────────────────────────────────► end: InSync
+//!     │ ──heads, nothing wanted───────────────────────────────► end: InSync | PeerBehind
+//!     │ ──heads, wants──► Fetch ──contributions (new)──► Fetch   (next fetch sent at once,
+//!     │                     │                                    the batch ingested meanwhile)
+//!     │                     └──contributions (nothing new,
+//!     │                        or nothing left to want)──► Draining ──last batch ingested──►
+//!     │                                                   end: InSync | Incomplete
+//!  any: timeout / failure / refused ─► end (no verdict, retry with backoff)
+//!  any: wrong kind of answer, oversize or unreadable answer, invalid contribution ─► ban
+//! ```
+
+use crate::service::{ExchangeId, Millis};
+use agora_protocol::automerge::ChangeHash;
+use agora_protocol::sync::DocHeads;
+use agora_protocol::DocId;
+use std::collections::BTreeMap;
+
+/// Where an exchange stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// A `Summary` is out; `InSync` or `Heads` is expected.
+    Summary,
+    /// A `Fetch` is out; `Contributions` is expected.
+    Fetch,
+    /// No request is out; the exchange ends when the batches it received are ingested.
+    Draining,
+}
+
+/// Received and not yet ingested: per document, each change's hash and dependencies.
+pub(crate) type InFlight = BTreeMap<DocId, Vec<(ChangeHash, Vec<ChangeHash>)>>;
+
+/// One running exchange.
+#[derive(Debug)]
+pub(crate) struct Exchange {
+    /// Names the exchange (the id of its first request): a batch handed to ingest carries it, so
+    /// a batch of an exchange that ended is recognised and dropped.
+    pub generation: ExchangeId,
+    /// The request awaited and when it times out.
+    pub outstanding: Option<(ExchangeId, Millis)>,
+    pub phase: Phase,
+    /// The peer's heads, from its `Heads` answer (bounded when they arrived).
+    pub theirs: Vec<DocHeads>,
+    pub in_flight: InFlight,
+    /// Batches handed to ingest and not yet ingested.
+    pub batches: u32,
+    /// Documents still wanted, as of the last answer.
+    pub docs_left: usize,
+    /// Contributions accepted from this exchange so far.
+    pub accepted: u64,
+}
+
+impl Exchange {
+    /// A new exchange whose `Summary` (request `id`) times out at `deadline`.
+    pub fn new(id: ExchangeId, deadline: Millis) -> Exchange {
+        Exchange {
+            generation: id,
+            outstanding: Some((id, deadline)),
+            phase: Phase::Summary,
+            theirs: Vec::new(),
+            in_flight: BTreeMap::new(),
+            batches: 0,
+            docs_left: 0,
+            accepted: 0,
+        }
+    }
+
+    /// Whether `hash` of `doc` was received and waits for ingest.
+    pub fn holds(&self, doc: &DocId, hash: &ChangeHash) -> bool {
+        self.in_flight
+            .get(doc)
+            .is_some_and(|v| v.iter().any(|(h, _)| h == hash))
+    }
+
+    /// Forgets received changes once their batch has been ingested.
+    pub fn ingested(&mut self, done: &[(DocId, ChangeHash)]) {
+        for (doc, hash) in done {
+            if let Some(v) = self.in_flight.get_mut(doc) {
+                v.retain(|(h, _)| h != hash);
+                if v.is_empty() {
+                    self.in_flight.remove(doc);
+                }
+            }
+        }
+    }
+}

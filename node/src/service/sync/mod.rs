@@ -1,0 +1,826 @@
+//! Anti-entropy sync: the scheduler (which peer, which space, when, how many at once), the
+//! requester's side of each exchange ([`exchange`]), the responder's side, and bans.
+//!
+//! The scheduler keeps one entry per pair (connected peer, space we hold that it follows):
+//! its last verdict and when its next round is due. A round starts when the peer subscribes,
+//! when we join, every `sync_every` (jittered down to three quarters of it, so that rounds of
+//! many peers spread out and no pair waits longer than the period), soon after a gossip message
+//! from that peer arrived early, and sooner again after a round that left something behind. At
+//! most `max_exchanges` run at once; the others wait in a queue, never dropped. One exchange per
+//! pair at a time.
+
+mod exchange;
+
+use self::exchange::{Exchange, InFlight, Phase};
+use super::outbox::When;
+use super::replica::Replica;
+use super::{
+    ExchangeId, InboundId, Millis, NetAction, Now, Outcome, Output, PeerHandle, Service, SyncBatch,
+    SyncFailure,
+};
+use agora_protocol::automerge::ChangeHash;
+use agora_protocol::sync::{
+    self, DocHeads, SyncRequest, SyncResponse, MAX_DOCS_PER_SPACE, MAX_HEADS_PER_DOC,
+    MAX_RESPONSE_CONTRIBUTION_BYTES, MAX_WANTS,
+};
+use agora_protocol::{DocId, Rejection, SpaceId};
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Most spaces remembered per peer (gossipsub refuses more than 100 subscriptions anyway).
+const MAX_SPACES_PER_PEER: usize = 128;
+/// A gossip message that arrives early starts a round with its sender, but not sooner than this
+/// after that pair's last round ended.
+const EARLY_ARRIVAL_COOLDOWN: Millis = 1_000;
+
+/// Where sync with one peer in one space stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum SyncState {
+    /// Both hold the same contributions (as of the last exchange).
+    InSync,
+    /// We are fetching what we lack from this peer.
+    CatchingUp {
+        /// Documents in which the peer still has changes we lack.
+        docs_left: usize,
+        /// Contributions accepted from this peer in this catch-up so far.
+        received: u64,
+    },
+    /// We hold everything the peer has, and it lacks some of ours (its own round fetches it).
+    PeerBehind,
+    /// The last exchange ended with documents still missing (the peer did not send them, or
+    /// what it sent waits for other contributions); the next round is soon.
+    Incomplete {
+        /// Documents still missing.
+        docs_left: usize,
+    },
+}
+
+type Pair = (PeerHandle, SpaceId);
+
+#[derive(Debug)]
+struct PairState {
+    state: Option<SyncState>,
+    next_round: Millis,
+    /// Rounds in a row that ended without `InSync` or `PeerBehind` (for the retry backoff).
+    setbacks: u32,
+    ended: Option<Millis>,
+}
+
+/// The scheduler's state (its logic is in the `impl Service` of this module).
+#[derive(Default)]
+pub(crate) struct Scheduler {
+    /// Connected peers and the spaces they follow.
+    peers: BTreeMap<PeerHandle, BTreeSet<SpaceId>>,
+    pairs: BTreeMap<Pair, PairState>,
+    exchanges: BTreeMap<Pair, Exchange>,
+    /// Requests awaited, by id.
+    outstanding: BTreeMap<ExchangeId, Pair>,
+    queue: VecDeque<Pair>,
+    /// Peers banned, until when.
+    pub banned: BTreeMap<PeerHandle, Millis>,
+    next_id: u64,
+    /// Outbound requests that failed (timeouts, transport failures, refusals).
+    pub failures: u64,
+}
+
+/// One pair's state, for status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PairStatus {
+    /// The peer.
+    pub peer: PeerHandle,
+    /// The space.
+    pub space: SpaceId,
+    /// The state.
+    pub state: SyncState,
+}
+
+impl<R: Replica> Service<R> {
+    // ----- peers -----
+
+    pub(super) fn peer_connected(&mut self, peer: PeerHandle, now: Now) {
+        if self.is_banned(peer, now) {
+            self.outbox.net(NetAction::Disconnect { peer });
+            return;
+        }
+        self.sync.peers.entry(peer).or_default();
+    }
+
+    pub(super) fn peer_disconnected(&mut self, peer: PeerHandle, now: Now) {
+        self.sync.peers.remove(&peer);
+        self.forget_peer(peer);
+        self.start_queued(now);
+    }
+
+    pub(super) fn peer_subscribed(&mut self, peer: PeerHandle, space: SpaceId, now: Now) {
+        if self.is_banned(peer, now) {
+            return;
+        }
+        let spaces = self.sync.peers.entry(peer).or_default();
+        if spaces.len() >= MAX_SPACES_PER_PEER && !spaces.contains(&space) {
+            return;
+        }
+        spaces.insert(space);
+        if self.spaces.contains_key(&space) {
+            self.open_pair((peer, space), now);
+            self.start_exchange((peer, space), now);
+        }
+    }
+
+    pub(super) fn peer_unsubscribed(&mut self, peer: PeerHandle, space: SpaceId, now: Now) {
+        if let Some(spaces) = self.sync.peers.get_mut(&peer) {
+            spaces.remove(&space);
+        }
+        self.sync.pairs.remove(&(peer, space));
+        self.drop_exchange((peer, space));
+        self.sync.queue.retain(|p| *p != (peer, space));
+        self.start_queued(now);
+    }
+
+    /// A space was joined: start rounds with the peers already in it.
+    pub(super) fn sync_joined(&mut self, space: SpaceId, now: Now) {
+        let peers: Vec<PeerHandle> = self
+            .sync
+            .peers
+            .iter()
+            .filter(|(_, spaces)| spaces.contains(&space))
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in peers {
+            self.open_pair((peer, space), now);
+            self.start_exchange((peer, space), now);
+        }
+    }
+
+    /// A gossip message from `peer` arrived before its dependencies: the sender most likely has
+    /// them; fetch them soon rather than at the next periodic round.
+    pub(super) fn sync_early_arrival(&mut self, peer: PeerHandle, space: SpaceId, now: Now) {
+        let Some(p) = self.sync.pairs.get_mut(&(peer, space)) else {
+            return;
+        };
+        let soonest = p
+            .ended
+            .map_or(now.mono, |e| (e + EARLY_ARRIVAL_COOLDOWN).max(now.mono));
+        p.next_round = p.next_round.min(soonest);
+        if p.next_round <= now.mono {
+            self.start_exchange((peer, space), now);
+        }
+    }
+
+    fn open_pair(&mut self, pair: Pair, now: Now) {
+        self.sync.pairs.entry(pair).or_insert(PairState {
+            state: None,
+            next_round: now.mono,
+            setbacks: 0,
+            ended: None,
+        });
+    }
+
+    fn forget_peer(&mut self, peer: PeerHandle) {
+        self.sync.pairs.retain(|(p, _), _| *p != peer);
+        let gone: Vec<Pair> = self
+            .sync
+            .exchanges
+            .keys()
+            .filter(|(p, _)| *p == peer)
+            .copied()
+            .collect();
+        for pair in gone {
+            self.drop_exchange(pair);
+        }
+        self.sync.queue.retain(|(p, _)| *p != peer);
+    }
+
+    fn is_banned(&self, peer: PeerHandle, now: Now) -> bool {
+        self.sync
+            .banned
+            .get(&peer)
+            .is_some_and(|until| *until > now.mono)
+    }
+
+    /// Disconnects a peer that sent invalid data, and refuses it for `ban_for`.
+    pub(super) fn ban(&mut self, peer: PeerHandle, reason: &'static str, now: Now) {
+        tracing::warn!(target: "agora::sync", %peer, reason, "peer sent invalid data by sync; disconnecting it for a while");
+        self.sync
+            .banned
+            .insert(peer, now.mono + self.config.ban_for);
+        self.sync.peers.remove(&peer);
+        self.forget_peer(peer);
+        self.outbox.net(NetAction::Ban {
+            peer,
+            reason,
+            duration: self.config.ban_for,
+        });
+        self.start_queued(now);
+    }
+
+    // ----- the requester's side -----
+
+    fn next_id(&mut self) -> ExchangeId {
+        self.sync.next_id += 1;
+        ExchangeId(self.sync.next_id)
+    }
+
+    /// Starts a round with a pair now, or queues it when `max_exchanges` are running.
+    fn start_exchange(&mut self, pair: Pair, now: Now) {
+        if !self.sync.pairs.contains_key(&pair)
+            || self.sync.exchanges.contains_key(&pair)
+            || self.sync.queue.contains(&pair)
+        {
+            return;
+        }
+        if self.sync.exchanges.len() >= self.config.max_exchanges {
+            self.sync.queue.push_back(pair);
+            return;
+        }
+        let (peer, space) = pair;
+        let digest = self.digest(&space);
+        let id = self.next_id();
+        self.sync
+            .exchanges
+            .insert(pair, Exchange::new(id, now.mono + self.config.sync_timeout));
+        self.sync.outstanding.insert(id, pair);
+        self.outbox.net(NetAction::SyncRequest {
+            peer,
+            exchange: id,
+            request: SyncRequest::Summary {
+                v: 1,
+                space: space.0,
+                digest,
+            },
+        });
+    }
+
+    fn start_queued(&mut self, now: Now) {
+        while self.sync.exchanges.len() < self.config.max_exchanges {
+            let Some(pair) = self.sync.queue.pop_front() else {
+                break;
+            };
+            self.start_exchange(pair, now);
+        }
+    }
+
+    fn send_fetch(&mut self, pair: Pair, mut wants: Vec<DocHeads>, now: Now) {
+        wants.truncate(MAX_WANTS);
+        let id = self.next_id();
+        let Some(ex) = self.sync.exchanges.get_mut(&pair) else {
+            return;
+        };
+        ex.phase = Phase::Fetch;
+        ex.outstanding = Some((id, now.mono + self.config.sync_timeout));
+        self.sync.outstanding.insert(id, pair);
+        self.outbox.net(NetAction::SyncRequest {
+            peer: pair.0,
+            exchange: id,
+            request: SyncRequest::Fetch {
+                v: 1,
+                space: pair.1 .0,
+                wants,
+                max_bytes: self.config.fetch_bytes,
+            },
+        });
+    }
+
+    /// Removes a running exchange without a verdict (its peer left or was banned).
+    fn drop_exchange(&mut self, pair: Pair) {
+        if let Some(ex) = self.sync.exchanges.remove(&pair) {
+            if let Some((id, _)) = ex.outstanding {
+                self.sync.outstanding.remove(&id);
+            }
+        }
+    }
+
+    /// Ends an exchange: records its verdict (if any), schedules the pair's next round, and lets
+    /// a queued exchange start.
+    fn end_exchange(&mut self, pair: Pair, verdict: Option<SyncState>, now: Now) {
+        self.drop_exchange(pair);
+        let every = self.config.sync_every;
+        let jittered = self.rng.random_range(every - every / 4..=every);
+        let (recheck, retry) = (self.config.sync_recheck, self.config.sync_retry);
+        if let Some(p) = self.sync.pairs.get_mut(&pair) {
+            p.ended = Some(now.mono);
+            let wait = match verdict {
+                Some(SyncState::InSync) => {
+                    p.setbacks = 0;
+                    jittered
+                }
+                // Gossip usually closes the gap within a few heartbeats: look again then, once;
+                // after that the peer's own round is the way.
+                Some(SyncState::PeerBehind) if p.state != Some(SyncState::PeerBehind) => {
+                    p.setbacks = 0;
+                    recheck
+                }
+                Some(SyncState::PeerBehind) => jittered,
+                _ => {
+                    p.setbacks = p.setbacks.saturating_add(1);
+                    retry
+                        .saturating_mul(1 << p.setbacks.min(16).saturating_sub(1))
+                        .min(every)
+                }
+            };
+            p.next_round = now.mono + wait;
+            if let Some(v) = verdict {
+                p.state = Some(v);
+            }
+        }
+        self.start_queued(now);
+    }
+
+    pub(super) fn on_sync_response(
+        &mut self,
+        peer: PeerHandle,
+        exchange: ExchangeId,
+        result: Result<SyncResponse, SyncFailure>,
+        now: Now,
+    ) {
+        let Some(pair) = self.sync.outstanding.remove(&exchange) else {
+            tracing::debug!(target: "agora::sync", %peer, "dropped an answer to a request no longer awaited");
+            return;
+        };
+        let Some(ex) = self
+            .sync
+            .exchanges
+            .get_mut(&pair)
+            .filter(|_| pair.0 == peer)
+        else {
+            return;
+        };
+        ex.outstanding = None;
+        let phase = ex.phase;
+        let response = match result {
+            Ok(r) => r,
+            Err(SyncFailure::TooLarge) => return self.ban(peer, "sync_oversize_answer", now),
+            Err(SyncFailure::Malformed(_)) => return self.ban(peer, "sync_malformed_answer", now),
+            Err(failure) => {
+                self.sync.failures += 1;
+                tracing::info!(target: "agora::sync", %peer, %failure, "sync request failed; will retry");
+                return self.end_exchange(pair, None, now);
+            }
+        };
+        match (phase, response) {
+            (Phase::Summary, SyncResponse::InSync) => {
+                self.end_exchange(pair, Some(SyncState::InSync), now)
+            }
+            (Phase::Summary, SyncResponse::Heads { docs }) => self.on_heads(pair, docs, now),
+            (Phase::Fetch, SyncResponse::Contributions { items, .. }) => {
+                self.on_contributions(pair, items, now)
+            }
+            (_, SyncResponse::Refused { reason }) => {
+                self.sync.failures += 1;
+                tracing::debug!(target: "agora::sync", %peer, space = %pair.1, reason, "sync refused");
+                self.end_exchange(pair, None, now)
+            }
+            // An answer that does not fit the question (heads to a fetch, contributions to a
+            // summary) is a protocol violation: end the exchange rather than loop on it.
+            (_, other) => {
+                tracing::info!(target: "agora::sync", %peer, answer = other.kind(), "answer of the wrong kind");
+                self.ban(peer, "sync_protocol_violation", now)
+            }
+        }
+    }
+
+    fn on_heads(&mut self, pair: Pair, mut docs: Vec<DocHeads>, now: Now) {
+        docs.truncate(MAX_DOCS_PER_SPACE);
+        for d in &mut docs {
+            d.heads.truncate(MAX_HEADS_PER_DOC);
+        }
+        let wants = self.wants(&pair.1, &docs, &InFlight::new());
+        if wants.is_empty() {
+            let verdict = if self.peer_lacks(&pair.1, &docs) {
+                SyncState::PeerBehind
+            } else {
+                SyncState::InSync
+            };
+            return self.end_exchange(pair, Some(verdict), now);
+        }
+        if let Some(ex) = self.sync.exchanges.get_mut(&pair) {
+            ex.theirs = docs;
+            ex.docs_left = wants.len();
+        }
+        self.send_fetch(pair, wants, now);
+    }
+
+    fn on_contributions(&mut self, pair: Pair, items: Vec<serde_bytes::ByteBuf>, now: Now) {
+        let (peer, space) = pair;
+        let Service {
+            sync: scheduler,
+            replica,
+            ..
+        } = self;
+        let Some(ex) = scheduler.exchanges.get_mut(&pair) else {
+            return;
+        };
+        // Plan the next request from what this batch will add, before it is ingested, so that
+        // the peer prepares the next batch while this one is verified and applied.
+        let mut new = 0;
+        for bytes in &items {
+            let Some((doc, hash, deps)) = replica.preview(bytes) else {
+                continue;
+            };
+            if !ex.holds(&doc, &hash) && !replica.missing(&space, &doc, &[hash]).is_empty() {
+                new += 1;
+            }
+            ex.in_flight.entry(doc).or_default().push((hash, deps));
+        }
+        if !items.is_empty() {
+            ex.batches += 1;
+            let generation = ex.generation;
+            self.outbox.push(
+                Output::Ingest(SyncBatch {
+                    peer,
+                    space,
+                    exchange: generation,
+                    items: items
+                        .into_iter()
+                        .map(serde_bytes::ByteBuf::into_vec)
+                        .collect(),
+                }),
+                When::Now,
+            );
+        }
+        let in_flight = self.sync.exchanges.get_mut(&pair).map(|ex| {
+            (
+                std::mem::take(&mut ex.theirs),
+                std::mem::take(&mut ex.in_flight),
+            )
+        });
+        let Some((theirs, in_flight)) = in_flight else {
+            return;
+        };
+        // A batch that brings nothing new ends the requests (a peer that keeps answering with
+        // what we hold cannot keep us asking).
+        let wants = if new == 0 {
+            Vec::new()
+        } else {
+            self.wants(&space, &theirs, &in_flight)
+        };
+        let Some(ex) = self.sync.exchanges.get_mut(&pair) else {
+            return;
+        };
+        ex.theirs = theirs;
+        ex.in_flight = in_flight;
+        ex.docs_left = wants.len();
+        if wants.is_empty() {
+            ex.phase = Phase::Draining;
+            if ex.batches == 0 {
+                self.finish_exchange(pair, now);
+            }
+        } else {
+            self.send_fetch(pair, wants, now);
+        }
+    }
+
+    /// Ingests a batch received by sync (handed out as [`Output::Ingest`] so that the next
+    /// request left first).
+    pub(super) fn on_sync_batch(&mut self, batch: SyncBatch, now: Now) {
+        let SyncBatch {
+            peer,
+            space,
+            exchange,
+            items,
+        } = batch;
+        let pair = (peer, space);
+        if self
+            .sync
+            .exchanges
+            .get(&pair)
+            .is_none_or(|ex| ex.generation != exchange)
+        {
+            tracing::debug!(target: "agora::sync", %peer, "dropped a batch of an exchange that ended");
+            return;
+        }
+        let done: Vec<(DocId, ChangeHash)> = items
+            .iter()
+            .filter_map(|b| self.replica.preview(b).map(|(d, h, _)| (d, h)))
+            .collect();
+        let n = items.len();
+        let outcomes = self.ingest(items.into_iter().map(|b| (b, Some(space))).collect(), now);
+        let invalid = outcomes.iter().find_map(|o| match o {
+            Outcome::Rejected(r) if !matches!(r, Rejection::UnknownSpace) => Some(r.code()),
+            _ => None,
+        });
+        if let Some(reason) = invalid {
+            return self.ban(peer, reason, now);
+        }
+        let accepted = outcomes
+            .iter()
+            .filter(|o| matches!(o, Outcome::Accepted))
+            .count() as u64;
+        self.outbox.exchanges.push((pair, exchange));
+        let Some(ex) = self.sync.exchanges.get_mut(&pair) else {
+            return;
+        };
+        ex.ingested(&done);
+        ex.batches -= 1;
+        ex.accepted += accepted;
+        tracing::debug!(target: "agora::sync", %peer, %space, received = n, accepted, docs_left = ex.docs_left, "sync batch");
+        if ex.phase == Phase::Draining && ex.batches == 0 {
+            self.finish_exchange(pair, now);
+        } else if accepted > 0 {
+            tracing::info!(target: "agora::sync", %peer, %space, docs_left = ex.docs_left, received = ex.accepted, "catching up");
+        }
+    }
+
+    /// Ends an exchange whose requests are over and whose batches are ingested: in sync if we
+    /// now hold every head the peer showed, else incomplete.
+    fn finish_exchange(&mut self, pair: Pair, now: Now) {
+        let theirs = self
+            .sync
+            .exchanges
+            .get_mut(&pair)
+            .map(|ex| std::mem::take(&mut ex.theirs))
+            .unwrap_or_default();
+        let wants = self.wants(&pair.1, &theirs, &InFlight::new());
+        let verdict = if wants.is_empty() {
+            SyncState::InSync
+        } else {
+            SyncState::Incomplete {
+                docs_left: wants.len(),
+            }
+        };
+        self.end_exchange(pair, Some(verdict), now);
+    }
+
+    /// The documents of `theirs` in which the peer has changes we lack (counting what is in
+    /// flight as held), each with our heads (what a `Fetch` carries), in the peer's order.
+    fn wants(
+        &mut self,
+        space: &SpaceId,
+        theirs: &[DocHeads],
+        in_flight: &InFlight,
+    ) -> Vec<DocHeads> {
+        let mut wants = Vec::new();
+        for d in theirs {
+            let doc = DocId(d.doc);
+            let flying = in_flight.get(&doc);
+            let known = |h: &ChangeHash| flying.is_some_and(|v| v.iter().any(|(x, _)| x == h));
+            let unknown: Vec<ChangeHash> = d
+                .heads
+                .iter()
+                .map(|h| ChangeHash::from(*h))
+                .filter(|h| !known(h))
+                .collect();
+            if unknown.is_empty() || self.replica.missing(space, &doc, &unknown).is_empty() {
+                continue;
+            }
+            // Our heads once what is in flight is applied: held heads and received changes that
+            // nothing received depends on.
+            let mut ours: BTreeSet<ChangeHash> =
+                self.replica.heads(space, &doc).into_iter().collect();
+            if let Some(v) = flying {
+                ours.extend(v.iter().map(|(h, _)| *h));
+                for (_, deps) in v {
+                    for dep in deps {
+                        ours.remove(dep);
+                    }
+                }
+            }
+            let heads: Vec<sync::Hash> = ours
+                .into_iter()
+                .take(MAX_HEADS_PER_DOC)
+                .map(Into::into)
+                .collect();
+            wants.push(DocHeads { doc: d.doc, heads });
+        }
+        wants
+    }
+
+    /// Whether the peer lacks something we hold, given its heads (and that we lack nothing of
+    /// it): some document of ours is missing from its list or has other heads.
+    fn peer_lacks(&mut self, space: &SpaceId, theirs: &[DocHeads]) -> bool {
+        let theirs: BTreeMap<[u8; 16], &[sync::Hash]> =
+            theirs.iter().map(|d| (d.doc, d.heads.as_slice())).collect();
+        for doc in self.replica.docs(space) {
+            let ours = self.replica.heads(space, &doc);
+            if ours.is_empty() {
+                continue;
+            }
+            let same = theirs.get(&doc.0).is_some_and(|t| {
+                t.len() == ours.len() && t.iter().zip(&ours).all(|(a, b)| a.0 == b.0)
+            });
+            if !same {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The digest of a space (cached until the space changes).
+    pub(super) fn digest(&mut self, space: &SpaceId) -> [u8; 32] {
+        if let Some(d) = self.digests.get(space) {
+            return *d;
+        }
+        let docs = self.replica.docs(space);
+        let heads: Vec<(DocId, Vec<ChangeHash>)> = docs
+            .into_iter()
+            .map(|d| (d, self.replica.heads(space, &d)))
+            .collect();
+        let digest = sync::space_digest(heads.iter().map(|(id, h)| (id, h.as_slice())));
+        self.digests.insert(*space, digest);
+        digest
+    }
+
+    // ----- the responder's side -----
+
+    pub(super) fn answer_sync(
+        &mut self,
+        peer: PeerHandle,
+        inbound: InboundId,
+        request: SyncRequest,
+        now: Now,
+    ) {
+        let response = self.sync_answer(peer, request, now);
+        self.outbox.push(
+            Output::Net(NetAction::SyncResponse {
+                peer,
+                inbound,
+                response,
+            }),
+            When::Durable,
+        );
+    }
+
+    /// Answers a peer's sync request. Only stored (so verified) contributions are sent.
+    fn sync_answer(&mut self, peer: PeerHandle, request: SyncRequest, now: Now) -> SyncResponse {
+        if self.is_banned(peer, now) {
+            return SyncResponse::Refused {
+                reason: "banned".into(),
+            };
+        }
+        if let Err(reason) = request.check() {
+            return SyncResponse::Refused { reason };
+        }
+        let space = request.space();
+        if !self.spaces.contains_key(&space) {
+            return SyncResponse::Refused {
+                reason: "space not held here".into(),
+            };
+        }
+        match request {
+            SyncRequest::Summary { digest, .. } => {
+                if self.digest(&space) == digest {
+                    // The asker's digest equals ours: we know we are in sync too.
+                    if let Some(p) = self.sync.pairs.get_mut(&(peer, space)) {
+                        p.state = Some(SyncState::InSync);
+                    }
+                    SyncResponse::InSync
+                } else {
+                    SyncResponse::Heads {
+                        docs: self.doc_heads(&space),
+                    }
+                }
+            }
+            SyncRequest::Fetch {
+                wants, max_bytes, ..
+            } => {
+                let budget = (max_bytes as usize).min(MAX_RESPONSE_CONTRIBUTION_BYTES);
+                let mut items = Vec::new();
+                let mut used = 0usize;
+                let mut more = false;
+                'docs: for want in wants {
+                    let doc = DocId(want.doc);
+                    if self.replica.doc_kind(&space, &doc).is_none() {
+                        continue;
+                    }
+                    // Heads the requester has that we know; changes beyond them are what it lacks.
+                    let have: Vec<ChangeHash> = want
+                        .heads
+                        .iter()
+                        .map(|h| ChangeHash::from(*h))
+                        .filter(|h| self.replica.missing(&space, &doc, &[*h]).is_empty())
+                        .collect();
+                    for hash in self.replica.changes_after(&space, &doc, &have) {
+                        match self.replica.stored(&space, &doc, &hash) {
+                            Ok(Some(bytes)) => {
+                                if used + bytes.len() > budget && !items.is_empty() {
+                                    more = true;
+                                    break 'docs;
+                                }
+                                used += bytes.len();
+                                items.push(serde_bytes::ByteBuf::from(bytes));
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(target: "agora::engine", %e, "store read failed while answering sync");
+                            }
+                        }
+                    }
+                }
+                SyncResponse::Contributions { items, more }
+            }
+        }
+    }
+
+    /// Every non-empty document's heads, in id order (what a `Heads` answer carries).
+    fn doc_heads(&mut self, space: &SpaceId) -> Vec<DocHeads> {
+        let mut out = Vec::new();
+        for doc in self.replica.docs(space) {
+            let heads = self.replica.heads(space, &doc);
+            if heads.is_empty() {
+                continue;
+            }
+            out.push(DocHeads {
+                doc: doc.0,
+                heads: heads.into_iter().map(Into::into).collect(),
+            });
+            if out.len() >= MAX_DOCS_PER_SPACE {
+                break;
+            }
+        }
+        out
+    }
+
+    // ----- time -----
+
+    pub(super) fn sync_tick(&mut self, now: Now) {
+        let expired: Vec<Pair> = self
+            .sync
+            .exchanges
+            .iter()
+            .filter(|(_, ex)| ex.outstanding.is_some_and(|(_, at)| at <= now.mono))
+            .map(|(pair, _)| *pair)
+            .collect();
+        for pair in expired {
+            self.sync.failures += 1;
+            tracing::info!(target: "agora::sync", peer = %pair.0, space = %pair.1, "sync request timed out; will retry");
+            self.end_exchange(pair, None, now);
+        }
+        let lifted: Vec<PeerHandle> = self
+            .sync
+            .banned
+            .iter()
+            .filter(|(_, until)| **until <= now.mono)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in lifted {
+            self.sync.banned.remove(&peer);
+            self.outbox.net(NetAction::Unban { peer });
+        }
+        let due: Vec<Pair> = self
+            .sync
+            .pairs
+            .iter()
+            .filter(|(pair, p)| p.next_round <= now.mono && !self.sync.exchanges.contains_key(pair))
+            .map(|(pair, _)| *pair)
+            .collect();
+        for pair in due {
+            self.start_exchange(pair, now);
+        }
+    }
+
+    pub(super) fn sync_next_wakeup(&self) -> Option<Millis> {
+        let rounds = self
+            .sync
+            .pairs
+            .iter()
+            .filter(|(pair, _)| {
+                !self.sync.exchanges.contains_key(pair) && !self.sync.queue.contains(pair)
+            })
+            .map(|(_, p)| p.next_round);
+        let deadlines = self
+            .sync
+            .exchanges
+            .values()
+            .filter_map(|ex| ex.outstanding.map(|(_, at)| at));
+        let bans = self.sync.banned.values().copied();
+        rounds.chain(deadlines).chain(bans).min()
+    }
+
+    /// Exchanges that ingested in a group whose flush failed: end them without a verdict.
+    pub(super) fn sync_abort(&mut self, exchanges: Vec<(Pair, ExchangeId)>, now: Now) {
+        for (pair, generation) in exchanges {
+            if self
+                .sync
+                .exchanges
+                .get(&pair)
+                .is_some_and(|ex| ex.generation == generation)
+            {
+                self.end_exchange(pair, None, now);
+            }
+        }
+    }
+
+    pub(super) fn sync_status(&self) -> Vec<PairStatus> {
+        self.sync
+            .pairs
+            .iter()
+            .filter_map(|((peer, space), p)| {
+                let running = self
+                    .sync
+                    .exchanges
+                    .get(&(*peer, *space))
+                    .filter(|ex| ex.phase != Phase::Summary)
+                    .map(|ex| SyncState::CatchingUp {
+                        docs_left: ex.docs_left,
+                        received: ex.accepted,
+                    });
+                running.or(p.state).map(|state| PairStatus {
+                    peer: *peer,
+                    space: *space,
+                    state,
+                })
+            })
+            .collect()
+    }
+}
