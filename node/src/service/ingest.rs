@@ -5,7 +5,7 @@
 use super::replica::{Item, Replica};
 use super::{NodeEvent, Now, Outcome, Service};
 use agora_protocol::automerge::ChangeHash;
-use agora_protocol::{DocKind, Rejection, SpaceId};
+use agora_protocol::{DocId, DocKind, Rejection, SpaceId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The input slot of contributions held in the pending set since an earlier batch.
@@ -72,6 +72,17 @@ impl<R: Replica> Service<R> {
         &mut self,
         items: Vec<(Vec<u8>, Option<SpaceId>)>,
         now: Now,
+    ) -> Vec<Outcome> {
+        self.ingest_noting_early(items, now, &mut Vec::new())
+    }
+
+    /// [`Service::ingest`], also noting each input that went to the pending set: its slot, its
+    /// document and its hash.
+    pub(crate) fn ingest_noting_early(
+        &mut self,
+        items: Vec<(Vec<u8>, Option<SpaceId>)>,
+        now: Now,
+        early: &mut Vec<(usize, DocId, ChangeHash)>,
     ) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
         let mut decoded = Vec::new();
@@ -162,6 +173,7 @@ impl<R: Replica> Service<R> {
             for (slot, it) in rest.into_iter().flatten() {
                 if slot != HELD {
                     outcomes[slot] = Some(Outcome::Pending);
+                    early.push((slot, doc, it.hash()));
                 }
                 let size = it.size();
                 let evicted = self.pending.insert((space, doc), it, size, now.mono);
@@ -221,7 +233,7 @@ impl<R: Replica> Service<R> {
     }
 
     /// Bookkeeping after a document changed in memory (ingest or local edit).
-    pub(crate) fn changed(&mut self, space: SpaceId, doc: agora_protocol::DocId, kind: DocKind) {
+    pub(crate) fn changed(&mut self, space: SpaceId, doc: DocId, kind: DocKind) {
         self.outbox.touched.insert((space, doc));
         self.digests.remove(&space);
         if kind == DocKind::Idea {

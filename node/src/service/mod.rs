@@ -516,7 +516,9 @@ pub struct ServiceConfig {
     pub sync_every: Millis,
     /// A sync request without an answer for this long has failed (ms).
     pub sync_timeout: Millis,
-    /// After a round found the peer behind, look again this soon, once (ms).
+    /// After a round found the peer behind, look again this soon, once; and a gossip message
+    /// that arrived early is fetched from its sender this long after, if gossip did not bring
+    /// what it waits for by then (ms).
     pub sync_recheck: Millis,
     /// After a round that failed or left documents missing, retry this soon, doubling up to
     /// `sync_every` while it keeps happening (ms).
@@ -611,6 +613,21 @@ impl<R: Replica> Service<R> {
         &self.replica
     }
 
+    /// The replica, to query it (`docs`, `heads`, `changes_after` need `&mut`).
+    pub fn replica_mut(&mut self) -> &mut R {
+        &mut self.replica
+    }
+
+    /// Gives the replica back (a simulated restart keeps it, as a node keeps its store).
+    pub fn into_replica(self) -> R {
+        self.replica
+    }
+
+    /// The spaces held and the display name (what a restart reads back from the store).
+    pub fn durable_state(&self) -> (BTreeMap<SpaceId, SpaceRecord>, Option<String>) {
+        (self.spaces.clone(), self.display_name.clone())
+    }
+
     /// The settings.
     pub fn config(&self) -> &ServiceConfig {
         &self.config
@@ -700,8 +717,19 @@ impl<R: Replica> Service<R> {
     fn gossip(&mut self, batch: Vec<GossipIn>, now: Now) {
         let meta: Vec<(u64, PeerHandle, Option<SpaceId>)> =
             batch.iter().map(|g| (g.token, g.from, g.topic)).collect();
-        let outcomes = self.ingest(batch.into_iter().map(|g| (g.bytes, g.topic)).collect(), now);
-        for ((token, from, topic), outcome) in meta.into_iter().zip(outcomes) {
+        let mut early = Vec::new();
+        let outcomes = self.ingest_noting_early(
+            batch.into_iter().map(|g| (g.bytes, g.topic)).collect(),
+            now,
+            &mut early,
+        );
+        for (slot, doc, hash) in early {
+            let (_, from, topic) = meta[slot];
+            if let Some(space) = topic {
+                self.sync_early_arrival(from, space, doc, hash, now);
+            }
+        }
+        for ((token, from, _), outcome) in meta.into_iter().zip(outcomes) {
             let (verdict, when) = match &outcome {
                 Outcome::Accepted => (Verdict::Accept, When::Durable),
                 // Duplicates and early arrivals are not the sender's fault: do not relay them
@@ -714,9 +742,6 @@ impl<R: Replica> Service<R> {
             };
             self.outbox
                 .push(Output::Net(NetAction::Verdict { token, verdict }), when);
-            if let (Outcome::Pending, Some(space)) = (&outcome, topic) {
-                self.sync_early_arrival(from, space, now);
-            }
         }
     }
 

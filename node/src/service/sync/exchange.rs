@@ -10,6 +10,9 @@
 //!     │                        or nothing left to want)──► Draining ──last batch ingested──►
 //!     │                                                   end: InSync | Incomplete
 //!  any: timeout / failure / refused ─► end (no verdict, retry with backoff)
+//!
+//!  targeted (a gossip message arrived early): starts at Fetch for the documents it needs, and
+//!  ends without a verdict on the pair.
 //!  any: wrong kind of answer, oversize or unreadable answer, invalid contribution ─► ban
 //! ```
 
@@ -51,6 +54,9 @@ pub(crate) struct Exchange {
     pub docs_left: usize,
     /// Contributions accepted from this exchange so far.
     pub accepted: u64,
+    /// A fetch of a few documents a gossip message needed (no `Summary`, no verdict on the
+    /// pair as a whole).
+    pub targeted: bool,
 }
 
 impl Exchange {
@@ -65,6 +71,17 @@ impl Exchange {
             batches: 0,
             docs_left: 0,
             accepted: 0,
+            targeted: false,
+        }
+    }
+
+    /// A targeted exchange: its first request is the `Fetch` `id` for `theirs`.
+    pub fn targeted(id: ExchangeId, deadline: Millis, theirs: Vec<DocHeads>) -> Exchange {
+        Exchange {
+            phase: Phase::Fetch,
+            theirs,
+            targeted: true,
+            ..Exchange::new(id, deadline)
         }
     }
 

@@ -4,8 +4,9 @@
 //! The scheduler keeps one entry per pair (connected peer, space we hold that it follows):
 //! its last verdict and when its next round is due. A round starts when the peer subscribes,
 //! when we join, every `sync_every` (jittered down to three quarters of it, so that rounds of
-//! many peers spread out and no pair waits longer than the period), soon after a gossip message
-//! from that peer arrived early, and sooner again after a round that left something behind. At
+//! many peers spread out and no pair waits longer than the period), and sooner again after a
+//! round that left something behind. A gossip message that arrived early and is still waiting
+//! `sync_recheck` later gets a targeted fetch of its document from its sender. At
 //! most `max_exchanges` run at once; the others wait in a queue, never dropped. One exchange per
 //! pair at a time.
 
@@ -30,9 +31,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Most spaces remembered per peer (gossipsub refuses more than 100 subscriptions anyway).
 const MAX_SPACES_PER_PEER: usize = 128;
-/// A gossip message that arrives early starts a round with its sender, but not sooner than this
-/// after that pair's last round ended.
-const EARLY_ARRIVAL_COOLDOWN: Millis = 1_000;
+/// Most documents remembered per pair for a targeted fetch after early gossip.
+const MAX_EARLY_PER_PAIR: usize = 64;
 
 /// Where sync with one peer in one space stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +65,9 @@ struct PairState {
     next_round: Millis,
     /// Rounds in a row that ended without `InSync` or `PeerBehind` (for the retry backoff).
     setbacks: u32,
-    ended: Option<Millis>,
+    /// Documents in which a gossip message from this peer waits for dependencies: the
+    /// document, the waiting change, and when to fetch it if gossip has not brought them.
+    early: Vec<(DocId, ChangeHash, Millis)>,
 }
 
 /// The scheduler's state (its logic is in the `impl Service` of this module).
@@ -153,18 +155,66 @@ impl<R: Replica> Service<R> {
         }
     }
 
-    /// A gossip message from `peer` arrived before its dependencies: the sender most likely has
-    /// them; fetch them soon rather than at the next periodic round.
-    pub(super) fn sync_early_arrival(&mut self, peer: PeerHandle, space: SpaceId, now: Now) {
+    /// A gossip message from `peer` arrived before its dependencies. The sender most likely has
+    /// them: if gossip has not brought them within `sync_recheck`, fetch that document from it
+    /// (a targeted `Fetch`, not a whole round).
+    pub(super) fn sync_early_arrival(
+        &mut self,
+        peer: PeerHandle,
+        space: SpaceId,
+        doc: DocId,
+        hash: ChangeHash,
+        now: Now,
+    ) {
+        let due = now.mono + self.config.sync_recheck;
         let Some(p) = self.sync.pairs.get_mut(&(peer, space)) else {
             return;
         };
-        let soonest = p
-            .ended
-            .map_or(now.mono, |e| (e + EARLY_ARRIVAL_COOLDOWN).max(now.mono));
-        p.next_round = p.next_round.min(soonest);
-        if p.next_round <= now.mono {
-            self.start_exchange((peer, space), now);
+        if p.early.len() < MAX_EARLY_PER_PAIR && !p.early.iter().any(|(d, _, _)| *d == doc) {
+            p.early.push((doc, hash, due));
+        }
+    }
+
+    /// Starts targeted fetches whose time has come, for pairs with no exchange running.
+    fn fetch_early(&mut self, now: Now) {
+        let due: Vec<Pair> = self
+            .sync
+            .pairs
+            .iter()
+            .filter(|(pair, p)| {
+                !self.sync.exchanges.contains_key(pair)
+                    && p.early.iter().any(|(_, _, at)| *at <= now.mono)
+            })
+            .map(|(pair, _)| *pair)
+            .collect();
+        for pair in due {
+            let Some(p) = self.sync.pairs.get_mut(&pair) else {
+                continue;
+            };
+            let (ready, later): (Vec<_>, Vec<_>) =
+                p.early.drain(..).partition(|(_, _, at)| *at <= now.mono);
+            p.early = later;
+            let theirs: Vec<DocHeads> = ready
+                .into_iter()
+                .filter(|(doc, hash, _)| !self.replica.missing(&pair.1, doc, &[*hash]).is_empty())
+                .map(|(doc, hash, _)| DocHeads {
+                    doc: doc.0,
+                    heads: vec![hash.into()],
+                })
+                .collect();
+            if theirs.is_empty() || self.sync.exchanges.len() >= self.config.max_exchanges {
+                continue;
+            }
+            let wants = self.wants(&pair.1, &theirs, &InFlight::new());
+            if wants.is_empty() {
+                continue;
+            }
+            let id = self.next_id();
+            self.sync.exchanges.insert(
+                pair,
+                Exchange::targeted(id, now.mono + self.config.sync_timeout, theirs),
+            );
+            self.send_fetch_with(pair, id, wants, now);
         }
     }
 
@@ -173,7 +223,7 @@ impl<R: Replica> Service<R> {
             state: None,
             next_round: now.mono,
             setbacks: 0,
-            ended: None,
+            early: Vec::new(),
         });
     }
 
@@ -261,9 +311,13 @@ impl<R: Replica> Service<R> {
         }
     }
 
-    fn send_fetch(&mut self, pair: Pair, mut wants: Vec<DocHeads>, now: Now) {
-        wants.truncate(MAX_WANTS);
+    fn send_fetch(&mut self, pair: Pair, wants: Vec<DocHeads>, now: Now) {
         let id = self.next_id();
+        self.send_fetch_with(pair, id, wants, now);
+    }
+
+    fn send_fetch_with(&mut self, pair: Pair, id: ExchangeId, mut wants: Vec<DocHeads>, now: Now) {
+        wants.truncate(MAX_WANTS);
         let Some(ex) = self.sync.exchanges.get_mut(&pair) else {
             return;
         };
@@ -294,12 +348,17 @@ impl<R: Replica> Service<R> {
     /// Ends an exchange: records its verdict (if any), schedules the pair's next round, and lets
     /// a queued exchange start.
     fn end_exchange(&mut self, pair: Pair, verdict: Option<SyncState>, now: Now) {
+        let targeted = self.sync.exchanges.get(&pair).is_some_and(|ex| ex.targeted);
         self.drop_exchange(pair);
+        if targeted {
+            // A targeted fetch says nothing about the pair as a whole: its rounds go on as
+            // scheduled (a failure is repaired by them).
+            return self.start_queued(now);
+        }
         let every = self.config.sync_every;
         let jittered = self.rng.random_range(every - every / 4..=every);
         let (recheck, retry) = (self.config.sync_recheck, self.config.sync_retry);
         if let Some(p) = self.sync.pairs.get_mut(&pair) {
-            p.ended = Some(now.mono);
             let wait = match verdict {
                 Some(SyncState::InSync) => {
                     p.setbacks = 0;
@@ -767,6 +826,7 @@ impl<R: Replica> Service<R> {
         for pair in due {
             self.start_exchange(pair, now);
         }
+        self.fetch_early(now);
     }
 
     pub(super) fn sync_next_wakeup(&self) -> Option<Millis> {
@@ -784,7 +844,13 @@ impl<R: Replica> Service<R> {
             .values()
             .filter_map(|ex| ex.outstanding.map(|(_, at)| at));
         let bans = self.sync.banned.values().copied();
-        rounds.chain(deadlines).chain(bans).min()
+        let early = self
+            .sync
+            .pairs
+            .iter()
+            .filter(|(pair, _)| !self.sync.exchanges.contains_key(pair))
+            .flat_map(|(_, p)| p.early.iter().map(|(_, _, at)| *at));
+        rounds.chain(deadlines).chain(bans).chain(early).min()
     }
 
     /// Exchanges that ingested in a group whose flush failed: end them without a verdict.
