@@ -12,7 +12,9 @@
 //! with this test's tighter deadlines.
 
 use agora_protocol::Idea;
-use agora_testkit::process::{api_pid, AgoraProc, Cli, IdeaCreated, Launch, SpaceCreated};
+use agora_testkit::process::{
+    api_pid, idea_add_args, AgoraProc, Cli, IdeaCreated, Launch, SpaceCreated,
+};
 use agora_testkit::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -67,17 +69,7 @@ fn idea_writer(
     while !stop.load(Ordering::SeqCst) {
         attempts += 1;
         let title = format!("round {round} idea {attempts}");
-        let out = cli.run(&[
-            "idea",
-            "add",
-            "--space",
-            &space,
-            "--title",
-            &title,
-            "--body",
-            "crash test",
-            "--json",
-        ]);
+        let out = cli.run(&idea_add_args(&space, &title, "crash test", &[]));
         if out.status.success() {
             let v: IdeaCreated = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
                 panic!(

@@ -13,7 +13,7 @@
 use agora_node::PeerInfo;
 use agora_protocol::Idea;
 use agora_testkit::netns::{require_root_and_iproute2, Lan};
-use agora_testkit::process::{wait_until, AgoraProc, Cli, IdeaCreated, InitOutput, SpaceCreated};
+use agora_testkit::process::{wait_until, AgoraProc, Cli, InitOutput, SpaceCreated};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -24,15 +24,6 @@ const CONVERGE: Duration = Duration::from_secs(90);
 /// Why this test needs root and iproute2.
 const NEED_ROOT: &str = "the LAN mDNS test needs root and iproute2 (`ip`) to create network \
                         namespaces; run it as root with iproute2 installed (CI does both)";
-
-fn peer_ids(node: &AgoraProc, space: Option<&str>) -> Result<BTreeSet<String>, String> {
-    let peers: Vec<PeerInfo> = node.try_cli_json(&["peers", "--json"])?;
-    Ok(peers
-        .into_iter()
-        .filter(|p| space.is_none_or(|s| p.spaces.iter().any(|x| x.to_string() == s)))
-        .map(|p| p.peer_id)
-        .collect())
-}
 
 /// A hint for a known failure mode: two nodes that learn of each other from the same mDNS
 /// response dial each other at once; with the listen port reused for dialling, the two dials
@@ -107,7 +98,7 @@ fn three_nodes_on_a_lan_find_each_other_by_mdns_and_converge() {
         &refs,
         || {
             for (i, n) in nodes.iter().enumerate() {
-                let got = peer_ids(n, None)?;
+                let got = n.peer_ids(None)?;
                 let want = others(i);
                 if !want.is_subset(&got) {
                     return Err(format!(
@@ -147,7 +138,7 @@ fn three_nodes_on_a_lan_find_each_other_by_mdns_and_converge() {
         &refs,
         || {
             for (i, n) in nodes.iter().enumerate() {
-                let got = peer_ids(n, Some(&space))?;
+                let got = n.peer_ids(Some(&space))?;
                 let want = others(i);
                 if !want.is_subset(&got) {
                     return Err(format!(
@@ -166,20 +157,8 @@ fn three_nodes_on_a_lan_find_each_other_by_mdns_and_converge() {
     for (i, n) in nodes.iter().enumerate() {
         let title = format!("Idea from {}", names[i]);
         let tag = format!("lan{}", i + 1);
-        let v: IdeaCreated = n.cli_json(&[
-            "idea",
-            "add",
-            "--space",
-            &space,
-            "--title",
-            &title,
-            "--body",
-            "found by mDNS",
-            "--tag",
-            &tag,
-            "--json",
-        ]);
-        ids.insert(v.id.to_string());
+        let id = n.add_idea(&space, &title, "found by mDNS", &[&tag]);
+        ids.insert(id.to_string());
     }
     let list = wait_until(
         "all three nodes to list the same three ideas",

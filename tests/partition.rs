@@ -17,10 +17,10 @@
 //!
 //! Needs root and iproute2 (`ip`). Without them the test fails (it never passes silently).
 
-use agora_node::{NodeStatus, PeerInfo};
+use agora_node::NodeStatus;
 use agora_protocol::Idea;
 use agora_testkit::netns::{require_root_and_iproute2, Lan};
-use agora_testkit::process::{wait_until, AgoraProc, Cli, IdeaCreated, InitOutput, SpaceCreated};
+use agora_testkit::process::{wait_until, AgoraProc, Cli, InitOutput, SpaceCreated};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -41,16 +41,6 @@ const NODES: usize = 5;
 const NEED_ROOT: &str = "the partition test needs root and iproute2 (`ip`) to create network \
                         namespaces and bridges; run it as root with iproute2 installed (CI does \
                         both)";
-
-/// Peer ids that `node`'s `peers --json` shows as subscribed to `space`.
-fn peers_in_space(node: &AgoraProc, space: &str) -> Result<BTreeSet<String>, String> {
-    let peers: Vec<PeerInfo> = node.try_cli_json(&["peers", "--json"])?;
-    Ok(peers
-        .into_iter()
-        .filter(|p| p.spaces.iter().any(|x| x.to_string() == space))
-        .map(|p| p.peer_id)
-        .collect())
-}
 
 /// What one node shows: `idea list`, `idea show` of every listed idea, and the parts of
 /// `status` that must agree once nodes hold the same contributions.
@@ -135,18 +125,8 @@ fn describe(lan: &Lan) -> String {
 }
 
 fn add_idea(node: &AgoraProc, space: &str, title: &str) -> String {
-    let v: IdeaCreated = node.cli_json(&[
-        "idea",
-        "add",
-        "--space",
-        space,
-        "--title",
-        title,
-        "--body",
-        "posted during the partition test",
-        "--json",
-    ]);
-    v.id.to_string()
+    node.add_idea(space, title, "posted during the partition test", &[])
+        .to_string()
 }
 
 #[test]
@@ -209,7 +189,7 @@ fn five_nodes_split_in_two_post_on_both_sides_heal_and_converge() {
         &all,
         || {
             for (i, n) in nodes.iter().enumerate() {
-                let got = peers_in_space(n, &space)?;
+                let got = n.peer_ids(Some(&space))?;
                 let want: BTreeSet<String> = peer_ids
                     .iter()
                     .enumerate()

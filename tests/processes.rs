@@ -3,12 +3,11 @@
 //! Topology: node 2 and node 3 are started with `--peer <node 1>`; mDNS is off. Gossip between
 //! node 2 and node 3 goes through node 1.
 
-use agora_node::{NodeStatus, PeerInfo, SpaceInfo};
+use agora_node::{NodeStatus, SpaceInfo};
 use agora_protocol::idea::Vote;
 use agora_protocol::Idea;
 use agora_testkit::process::{
-    assert_one_line_error, wait_until, AgoraProc, Cli, IdeaCreated, InitOutput, SpaceCreated,
-    LOOPBACK_ARGS,
+    assert_one_line_error, wait_until, AgoraProc, Cli, InitOutput, SpaceCreated, LOOPBACK_ARGS,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -17,20 +16,10 @@ use std::time::{Duration, Instant};
 /// Upper bound for gossip to reach every node (it takes well under a second when healthy).
 const CONVERGE: Duration = Duration::from_secs(60);
 
-/// Peer ids that `node`'s `peers --json` shows as subscribed to `space`.
-fn peers_in_space(node: &AgoraProc, space: &str) -> Result<BTreeSet<String>, String> {
-    let peers: Vec<PeerInfo> = node.try_cli_json(&["peers", "--json"])?;
-    Ok(peers
-        .into_iter()
-        .filter(|p| p.spaces.iter().any(|x| x.to_string() == space))
-        .map(|p| p.peer_id)
-        .collect())
-}
-
 /// Checks that every node sees the expected peers subscribed to `space`.
 fn check_subscriptions(expect: &[(&AgoraProc, Vec<&str>)], space: &str) -> Result<(), String> {
     for (node, want) in expect {
-        let got = peers_in_space(node, space)?;
+        let got = node.peer_ids(Some(space))?;
         for p in want {
             if !got.contains(*p) {
                 return Err(format!(
@@ -210,16 +199,8 @@ fn wait_converged(nodes: &[&AgoraProc], space: &str, expect: &[Expect]) -> View 
 }
 
 fn add_idea(node: &AgoraProc, space: &str, title: &str, body: &str, tags: &[&str]) -> String {
-    let mut args = vec![
-        "idea", "add", "--space", space, "--title", title, "--body", body,
-    ];
-    for t in tags {
-        args.extend(["--tag", t]);
-    }
-    args.push("--json");
-    let v: IdeaCreated = node.cli_json(&args);
-    let id = v.id.to_string();
-    assert_eq!(id.len(), 32, "idea id should be 32 hex characters: {v:?}");
+    let id = node.add_idea(space, title, body, tags).to_string();
+    assert_eq!(id.len(), 32, "idea id should be 32 hex characters: {id}");
     id
 }
 

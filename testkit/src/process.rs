@@ -15,10 +15,11 @@
 //! for the root package's integration tests (see [`agora_bin`]).
 
 use agora_node::config::{ApiFile, API_FILE};
-use agora_node::NodeStatus;
+use agora_node::{NodeStatus, PeerInfo};
 use agora_protocol::{AuthorId, DocId, SpaceId};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
+use std::collections::BTreeSet;
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -85,6 +86,23 @@ pub struct SpaceCreated {
 pub struct IdeaCreated {
     /// The new idea.
     pub id: DocId,
+}
+
+/// The arguments of `agora idea add --space SPACE --title TITLE --body BODY [--tag T]... --json`.
+pub fn idea_add_args<'a>(
+    space: &'a str,
+    title: &'a str,
+    body: &'a str,
+    tags: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "idea", "add", "--space", space, "--title", title, "--body", body,
+    ];
+    for t in tags {
+        args.extend(["--tag", t]);
+    }
+    args.push("--json");
+    args
 }
 
 /// The `agora` binary under test: `CARGO_BIN_EXE_agora`, which Cargo sets (at run time too)
@@ -575,6 +593,24 @@ impl AgoraProc {
     pub fn cli_json<T: DeserializeOwned>(&self, args: &[&str]) -> T {
         self.try_cli_json(args)
             .unwrap_or_else(|e| panic!("{}: {e}\n{}", self.name, self.diagnostics()))
+    }
+
+    /// Posts an idea (`idea add ... --json`, see [`idea_add_args`]) and returns its id; panics
+    /// with the node's log if that fails.
+    #[track_caller]
+    pub fn add_idea(&self, space: &str, title: &str, body: &str, tags: &[&str]) -> DocId {
+        let created: IdeaCreated = self.cli_json(&idea_add_args(space, title, body, tags));
+        created.id
+    }
+
+    /// The peer ids `peers --json` shows: all connected peers, or those subscribed to `space`.
+    pub fn peer_ids(&self, space: Option<&str>) -> Result<BTreeSet<String>, String> {
+        let peers: Vec<PeerInfo> = self.try_cli_json(&["peers", "--json"])?;
+        Ok(peers
+            .into_iter()
+            .filter(|p| space.is_none_or(|s| p.spaces.iter().any(|x| x.to_string() == s)))
+            .map(|p| p.peer_id)
+            .collect())
     }
 
     /// `status --json`.
