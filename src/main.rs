@@ -4,10 +4,13 @@
 //! node through its HTTP API, using the address and token the node wrote to `<data dir>/api.json`.
 
 use agora_node::config::{ApiFile, Config, API_FILE};
-use agora_node::Node;
+use agora_node::{Node, NodeStatus, PeerInfo, SpaceInfo, SyncState};
+use agora_protocol::{AuthorId, DocId, Idea, IdeaDraft, SpaceId};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
-use serde_json::{json, Value};
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -209,12 +212,14 @@ impl Client {
         })
     }
 
-    async fn send(
+    /// Sends one request and reads the answer as a `T`; an error answer (`{"error": "..."}`)
+    /// becomes the error.
+    async fn send<T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
-        body: Option<Value>,
-    ) -> Result<Value> {
+        body: Option<serde_json::Value>,
+    ) -> Result<T> {
         let mut req = self
             .http
             .request(method, format!("{}{}", self.base, path))
@@ -234,27 +239,60 @@ impl Client {
             }
         })?;
         let status = resp.status();
-        let value: Value = resp.json().await.unwrap_or(Value::Null);
+        let bytes = resp.bytes().await.unwrap_or_default();
         if !status.is_success() {
-            let msg = value["error"]
-                .as_str()
-                .unwrap_or("unexpected answer from the node");
+            let msg = serde_json::from_slice::<ApiError>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| "unexpected answer from the node".to_string());
             bail!("{msg}");
         }
-        Ok(value)
+        serde_json::from_slice(&bytes).map_err(|e| anyhow!("unexpected answer from the node: {e}"))
     }
 
-    async fn get(&self, path: &str) -> Result<Value> {
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.send(reqwest::Method::GET, path, None).await
     }
 
-    async fn post(&self, path: &str, body: Value) -> Result<Value> {
+    async fn post<T: DeserializeOwned>(&self, path: &str, body: serde_json::Value) -> Result<T> {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 }
 
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+/// The body of every error answer of the API.
+#[derive(Deserialize)]
+struct ApiError {
+    error: String,
+}
+
+/// The answer to `POST /spaces`, and what `space create --json` prints.
+#[derive(Serialize, Deserialize)]
+struct SpaceCreated {
+    id: SpaceId,
+    name: String,
+}
+
+/// The answer to `POST /spaces/{id}/ideas`, and what `idea add --json` prints.
+#[derive(Serialize, Deserialize)]
+struct IdeaCreated {
+    id: DocId,
+}
+
+/// What `init --json` prints.
+#[derive(Serialize)]
+struct InitOutput {
+    author: AuthorId,
+    peer_id: String,
+    data_dir: PathBuf,
+    created: bool,
+}
+
+/// Prints `v` as pretty JSON with its keys sorted, as the CLI always has.
+fn print_json<T: Serialize>(v: &T) {
+    let value = serde_json::to_value(v).unwrap_or_default();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&value).unwrap_or_default()
+    );
 }
 
 /// Checks an id locally so that a typo gets a clear message without a round trip.
@@ -268,9 +306,10 @@ where
     Ok(s.trim().to_lowercase())
 }
 
-fn who(v: &Value) -> String {
-    let id = v["author"].as_str().unwrap_or("?");
-    match v["author_name"].as_str() {
+/// "Name (author id prefix)", or a longer prefix of the author id when the name is unknown.
+fn who(author: &AuthorId, name: Option<&str>) -> String {
+    let id = author.to_string();
+    match name {
         Some(n) => format!("{n} ({})", &id[..id.len().min(8)]),
         None => id[..id.len().min(16)].to_string(),
     }
@@ -344,12 +383,12 @@ async fn run(cli: Cli) -> Result<()> {
                 ),
                 other => other?,
             };
-            let out = json!({
-                "author": identity.author(),
-                "peer_id": agora_node::peer_id_of(&identity),
-                "data_dir": dir,
-                "created": created,
-            });
+            let out = InitOutput {
+                author: identity.author(),
+                peer_id: agora_node::peer_id_of(&identity),
+                data_dir: dir.clone(),
+                created,
+            };
             if json {
                 print_json(&out);
             } else {
@@ -359,7 +398,7 @@ async fn run(cli: Cli) -> Result<()> {
                     dir.display()
                 );
                 println!("author:  {}", identity.author());
-                println!("peer id: {}", out["peer_id"].as_str().unwrap_or_default());
+                println!("peer id: {}", out.peer_id);
             }
             Ok(())
         }
@@ -374,100 +413,105 @@ async fn run(cli: Cli) -> Result<()> {
 async fn client_command(c: &Client, cmd: Command) -> Result<()> {
     match cmd {
         Command::Status { json } => {
-            let s = c.get("/status").await?;
+            let s: NodeStatus = c.get("/status").await?;
             if json {
                 print_json(&s);
             } else {
-                println!("author:   {}", s["author"].as_str().unwrap_or_default());
-                if let Some(n) = s["name"].as_str() {
+                println!("author:   {}", s.author);
+                if let Some(n) = &s.name {
                     println!("name:     {n}");
                 }
-                println!("peer id:  {}", s["peer_id"].as_str().unwrap_or_default());
-                for a in s["listen_addrs"].as_array().into_iter().flatten() {
-                    println!("listen:   {}", a.as_str().unwrap_or_default());
+                println!("peer id:  {}", s.peer_id);
+                for a in &s.listen_addrs {
+                    println!("listen:   {a}");
                 }
-                println!("peers:    {}", s["peers"].as_array().map_or(0, Vec::len));
-                for sy in s["sync"].as_array().into_iter().flatten() {
-                    let peer = sy["peer_id"].as_str().unwrap_or_default();
-                    let state = match sy["state"].as_str().unwrap_or_default() {
-                        "in_sync" => "in sync".to_string(),
-                        "peer_behind" => "in sync (the peer is catching up)".to_string(),
-                        "catching_up" => format!(
-                            "catching up: {} documents left, {} contributions received",
-                            sy["docs_left"], sy["received"]
+                println!("peers:    {}", s.peers.len());
+                for sy in &s.sync {
+                    let peer = sy.peer_id.as_str();
+                    let state = match sy.state {
+                        SyncState::InSync => "in sync".to_string(),
+                        SyncState::PeerBehind => "in sync (the peer is catching up)".to_string(),
+                        SyncState::CatchingUp {
+                            docs_left,
+                            received,
+                        } => format!(
+                            "catching up: {docs_left} documents left, {received} contributions received"
                         ),
-                        other => other.to_string(),
+                        SyncState::Incomplete { docs_left } => format!(
+                            "incomplete: {docs_left} documents still missing (retrying soon)"
+                        ),
                     };
                     println!(
                         "  space {} with {}: {state}",
-                        sy["space"].as_str().unwrap_or_default(),
+                        sy.space,
                         &peer[peer.len().saturating_sub(8)..]
                     );
                 }
-                println!("spaces:   {}", s["spaces"]);
-                println!("stored:   {} contributions", s["contributions"]);
+                println!("spaces:   {}", s.spaces);
+                println!("stored:   {} contributions", s.contributions);
                 println!(
                     "received: {} accepted, {} duplicates, {} waiting, rejected {}",
-                    s["counters"]["accepted"],
-                    s["counters"]["duplicates"],
-                    s["counters"]["pending"],
-                    s["counters"]["rejected"]
+                    s.counters.accepted,
+                    s.counters.duplicates,
+                    s.counters.pending,
+                    serde_json::to_string(&s.counters.rejected).unwrap_or_default()
                 );
             }
         }
         Command::Peers { json } => {
-            let p = c.get("/peers").await?;
+            let p: Vec<PeerInfo> = c.get("/peers").await?;
             if json {
                 print_json(&p);
-            } else if p.as_array().is_none_or(Vec::is_empty) {
+            } else if p.is_empty() {
                 println!("no peers connected");
             } else {
-                for peer in p.as_array().into_iter().flatten() {
+                for peer in &p {
                     println!(
                         "{}  {}",
-                        peer["peer_id"].as_str().unwrap_or_default(),
-                        peer["addrs"][0].as_str().unwrap_or_default()
+                        peer.peer_id,
+                        peer.addrs.first().map_or("", String::as_str)
                     );
                 }
             }
         }
         Command::Dial { addr } => {
-            c.post("/peers", json!({ "addr": addr })).await?;
+            let _: IgnoredAny = c.post("/peers", json!({ "addr": addr })).await?;
             println!("dialing {addr}");
         }
         Command::Name { name } => {
-            c.send(
-                reqwest::Method::PUT,
-                "/profile",
-                Some(json!({ "name": name })),
-            )
-            .await?;
+            let _: IgnoredAny = c
+                .send(
+                    reqwest::Method::PUT,
+                    "/profile",
+                    Some(json!({ "name": name })),
+                )
+                .await?;
             println!("display name set");
         }
         Command::Space(SpaceCmd::Create { name, json }) => {
-            let v = c.post("/spaces", json!({ "name": name })).await?;
-            if json {
-                print_json(&json!({ "id": v["id"], "name": v["name"] }));
-            } else {
-                println!("{}", v["id"].as_str().unwrap_or_default());
-            }
-        }
-        Command::Space(SpaceCmd::Join { space_id }) => {
-            let id = check_id::<agora_protocol::SpaceId>(&space_id)?;
-            c.post(&format!("/spaces/{id}/join"), json!({})).await?;
-            println!("joined {id}");
-        }
-        Command::Space(SpaceCmd::List { json }) => {
-            let v = c.get("/spaces").await?;
+            let v: SpaceCreated = c.post("/spaces", json!({ "name": name })).await?;
             if json {
                 print_json(&v);
             } else {
-                for s in v.as_array().into_iter().flatten() {
+                println!("{}", v.id);
+            }
+        }
+        Command::Space(SpaceCmd::Join { space_id }) => {
+            let id = check_id::<SpaceId>(&space_id)?;
+            let _: IgnoredAny = c.post(&format!("/spaces/{id}/join"), json!({})).await?;
+            println!("joined {id}");
+        }
+        Command::Space(SpaceCmd::List { json }) => {
+            let v: Vec<SpaceInfo> = c.get("/spaces").await?;
+            if json {
+                print_json(&v);
+            } else {
+                for s in &v {
                     println!(
                         "{}  {:<24} {} ideas",
-                        s["id"].as_str().unwrap_or_default(),
-                        s["name"].as_str().unwrap_or("(name unknown)"),
-                        s["ideas"]
+                        s.id,
+                        s.name.as_deref().unwrap_or("(name unknown)"),
+                        s.ideas
                     );
                 }
             }
@@ -479,91 +523,92 @@ async fn client_command(c: &Client, cmd: Command) -> Result<()> {
             tag,
             json,
         }) => {
-            let space = check_id::<agora_protocol::SpaceId>(&space)?;
-            let v = c
+            let space = check_id::<SpaceId>(&space)?;
+            let draft = IdeaDraft {
+                title,
+                body,
+                tags: tag,
+            };
+            let v: IdeaCreated = c
                 .post(
                     &format!("/spaces/{space}/ideas"),
-                    json!({ "title": title, "body": body, "tags": tag }),
+                    serde_json::to_value(&draft)?,
                 )
                 .await?;
             if json {
-                print_json(&json!({ "id": v["id"] }));
+                print_json(&v);
             } else {
-                println!("{}", v["id"].as_str().unwrap_or_default());
+                println!("{}", v.id);
             }
         }
         Command::Idea(IdeaCmd::List { space, json }) => {
-            let space = check_id::<agora_protocol::SpaceId>(&space)?;
-            let v = c.get(&format!("/spaces/{space}/ideas")).await?;
+            let space = check_id::<SpaceId>(&space)?;
+            let v: Vec<Idea> = c.get(&format!("/spaces/{space}/ideas")).await?;
             if json {
                 print_json(&v);
             } else {
-                for i in v.as_array().into_iter().flatten() {
+                for i in &v {
                     println!(
                         "{}  [{}] {}  (+{} -{}, {} comments) by {}",
-                        i["id"].as_str().unwrap_or_default(),
-                        i["status"].as_str().unwrap_or_default(),
-                        i["title"].as_str().unwrap_or_default(),
-                        i["votes"]["up"],
-                        i["votes"]["down"],
-                        i["comments"].as_array().map_or(0, Vec::len),
-                        who(i)
+                        i.id,
+                        i.status.as_str(),
+                        i.title,
+                        i.votes.up,
+                        i.votes.down,
+                        i.comments.len(),
+                        who(&i.author, i.author_name.as_deref())
                     );
                 }
             }
         }
         Command::Idea(IdeaCmd::Show { idea_id, json }) => {
-            let id = check_id::<agora_protocol::DocId>(&idea_id)?;
-            let i = c.get(&format!("/ideas/{id}")).await?;
+            let id = check_id::<DocId>(&idea_id)?;
+            let i: Idea = c.get(&format!("/ideas/{id}")).await?;
             if json {
                 print_json(&i);
             } else {
-                println!("{}", i["title"].as_str().unwrap_or_default());
-                println!("  id:     {}", i["id"].as_str().unwrap_or_default());
-                println!("  by:     {}", who(&i));
-                println!("  status: {}", i["status"].as_str().unwrap_or_default());
-                let tags: Vec<&str> = i["tags"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Value::as_str)
-                    .collect();
-                if !tags.is_empty() {
-                    println!("  tags:   {}", tags.join(", "));
+                println!("{}", i.title);
+                println!("  id:     {}", i.id);
+                println!("  by:     {}", who(&i.author, i.author_name.as_deref()));
+                println!("  status: {}", i.status.as_str());
+                if !i.tags.is_empty() {
+                    println!("  tags:   {}", i.tags.join(", "));
                 }
-                println!("  votes:  +{} -{}", i["votes"]["up"], i["votes"]["down"]);
-                let body = i["body"].as_str().unwrap_or_default();
-                if !body.is_empty() {
-                    println!("\n{body}\n");
+                println!("  votes:  +{} -{}", i.votes.up, i.votes.down);
+                if !i.body.is_empty() {
+                    println!("\n{}\n", i.body);
                 }
-                for cm in i["comments"].as_array().into_iter().flatten() {
+                for cm in &i.comments {
                     println!(
                         "  - {}: {}",
-                        who(cm),
-                        cm["text"].as_str().unwrap_or_default()
+                        who(&cm.author, cm.author_name.as_deref()),
+                        cm.text
                     );
                 }
             }
         }
         Command::Idea(IdeaCmd::Comment { idea_id, text }) => {
-            let id = check_id::<agora_protocol::DocId>(&idea_id)?;
-            c.post(&format!("/ideas/{id}/comments"), json!({ "text": text }))
+            let id = check_id::<DocId>(&idea_id)?;
+            let _: IgnoredAny = c
+                .post(&format!("/ideas/{id}/comments"), json!({ "text": text }))
                 .await?;
             println!("comment added");
         }
         Command::Idea(IdeaCmd::Vote { idea_id, down }) => {
-            let id = check_id::<agora_protocol::DocId>(&idea_id)?;
+            let id = check_id::<DocId>(&idea_id)?;
             let vote = if down { "down" } else { "up" };
-            c.post(&format!("/ideas/{id}/votes"), json!({ "vote": vote }))
+            let _: IgnoredAny = c
+                .post(&format!("/ideas/{id}/votes"), json!({ "vote": vote }))
                 .await?;
             println!("voted {vote}");
         }
         Command::Idea(IdeaCmd::Status { idea_id, status }) => {
-            let id = check_id::<agora_protocol::DocId>(&idea_id)?;
+            let id = check_id::<DocId>(&idea_id)?;
             status
                 .parse::<agora_protocol::Status>()
                 .map_err(|e| anyhow!("{e}"))?;
-            c.post(&format!("/ideas/{id}/status"), json!({ "status": status }))
+            let _: IgnoredAny = c
+                .post(&format!("/ideas/{id}/status"), json!({ "status": status }))
                 .await?;
             println!("status set to {status}");
         }

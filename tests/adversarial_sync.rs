@@ -9,284 +9,42 @@
 //! that sent invalid contributions, bound the work a huge answer causes, and keep syncing with
 //! an honest peer throughout.
 
-mod common;
-
 use agora_node::NodeHandle;
 use agora_node::SyncState;
-use agora_protocol::automerge::AutoCommit;
-use agora_protocol::idea::{self, IdeaDraft, Vote};
+use agora_protocol::idea::Vote;
 use agora_protocol::limits::MAX_CONTRIBUTION_BYTES;
 use agora_protocol::sync::{self, DocHeads, Hash, SyncRequest, SyncResponse};
-use agora_protocol::{AuthorId, Contribution, DocId, DocKind, Identity, SpaceId};
-use common::{
-    converge, raw_peer_gossipsub_config, restart, shutdown_all, spawn_node, view, wait_for,
-    wait_until, TestNode,
+use agora_protocol::{AuthorId, Contribution, DocId, Identity, SpaceId};
+use agora_testkit::history::{draft, idea_contribution};
+use agora_testkit::node::{
+    converge, init_tracing, restart, shutdown_all, spawn_node, view, wait_for, wait_until, TestNode,
 };
-use libp2p::futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity};
-use libp2p::request_response::{self, ProtocolSupport, ResponseChannel};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{noise, tcp, yamux, Multiaddr, PeerId, StreamProtocol};
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use agora_testkit::peer::{Answer, Peer, Script};
+use libp2p::PeerId;
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
 
 /// Deadline for anything that should take a sync round or two.
 const SYNC: Duration = Duration::from_secs(20);
 /// The node's sync request timeout (`request_response::Config` in `network.rs`).
 const NODE_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-type SyncCodec = request_response::cbor::codec::Codec<SyncRequest, SyncResponse>;
-
-#[derive(NetworkBehaviour)]
-struct LiarBehaviour {
-    gossipsub: gossipsub::Behaviour,
-    sync: request_response::Behaviour<SyncCodec>,
-}
-
-/// What the liar does with one sync request.
-enum Answer {
-    Respond(SyncResponse),
-    /// Keep the request open and never answer it (until told to).
-    Hold,
-}
-
-type Script = Box<dyn FnMut(&SyncRequest) -> Answer + Send>;
-
-/// What the liar saw.
-#[derive(Default)]
-struct LiarState {
-    connected: HashSet<PeerId>,
-    connections: usize,
-    /// Every sync request received, with its arrival time.
-    requests: Vec<(Instant, SyncRequest)>,
-    /// Responses that reached the peer (`ResponseSent`) and responses that did not.
-    sent: usize,
-    failed: usize,
-}
-
-enum LiarCmd {
-    Dial(Multiaddr),
-    Script(Script),
-    /// Answers every held request: those held for longer than the duration with the first
-    /// response, the others with the second. Replies with (old, young) counts.
-    AnswerHeld(
-        Duration,
-        SyncResponse,
-        SyncResponse,
-        oneshot::Sender<(usize, usize)>,
-    ),
-}
-
-/// The malicious sync peer. Its swarm runs in its own task.
-struct Liar {
-    identity: Identity,
-    peer_id: PeerId,
-    cmd: mpsc::Sender<LiarCmd>,
-    state: Arc<Mutex<LiarState>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Liar {
-    fn start(seed: [u8; 32], space: SpaceId, mut script: Script) -> Liar {
-        let identity = Identity::from_seed(seed);
-        let mut secret = seed; // `ed25519_from_bytes` zeroes its argument.
-        let keypair =
-            libp2p::identity::Keypair::ed25519_from_bytes(&mut secret).expect("ed25519 seed");
-        let gs_config = raw_peer_gossipsub_config();
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .expect("tcp transport")
-            .with_behaviour(|key| {
-                let gossipsub =
-                    gossipsub::Behaviour::new(MessageAuthenticity::Signed(key.clone()), gs_config)?;
-                let sync = request_response::Behaviour::with_codec(
-                    SyncCodec::default()
-                        .set_request_size_maximum(sync::MAX_REQUEST_BYTES)
-                        .set_response_size_maximum(sync::MAX_RESPONSE_BYTES),
-                    [(
-                        StreamProtocol::new(sync::SYNC_PROTOCOL),
-                        ProtocolSupport::Full,
-                    )],
-                    // Longer than the node's timeout: the liar never gives up on a held
-                    // request first.
-                    request_response::Config::default()
-                        .with_request_timeout(Duration::from_secs(120)),
-                );
-                Ok(LiarBehaviour { gossipsub, sync })
-            })
-            .expect("liar behaviour")
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-            .build();
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .subscribe(&IdentTopic::new(space.topic()))
-            .expect("liar subscribes");
-        let peer_id = *swarm.local_peer_id();
-        let state = Arc::new(Mutex::new(LiarState::default()));
-        let (cmd, mut rx) = mpsc::channel::<LiarCmd>(16);
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            let mut held: Vec<(Instant, ResponseChannel<SyncResponse>)> = Vec::new();
-            loop {
-                tokio::select! {
-                    event = swarm.select_next_some() => match event {
-                        SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                            let mut s = st.lock().unwrap();
-                            s.connected.insert(peer_id);
-                            s.connections += 1;
-                        }
-                        SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                            st.lock().unwrap().connected.remove(&peer_id);
-                        }
-                        SwarmEvent::Behaviour(LiarBehaviourEvent::Sync(ev)) => match ev {
-                            request_response::Event::Message {
-                                message: request_response::Message::Request { request, channel, .. },
-                                ..
-                            } => {
-                                let answer = script(&request);
-                                st.lock().unwrap().requests.push((Instant::now(), request));
-                                match answer {
-                                    Answer::Respond(r) => {
-                                        let _ = swarm.behaviour_mut().sync.send_response(channel, r);
-                                    }
-                                    Answer::Hold => held.push((Instant::now(), channel)),
-                                }
-                            }
-                            request_response::Event::ResponseSent { .. } => {
-                                st.lock().unwrap().sent += 1;
-                            }
-                            request_response::Event::InboundFailure { .. } => {
-                                st.lock().unwrap().failed += 1;
-                            }
-                            _ => {}
-                        },
-                        _ => {}
-                    },
-                    cmd = rx.recv() => match cmd {
-                        Some(LiarCmd::Dial(addr)) => {
-                            let _ = swarm.dial(addr);
-                        }
-                        Some(LiarCmd::Script(s)) => script = s,
-                        Some(LiarCmd::AnswerHeld(age, old, young, reply)) => {
-                            let (mut n_old, mut n_young) = (0, 0);
-                            for (since, channel) in held.drain(..) {
-                                let r = if since.elapsed() > age {
-                                    n_old += 1;
-                                    old.clone()
-                                } else {
-                                    n_young += 1;
-                                    young.clone()
-                                };
-                                let _ = swarm.behaviour_mut().sync.send_response(channel, r);
-                            }
-                            let _ = reply.send((n_old, n_young));
-                        }
-                        None => break,
-                    },
-                }
-            }
-        });
-        Liar {
-            identity,
-            peer_id,
-            cmd,
-            state,
-            task,
-        }
-    }
-
-    async fn send(&self, cmd: LiarCmd) {
-        self.cmd.send(cmd).await.expect("liar task is running");
-    }
-
-    async fn dial(&self, node: &TestNode) {
-        let addr: Multiaddr = node.listen_addrs[0].parse().expect("multiaddr");
-        self.send(LiarCmd::Dial(addr)).await;
-    }
-
-    fn requests(&self) -> Vec<(Instant, SyncRequest)> {
-        self.state.lock().unwrap().requests.clone()
-    }
-
-    fn is_connected_to(&self, node: &TestNode) -> bool {
-        let peer: PeerId = node.handle.peer_id().parse().expect("peer id");
-        self.state.lock().unwrap().connected.contains(&peer)
-    }
-
-    /// Waits until the liar has received at least `n` sync requests; returns them.
-    async fn wait_requests(&self, n: usize, deadline: Duration) -> Vec<(Instant, SyncRequest)> {
-        let state = self.state.clone();
-        wait_for(
-            &format!("the liar to receive {n} sync requests"),
-            deadline,
-            || {
-                let state = state.clone();
-                async move {
-                    let s = state.lock().unwrap();
-                    if s.requests.len() >= n {
-                        Ok(s.requests.clone())
-                    } else {
-                        Err(format!(
-                            "{} requests so far; connected to {} peers",
-                            s.requests.len(),
-                            s.connected.len()
-                        ))
-                    }
-                }
-            },
-        )
-        .await
-    }
-
-    async fn stop(self) {
-        drop(self.cmd);
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-    }
-}
-
-fn draft(title: &str) -> IdeaDraft {
-    IdeaDraft {
-        title: title.into(),
-        body: "details".into(),
-        tags: vec!["sync".into()],
-    }
+fn test_draft(title: &str) -> agora_protocol::IdeaDraft {
+    draft(title, "details", &["sync"])
 }
 
 /// A new idea by `actor_author` (its actor id and doc id derive from that author and `salt`),
 /// signed by `signer` whatever the actor says. Returns the doc, the change hash and the
 /// contribution.
-fn idea_contribution(
+fn signed_idea(
     signer: &Identity,
     actor_author: &AuthorId,
     space: SpaceId,
     salt: u8,
     title: &str,
 ) -> (DocId, Hash, Contribution) {
-    let salt = [salt; 16];
-    let doc = DocId::idea(&space, actor_author, &salt);
-    let mut am = AutoCommit::new().with_actor(idea::actor_for(actor_author, &salt));
-    let change = idea::create_idea(
-        &mut am,
-        &draft(title),
-        actor_author,
-        &salt,
-        agora_node::now_ms(),
-    )
-    .expect("idea change");
-    let hash = Hash(change.hash().0);
-    (
-        doc,
-        hash,
-        Contribution::sign(signer, space, doc, DocKind::Idea, &change),
-    )
+    let idea = idea_contribution(signer, actor_author, space, salt, &test_draft(title));
+    (idea.doc, Hash(idea.change_hash.0), idea.contribution)
 }
 
 /// A node's full view of a space, for "nothing changed" checks: heads, ideas (as JSON) and the
@@ -312,15 +70,15 @@ fn rejected(h: &agora_node::Counters, code: &str) -> u64 {
 /// restarted after writing, so its history can only reach the other node by sync (its gossip
 /// queue is gone).
 async fn target_and_honest() -> ([TestNode; 2], SpaceId) {
-    common::init_tracing();
+    init_tracing();
     let target = spawn_node(Vec::new()).await;
     let t = &target.handle;
     let space = t.create_space("Target").await.expect("create_space");
     let first = t
-        .create_idea(space, draft("target idea 1"))
+        .create_idea(space, test_draft("target idea 1"))
         .await
         .expect("idea");
-    t.create_idea(space, draft("target idea 2"))
+    t.create_idea(space, test_draft("target idea 2"))
         .await
         .expect("idea");
     t.comment(first, "a comment of the target's")
@@ -332,10 +90,10 @@ async fn target_and_honest() -> ([TestNode; 2], SpaceId) {
     let h = &honest.handle;
     h.join_space(space).await.expect("join");
     let mine = h
-        .create_idea(space, draft("honest idea 1"))
+        .create_idea(space, test_draft("honest idea 1"))
         .await
         .expect("idea");
-    h.create_idea(space, draft("honest idea 2"))
+    h.create_idea(space, test_draft("honest idea 2"))
         .await
         .expect("idea");
     for k in 0..5 {
@@ -381,12 +139,12 @@ fn attacks(liar: &Identity, victim: &AuthorId, space: SpaceId, own_doc: DocId) -
     let me = liar.author();
     let other_space = SpaceId([0xee; 16]);
     // (a) forged contributions.
-    let (bad_sig_doc, bad_sig_hash, mut bad_sig) = idea_contribution(liar, &me, space, 1, "x");
+    let (bad_sig_doc, bad_sig_hash, mut bad_sig) = signed_idea(liar, &me, space, 1, "x");
     bad_sig.signature[10] ^= 0x01;
     let (forged_doc, forged_hash, forged_actor) =
-        idea_contribution(liar, victim, space, 2, "in your name");
+        signed_idea(liar, victim, space, 2, "in your name");
     // A valid contribution of the liar's own, but for another space.
-    let (foreign_doc, foreign_hash, foreign) = idea_contribution(liar, &me, other_space, 3, "y");
+    let (foreign_doc, foreign_hash, foreign) = signed_idea(liar, &me, other_space, 3, "y");
     // (b) nonsense, (c) oversize.
     let nonsense = vec![
         b"this is not a contribution".to_vec(),
@@ -470,7 +228,7 @@ async fn invalid_contributions_by_sync_are_rejected_counted_and_the_peer_disconn
         let liar_id = Identity::from_seed([seed; 32]);
         let attack = attacks(&liar_id, &victim, space, own_doc).remove(i);
         let counted_before = rejected(&t.counters().await.expect("counters"), attack.code);
-        let liar = Liar::start(
+        let liar = Peer::syncing(
             [seed; 32],
             space,
             lie_with(attack.claimed.clone(), attack.items.clone()),
@@ -479,7 +237,7 @@ async fn invalid_contributions_by_sync_are_rejected_counted_and_the_peer_disconn
 
         // Rejected and counted with the right reason, and the liar is disconnected.
         let me = liar.peer_id.to_string();
-        let state = liar.state.clone();
+        let state = liar.shared_state();
         let node_peer: PeerId = t.peer_id().parse().expect("peer id");
         let h = t.clone();
         wait_for(
@@ -559,11 +317,11 @@ async fn invalid_contributions_by_sync_are_rejected_counted_and_the_peer_disconn
             // liar's subscription, so the node syncs with it again at once, rejects its lie a
             // second time and disconnects it again (see the report of this test's author).
             let asked_before = liar.requests().len();
-            let connections_before = liar.state.lock().unwrap().connections;
+            let connections_before = liar.state().connections;
             liar.dial(target).await;
             let since = Instant::now();
             let h = t.clone();
-            let (me, state) = (me.clone(), liar.state.clone());
+            let (me, state) = (me.clone(), liar.shared_state());
             wait_until(
                 "a periodic sync round to pass with the banned liar redialled and disconnected",
                 SYNC,
@@ -585,7 +343,7 @@ async fn invalid_contributions_by_sync_are_rejected_counted_and_the_peer_disconn
                     .expect("store_contains"));
             }
             assert_eq!(snapshot(&t, space).await, before, "after the redial");
-            let s = liar.state.lock().unwrap();
+            let s = liar.state();
             eprintln!(
                 "banned liar redialled: {} new connection(s), {} new sync request(s) from the node",
                 s.connections - connections_before,
@@ -666,7 +424,7 @@ async fn huge_and_oversize_answers_are_bounded_and_store_nothing() {
             .collect(),
     });
     let claimed_docs = docs.len();
-    let liar = Liar::start(
+    let liar = Peer::syncing(
         [0xc1; 32],
         space,
         Box::new(move |req| match req {
@@ -721,7 +479,7 @@ async fn huge_and_oversize_answers_are_bounded_and_store_nothing() {
     // (c) A response beyond the size limit.
     let blob = vec![0x5a; MAX_CONTRIBUTION_BYTES - 100];
     let n = (sync::MAX_RESPONSE_BYTES as usize / blob.len()) + 8;
-    let liar = Liar::start(
+    let liar = Peer::syncing(
         [0xc2; 32],
         space,
         lie_with(fake_docs(1, 0x88), vec![blob.clone(); n]),
@@ -729,7 +487,7 @@ async fn huge_and_oversize_answers_are_bounded_and_store_nothing() {
     liar.dial(target).await;
     // Summary, Fetch (answered with the oversize batch), then the next periodic round, at
     // least 4 s later: the node dropped the answer and carries on.
-    let state = liar.state.clone();
+    let state = liar.shared_state();
     wait_until(
         "the next sync round after the oversize answer",
         SYNC,
@@ -778,7 +536,7 @@ async fn a_stalling_peer_blocks_nothing_and_late_answers_are_dropped() {
     let (nodes, space) = target_and_honest().await;
     let target = &nodes[0];
     let t = target.handle.clone();
-    let liar = Liar::start([0xd1; 32], space, Box::new(|_| Answer::Hold));
+    let liar = Peer::syncing([0xd1; 32], space, Box::new(|_| Answer::Hold));
     liar.dial(target).await;
     let first = liar.wait_requests(1, SYNC).await[0].0;
 
@@ -820,29 +578,27 @@ async fn a_stalling_peer_blocks_nothing_and_late_answers_are_dropped() {
     // Now the liar answers the timed-out requests with a forgery, the open ones with `InSync`,
     // and later requests with a valid idea of its own, as a barrier.
     let me = liar.identity.author();
-    let (_, _, mut forged) = idea_contribution(&liar.identity, &me, space, 9, "late forgery");
+    let (_, _, mut forged) = signed_idea(&liar.identity, &me, space, 9, "late forgery");
     forged.signature[0] ^= 0x80;
     let forged = forged.encode();
     let (valid_doc, valid_hash, valid) =
-        idea_contribution(&liar.identity, &me, space, 10, "liar's valid idea");
+        signed_idea(&liar.identity, &me, space, 10, "liar's valid idea");
     let claimed = vec![DocHeads {
         doc: valid_doc.0,
         heads: vec![valid_hash],
     }];
-    liar.send(LiarCmd::Script(lie_with(claimed, vec![valid.encode()])))
+    liar.set_script(lie_with(claimed, vec![valid.encode()]))
         .await;
-    let (tx, rx) = oneshot::channel();
-    liar.send(LiarCmd::AnswerHeld(
-        NODE_REQUEST_TIMEOUT + Duration::from_millis(500),
-        SyncResponse::Contributions {
-            items: vec![forged.clone().into()],
-            more: false,
-        },
-        SyncResponse::InSync,
-        tx,
-    ))
-    .await;
-    let (late, open) = rx.await.expect("liar replies");
+    let (late, open) = liar
+        .answer_held(
+            NODE_REQUEST_TIMEOUT + Duration::from_millis(500),
+            SyncResponse::Contributions {
+                items: vec![forged.clone().into()],
+                more: false,
+            },
+            SyncResponse::InSync,
+        )
+        .await;
     assert!(
         late >= 1,
         "at least one request timed out ({open} still open)"
@@ -886,7 +642,7 @@ async fn an_answer_of_the_wrong_kind_ends_the_exchange() {
     let (nodes, space) = target_and_honest().await;
     let target = &nodes[0];
     let claimed = fake_docs(1, 0x99);
-    let liar = Liar::start(
+    let liar = Peer::syncing(
         [0xe1; 32],
         space,
         Box::new(move |_| {

@@ -1,19 +1,10 @@
 //! Anti-entropy catch-up: a node that was offline, or joins late, receives every contribution it
 //! missed from its peers, without anyone posting again.
 
-mod common;
-
-use agora_protocol::{IdeaDraft, SpaceId, Vote};
-use common::*;
+use agora_protocol::{SpaceId, Vote};
+use agora_testkit::history::draft;
+use agora_testkit::node::*;
 use std::time::Duration;
-
-fn draft(title: String) -> IdeaDraft {
-    IdeaDraft {
-        title,
-        body: "details".into(),
-        tags: vec!["catch-up".into()],
-    }
-}
 
 /// Posts `ideas` ideas split between `writers`, then comments and votes on them round-robin until
 /// `total` contributions were made. Returns the number made.
@@ -23,7 +14,7 @@ async fn write_history(writers: &[&TestNode], space: SpaceId, ideas: usize, tota
         let w = writers[i % writers.len()];
         ids.push(
             w.handle
-                .create_idea(space, draft(format!("idea {i}")))
+                .create_idea(space, draft(format!("idea {i}"), "details", &["catch-up"]))
                 .await
                 .expect("create_idea"),
         );

@@ -8,21 +8,19 @@
 //! every time and that every write whose CLI command exited 0 is present. Some rounds kill the
 //! node while it is still starting (opening and recovering its store) instead.
 //!
-//! The harness is private to this file: it starts the binary with its output appended to
-//! `<data dir>/agora-up.log`, runs every CLI command with a deadline, and kills the node in
-//! `Drop`, so a failing test leaves nothing running.
+//! Nodes and CLI commands run through the test kit's process harness (`agora_testkit::process`),
+//! with this test's tighter deadlines.
 
-use serde_json::Value;
+use agora_protocol::Idea;
+use agora_testkit::process::{
+    api_pid, idea_add_args, AgoraProc, Cli, IdeaCreated, Launch, SpaceCreated,
+};
+use agora_testkit::Rng;
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_agora");
 /// How long one CLI command may take.
 const CLI_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a (re)started node may take to answer `status`.
@@ -36,196 +34,18 @@ const LOOP_BUDGET: Duration = Duration::from_secs(75);
 const MIN_WRITE_ROUNDS: usize = 20;
 /// The seed of the kill schedule.
 const SEED: u64 = 0x5eed_c0ff_ee00_0001;
-/// Name of the node's log inside its data dir.
-const LOG_FILE: &str = "agora-up.log";
 
-/// Environment variables that would change what the node or the CLI does.
-const SCRUB_ENV: &[&str] = &[
-    "AGORA_DATA_DIR",
-    "AGORA_LISTEN",
-    "AGORA_PEERS",
-    "AGORA_API",
-    "AGORA_NO_MDNS",
-    "RUST_LOG",
-];
-
-/// SplitMix64: a tiny deterministic generator for the kill schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
-
-fn command(dir: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("--data-dir").arg(dir).args(args);
-    for k in SCRUB_ENV {
-        cmd.env_remove(k);
-    }
-    cmd.env("NO_COLOR", "1");
-    cmd
-}
-
-/// Sends SIGKILL to `pid` (`kill -9 PID`).
-fn kill_9(pid: u32) {
-    let status = Command::new("kill")
-        .args(["-9", &pid.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("cannot run `kill`");
-    assert!(status.success(), "`kill -9 {pid}` failed: {status}");
-}
-
-/// Runs one CLI command to completion with captured output; kills it and panics after
-/// [`CLI_TIMEOUT`].
-fn cli(dir: &Path, args: &[&str]) -> Output {
-    let what = format!("agora --data-dir {} {}", dir.display(), args.join(" "));
-    let child = command(dir, args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run `{what}`: {e}"));
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(CLI_TIMEOUT) {
-        Ok(out) => out.unwrap_or_else(|e| panic!("waiting for `{what}` failed: {e}")),
-        Err(_) => {
-            kill_9(pid);
-            panic!("`{what}` did not finish within {CLI_TIMEOUT:?}");
-        }
-    }
-}
-
-/// Runs a CLI command that must succeed and print JSON.
-fn cli_json(dir: &Path, args: &[&str]) -> Result<Value, String> {
-    let out = cli(dir, args);
-    if !out.status.success() {
-        return Err(format!(
-            "`agora {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| {
-        format!(
-            "`agora {}` printed no JSON ({e}): {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout)
-        )
-    })
-}
-
-/// The last lines of a node's log, for failure messages.
-fn log_tail(dir: &Path) -> String {
-    let text = std::fs::read_to_string(dir.join(LOG_FILE)).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-/// The pid recorded in `<dir>/api.json`, if the file is there and readable.
-fn api_pid(dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(dir.join("api.json")).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
-    v["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
-}
-
-/// A running `agora up` process; killed (SIGKILL) when dropped.
-struct NodeProc {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl NodeProc {
-    /// Starts `agora up` on `dir` (loopback only, random ports, no mDNS).
-    fn spawn(dir: &Path, start_no: usize) -> NodeProc {
-        let mut log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(LOG_FILE))
-            .expect("cannot open the node log");
-        writeln!(log, "===== start {start_no} =====").expect("cannot write the node log");
-        let child = command(
-            dir,
-            &[
-                "up",
-                "--no-mdns",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--api",
-                "127.0.0.1:0",
-            ],
-        )
-        .env("RUST_LOG", "warn,agora=info")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().expect("log handle"))
-        .stderr(log)
-        .spawn()
-        .expect("cannot start `agora up`");
-        NodeProc {
-            child,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// Waits until this very process answers `status` (the pid in `api.json` is ours: a stale
-    /// file left by a killed node does not count). Panics if the process exits first, e.g.
-    /// because the store does not open.
-    fn wait_ready(&mut self) -> Duration {
-        let start = Instant::now();
-        let mut last = String::from("not polled yet");
-        while start.elapsed() < START_TIMEOUT {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!(
-                    "the node exited while starting ({status}): the store did not open?\n--- log:\n{}",
-                    log_tail(&self.dir)
-                );
-            }
-            match api_pid(&self.dir) {
-                Some(pid) if pid == self.child.id() => {
-                    match cli_json(&self.dir, &["status", "--json"]) {
-                        Ok(_) => return start.elapsed(),
-                        Err(e) => last = e,
-                    }
-                }
-                other => last = format!("api.json names pid {other:?}"),
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!(
-            "the node did not answer within {START_TIMEOUT:?}; last: {last}\n--- log:\n{}",
-            log_tail(&self.dir)
-        );
-    }
-
-    /// SIGKILLs the node and reaps it.
-    fn kill_9(mut self, pid: u32) -> ExitStatus {
-        kill_9(pid);
-        self.child.wait().expect("wait for the killed node")
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// How the node is launched: loopback only, random ports, no mDNS, quiet logs.
+fn launch() -> Launch {
+    Launch::new(&[
+        "--no-mdns",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--api",
+        "127.0.0.1:0",
+    ])
+    .log_filter("warn,agora=info")
+    .timeouts(START_TIMEOUT, CLI_TIMEOUT)
 }
 
 /// Every write the node acknowledged (its CLI command exited 0).
@@ -239,7 +59,7 @@ struct Acked {
 
 /// Issues `idea add` commands back to back until `stop`; records each acknowledged one.
 fn idea_writer(
-    dir: PathBuf,
+    cli: Cli,
     space: String,
     round: usize,
     stop: Arc<AtomicBool>,
@@ -249,32 +69,15 @@ fn idea_writer(
     while !stop.load(Ordering::SeqCst) {
         attempts += 1;
         let title = format!("round {round} idea {attempts}");
-        let out = cli(
-            &dir,
-            &[
-                "idea",
-                "add",
-                "--space",
-                &space,
-                "--title",
-                &title,
-                "--body",
-                "crash test",
-                "--json",
-            ],
-        );
+        let out = cli.run(&idea_add_args(&space, &title, "crash test", &[]));
         if out.status.success() {
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            let v: IdeaCreated = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
                 panic!(
-                    "`idea add` exited 0 but printed no JSON ({e}): {}",
+                    "`idea add` exited 0 but printed no idea id ({e}): {}",
                     String::from_utf8_lossy(&out.stdout)
                 )
             });
-            let id = v["id"]
-                .as_str()
-                .unwrap_or_else(|| panic!("`idea add` printed no id: {v}"))
-                .to_string();
-            acked.lock().unwrap().ideas.insert(id, title);
+            acked.lock().unwrap().ideas.insert(v.id.to_string(), title);
         } else {
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -286,7 +89,7 @@ fn idea_writer(
 /// document grows past the snapshot threshold over the rounds), sometimes on another
 /// acknowledged idea; records each acknowledged one.
 fn comment_writer(
-    dir: PathBuf,
+    cli: Cli,
     targets: Vec<String>,
     round: usize,
     stop: Arc<AtomicBool>,
@@ -301,7 +104,7 @@ fn comment_writer(
             &targets[0]
         };
         let text = format!("round {round} comment {attempts}");
-        let out = cli(&dir, &["idea", "comment", target, &text]);
+        let out = cli.run(&["idea", "comment", target, &text]);
         if out.status.success() {
             acked.lock().unwrap().comments.push((target.clone(), text));
         } else {
@@ -313,20 +116,14 @@ fn comment_writer(
 
 /// Asserts that every acknowledged write is in the node: one `idea list` for everything, and
 /// `idea show` for the ideas written in the latest round.
-fn check_acked(dir: &Path, space: &str, acked: &Acked, latest_round: usize, when: &str) {
-    let list = cli_json(dir, &["idea", "list", "--space", space, "--json"])
+fn check_acked(node: &AgoraProc, space: &str, acked: &Acked, latest_round: usize, when: &str) {
+    let list: Vec<Idea> = node
+        .try_cli_json(&["idea", "list", "--space", space, "--json"])
         .unwrap_or_else(|e| panic!("{when}: {e}"));
     let mut seen: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
-    for idea in list.as_array().expect("idea list prints an array") {
-        let id = idea["id"].as_str().expect("idea id").to_string();
-        let title = idea["title"].as_str().unwrap_or_default().to_string();
-        let comments = idea["comments"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["text"].as_str().map(str::to_string))
-            .collect();
-        seen.insert(id, (title, comments));
+    for idea in list {
+        let comments = idea.comments.into_iter().map(|c| c.text).collect();
+        seen.insert(idea.id.to_string(), (idea.title, comments));
     }
     for (id, title) in &acked.ideas {
         match seen.get(id) {
@@ -334,7 +131,7 @@ fn check_acked(dir: &Path, space: &str, acked: &Acked, latest_round: usize, when
             None => panic!(
                 "{when}: acknowledged idea {id} ({title:?}) is lost; the node holds {} ideas\n--- log:\n{}",
                 seen.len(),
-                log_tail(dir)
+                node.log_tail(40)
             ),
         }
     }
@@ -343,7 +140,7 @@ fn check_acked(dir: &Path, space: &str, acked: &Acked, latest_round: usize, when
         assert!(
             present,
             "{when}: acknowledged comment {text:?} on idea {id} is lost\n--- log:\n{}",
-            log_tail(dir)
+            node.log_tail(40)
         );
     }
     // `idea show` for what the latest round wrote.
@@ -360,17 +157,13 @@ fn check_acked(dir: &Path, space: &str, acked: &Acked, latest_round: usize, when
         }
     }
     for (id, texts) in shown {
-        let idea = cli_json(dir, &["idea", "show", id, "--json"])
+        let idea: Idea = node
+            .try_cli_json(&["idea", "show", id, "--json"])
             .unwrap_or_else(|e| panic!("{when}: acknowledged idea {id} is lost: {e}"));
         if let Some(title) = acked.ideas.get(id) {
-            assert_eq!(idea["title"].as_str(), Some(title.as_str()), "{when}");
+            assert_eq!(idea.title, *title, "{when}");
         }
-        let comments: BTreeSet<&str> = idea["comments"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|c| c["text"].as_str())
-            .collect();
+        let comments: BTreeSet<&str> = idea.comments.iter().map(|c| c.text.as_str()).collect();
         for t in texts {
             assert!(
                 comments.contains(t),
@@ -384,25 +177,23 @@ fn check_acked(dir: &Path, space: &str, acked: &Acked, latest_round: usize, when
 fn no_acknowledged_write_is_lost_when_the_node_is_killed() {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path().to_path_buf();
-    let mut rng = Rng(SEED);
+    let mut rng = Rng::new(SEED);
     let started = Instant::now();
-    let mut starts = 0usize;
 
     // Setup: a space and two ideas to comment on.
-    let mut node = NodeProc::spawn(&dir, starts);
-    starts += 1;
-    node.wait_ready();
-    let space = cli_json(&dir, &["space", "create", "Crash test", "--json"]).expect("space");
-    let space = space["id"].as_str().expect("space id").to_string();
+    let mut node = AgoraProc::start_launch(&dir, launch());
+    let cli = node.cli_runner().clone();
+    let created: SpaceCreated = cli
+        .try_json(&["space", "create", "Crash test", "--json"])
+        .expect("space");
+    let space = created.id.to_string();
     let acked = Arc::new(Mutex::new(Acked::default()));
     let mut targets = Vec::new();
     for t in ["comment target A", "comment target B"] {
-        let v = cli_json(
-            &dir,
-            &["idea", "add", "--space", &space, "--title", t, "--json"],
-        )
-        .expect("idea add");
-        let id = v["id"].as_str().expect("idea id").to_string();
+        let v: IdeaCreated = cli
+            .try_json(&["idea", "add", "--space", &space, "--title", t, "--json"])
+            .expect("idea add");
+        let id = v.id.to_string();
         acked
             .lock()
             .unwrap()
@@ -421,20 +212,16 @@ fn no_acknowledged_write_is_lost_when_the_node_is_killed() {
         // One round in five (after the first few) also kills a node that is still starting:
         // opening the store and replaying it. The store must open again after that too.
         if round > 3 && rng.range(0, 4) == 0 {
-            let pid = node.child.id();
-            node.kill_9(pid);
-            let starting = NodeProc::spawn(&dir, starts);
-            starts += 1;
-            std::thread::sleep(Duration::from_millis(rng.range(0, 150)));
-            let pid = starting.child.id();
-            starting.kill_9(pid);
+            node.kill_9();
+            node.respawn();
+            std::thread::sleep(Duration::from_millis(rng.range(0, 150) as u64));
+            node.kill_9();
             startup_kills += 1;
-            node = NodeProc::spawn(&dir, starts);
-            starts += 1;
+            node.respawn();
             ready_max = ready_max.max(node.wait_ready());
             let a = acked.lock().unwrap();
             check_acked(
-                &dir,
+                &node,
                 &space,
                 &a,
                 round - 1,
@@ -445,7 +232,7 @@ fn no_acknowledged_write_is_lost_when_the_node_is_killed() {
         // Writers run back to back; the node dies under them.
         let stop = Arc::new(AtomicBool::new(false));
         let ideas = {
-            let (d, s, st, a) = (dir.clone(), space.clone(), stop.clone(), acked.clone());
+            let (d, s, st, a) = (cli.clone(), space.clone(), stop.clone(), acked.clone());
             std::thread::spawn(move || idea_writer(d, s, round, st, a))
         };
         let comments = {
@@ -455,13 +242,13 @@ fn no_acknowledged_write_is_lost_when_the_node_is_killed() {
                 t.extend(a.ideas.keys().filter(|k| !targets.contains(k)).cloned());
                 t
             };
-            let (d, st, a) = (dir.clone(), stop.clone(), acked.clone());
+            let (d, st, a) = (cli.clone(), stop.clone(), acked.clone());
             std::thread::spawn(move || comment_writer(d, known, round, st, a))
         };
-        std::thread::sleep(Duration::from_millis(rng.range(30, 700)));
+        std::thread::sleep(Duration::from_millis(rng.range(30, 700) as u64));
         let pid = api_pid(&dir).expect("api.json of the running node");
-        assert_eq!(pid, node.child.id(), "api.json names another process");
-        let status = node.kill_9(pid);
+        assert_eq!(Some(pid), node.pid(), "api.json names another process");
+        let status = node.kill_9();
         assert!(!status.success(), "the node survived kill -9: {status}");
         stop.store(true, Ordering::SeqCst);
         attempts_total += ideas.join().expect("idea writer panicked");
@@ -476,7 +263,7 @@ fn no_acknowledged_write_is_lost_when_the_node_is_killed() {
                 Some(pid),
                 "the stale api.json is still there"
             );
-            let out = cli(&dir, &["status", "--json"]);
+            let out = cli.run(&["status", "--json"]);
             assert!(!out.status.success(), "`status` succeeded with no node");
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(
@@ -486,12 +273,11 @@ fn no_acknowledged_write_is_lost_when_the_node_is_killed() {
         }
 
         // Restart on the same data dir: it overwrites the stale api.json once it answers.
-        node = NodeProc::spawn(&dir, starts);
-        starts += 1;
+        node.respawn();
         ready_max = ready_max.max(node.wait_ready());
         let a = acked.lock().unwrap();
         check_acked(
-            &dir,
+            &node,
             &space,
             &a,
             round,

@@ -1,34 +1,39 @@
 //! Multi-node tests in one process: several `agora_node` nodes on loopback, plus (for the
 //! forgery test) a raw libp2p gossipsub peer that publishes hand-made contributions.
 
-mod common;
-
 use agora_node::{Counters, NodeHandle};
-use agora_protocol::automerge::AutoCommit;
-use agora_protocol::idea::{self, IdeaDraft, Vote, VoteCount};
-use agora_protocol::{AuthorId, Contribution, DocId, DocKind, Identity, SpaceId};
-use common::{
-    converge, raw_peer_gossipsub_config, shutdown_all, spawn_nodes, wait_for, wait_for_mesh,
-    wait_until, TestNode,
+use agora_protocol::idea::{Vote, VoteCount};
+use agora_protocol::{AuthorId, DocId, SpaceId};
+use agora_testkit::history::{draft, idea_contribution, SignedIdea};
+use agora_testkit::node::{
+    converge, shutdown_all, spawn_nodes, wait_for, wait_for_mesh, wait_until, TestNode,
 };
-use libp2p::futures::StreamExt;
-use libp2p::gossipsub::{self, IdentTopic, MessageAuthenticity, TopicHash};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{noise, tcp, yamux, Multiaddr, PeerId};
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use agora_testkit::peer::Peer;
+use libp2p::gossipsub;
+use libp2p::PeerId;
+use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
 
 const MESH: Duration = Duration::from_secs(30);
 const SPREAD: Duration = Duration::from_secs(45);
 
-fn draft(title: String) -> IdeaDraft {
-    IdeaDraft {
-        title,
-        body: "details to follow".into(),
-        tags: vec!["test".into()],
-    }
+fn test_draft(title: String) -> agora_protocol::IdeaDraft {
+    draft(title, "details to follow", &["test"])
+}
+
+/// A new idea by `actor_author`, signed by `signer` (see [`idea_contribution`]): its id and
+/// contribution.
+fn forged(
+    signer: &agora_protocol::Identity,
+    actor_author: &AuthorId,
+    space: SpaceId,
+    salt: u8,
+    title: &str,
+) -> (DocId, agora_protocol::Contribution) {
+    let SignedIdea {
+        doc, contribution, ..
+    } = idea_contribution(signer, actor_author, space, salt, &test_draft(title.into()));
+    (doc, contribution)
 }
 
 /// The ideas node `i` posts.
@@ -36,7 +41,7 @@ async fn post_ideas(h: &NodeHandle, space: SpaceId, i: usize) -> Vec<DocId> {
     let mut ids = Vec::new();
     for k in 0..2 {
         let id = h
-            .create_idea(space, draft(format!("idea {k} of node {i}")))
+            .create_idea(space, test_draft(format!("idea {k} of node {i}")))
             .await
             .expect("create_idea");
         ids.push(id);
@@ -177,204 +182,6 @@ async fn three_nodes_converge_on_concurrent_edits() {
     shutdown_all(&nodes).await;
 }
 
-// ---------------------------------------------------------------------------------------------
-// A raw gossipsub peer that can publish anything.
-
-#[derive(Default)]
-struct ForgerState {
-    connected: HashSet<PeerId>,
-    subscribed: HashSet<(PeerId, TopicHash)>,
-}
-
-enum ForgerCmd {
-    Dial(Multiaddr),
-    Subscribe(IdentTopic),
-    Publish(
-        TopicHash,
-        Vec<u8>,
-        oneshot::Sender<Result<(), gossipsub::PublishError>>,
-    ),
-}
-
-/// A libp2p peer with the node's gossipsub settings (strict signing, the same content-addressed
-/// message id) but no validation of what it publishes. Its swarm runs in its own task.
-struct Forger {
-    identity: Identity,
-    peer_id: PeerId,
-    cmd: mpsc::Sender<ForgerCmd>,
-    state: Arc<Mutex<ForgerState>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Forger {
-    fn start(seed: [u8; 32]) -> Forger {
-        let identity = Identity::from_seed(seed);
-        let mut secret = seed; // `ed25519_from_bytes` zeroes its argument.
-        let keypair =
-            libp2p::identity::Keypair::ed25519_from_bytes(&mut secret).expect("ed25519 seed");
-        let config = raw_peer_gossipsub_config();
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-            .with_tokio()
-            .with_tcp(
-                tcp::Config::default().nodelay(true),
-                noise::Config::new,
-                yamux::Config::default,
-            )
-            .expect("tcp transport")
-            .with_behaviour(|key| {
-                Ok(gossipsub::Behaviour::<
-                    gossipsub::IdentityTransform,
-                    gossipsub::AllowAllSubscriptionFilter,
-                >::new(
-                    MessageAuthenticity::Signed(key.clone()), config
-                )?)
-            })
-            .expect("gossipsub behaviour")
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
-            .build();
-        let peer_id = *swarm.local_peer_id();
-        let state = Arc::new(Mutex::new(ForgerState::default()));
-        let (cmd, mut rx) = mpsc::channel::<ForgerCmd>(16);
-        let st = state.clone();
-        let task = tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    event = swarm.select_next_some() => match event {
-                        SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                            st.lock().unwrap().connected.insert(peer_id);
-                        }
-                        SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                            st.lock().unwrap().connected.remove(&peer_id);
-                        }
-                        SwarmEvent::Behaviour(gossipsub::Event::Subscribed { peer_id, topic }) => {
-                            st.lock().unwrap().subscribed.insert((peer_id, topic));
-                        }
-                        SwarmEvent::Behaviour(gossipsub::Event::Unsubscribed { peer_id, topic }) => {
-                            st.lock().unwrap().subscribed.remove(&(peer_id, topic));
-                        }
-                        _ => {}
-                    },
-                    cmd = rx.recv() => match cmd {
-                        Some(ForgerCmd::Dial(addr)) => {
-                            swarm.dial(addr).expect("forger dial");
-                        }
-                        Some(ForgerCmd::Subscribe(topic)) => {
-                            swarm.behaviour_mut().subscribe(&topic).expect("forger subscribe");
-                        }
-                        Some(ForgerCmd::Publish(topic, bytes, reply)) => {
-                            let r = swarm.behaviour_mut().publish(topic, bytes).map(|_| ());
-                            let _ = reply.send(r);
-                        }
-                        None => break,
-                    },
-                }
-            }
-        });
-        Forger {
-            identity,
-            peer_id,
-            cmd,
-            state,
-            task,
-        }
-    }
-
-    async fn send(&self, cmd: ForgerCmd) {
-        self.cmd.send(cmd).await.expect("forger task is running");
-    }
-
-    /// Dials `node` and waits until the forger knows `node` is subscribed to `space`.
-    async fn connect(&self, node: &TestNode, space: SpaceId) {
-        let addr: Multiaddr = node.listen_addrs[0].parse().expect("multiaddr");
-        let peer: PeerId = node.handle.peer_id().parse().expect("peer id");
-        self.send(ForgerCmd::Dial(addr)).await;
-        let topic = IdentTopic::new(space.topic()).hash();
-        let state = self.state.clone();
-        wait_for(
-            &format!("the forger to see {} subscribed to the space", node.label()),
-            MESH,
-            || {
-                let state = state.clone();
-                let topic = topic.clone();
-                async move {
-                    let s = state.lock().unwrap();
-                    if s.subscribed.contains(&(peer, topic)) {
-                        Ok(())
-                    } else {
-                        Err(format!("connected: {}", s.connected.contains(&peer)))
-                    }
-                }
-            },
-        )
-        .await;
-        // And the node sees the forger as a subscriber, so it will take its messages as space
-        // traffic (and may graft it into its mesh).
-        let me = self.peer_id.to_string();
-        let h = node.handle.clone();
-        wait_until(
-            &format!("{} to see the forger subscribed", node.label()),
-            MESH,
-            || {
-                let (h, me) = (h.clone(), me.clone());
-                async move {
-                    h.net_status().await.is_ok_and(|s| {
-                        s.peers
-                            .iter()
-                            .any(|p| p.peer_id == me && p.spaces.contains(&space))
-                    })
-                }
-            },
-        )
-        .await;
-    }
-
-    async fn subscribe(&self, space: SpaceId) {
-        self.send(ForgerCmd::Subscribe(IdentTopic::new(space.topic())))
-            .await;
-    }
-
-    async fn publish(&self, space: SpaceId, bytes: Vec<u8>) {
-        let (tx, rx) = oneshot::channel();
-        let topic = IdentTopic::new(space.topic()).hash();
-        self.send(ForgerCmd::Publish(topic, bytes, tx)).await;
-        rx.await
-            .expect("forger replies")
-            .expect("the forger's publish succeeds");
-    }
-
-    async fn stop(self) {
-        drop(self.cmd);
-        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
-    }
-}
-
-/// A new idea document whose changes carry `actor_author`'s key in their actor id (and whose id
-/// is derived from that author and `salt`, as for a genuine idea of theirs), and the contribution
-/// creating it, signed by `signer` whatever the actor says.
-fn idea_contribution(
-    signer: &Identity,
-    actor_author: &AuthorId,
-    space: SpaceId,
-    salt: u8,
-    title: &str,
-) -> (DocId, Contribution) {
-    let salt = [salt; 16];
-    let doc = DocId::idea(&space, actor_author, &salt);
-    let mut am = AutoCommit::new().with_actor(idea::actor_for(actor_author, &salt));
-    let change = idea::create_idea(
-        &mut am,
-        &draft(title.into()),
-        actor_author,
-        &salt,
-        agora_node::now_ms(),
-    )
-    .expect("idea change");
-    (
-        doc,
-        Contribution::sign(signer, space, doc, DocKind::Idea, &change),
-    )
-}
-
 async fn score_of(node: &NodeHandle, peer: &PeerId) -> Option<f64> {
     let status = node.net_status().await.expect("net_status");
     let me = peer.to_string();
@@ -443,7 +250,7 @@ async fn wait_score(
 }
 
 /// Nodes A, B, C in one space, and a forger connected to A only and subscribed to the space.
-async fn guarded_space(n: usize, seed: u8) -> (Vec<TestNode>, SpaceId, Forger) {
+async fn guarded_space(n: usize, seed: u8) -> (Vec<TestNode>, SpaceId, Peer) {
     let nodes = spawn_nodes(n).await;
     let space = nodes[0]
         .handle
@@ -454,9 +261,9 @@ async fn guarded_space(n: usize, seed: u8) -> (Vec<TestNode>, SpaceId, Forger) {
         node.handle.join_space(space).await.expect("join");
     }
     wait_for_mesh(&nodes, space, MESH).await;
-    let forger = Forger::start([seed; 32]);
+    let forger = Peer::gossip([seed; 32]);
     forger.subscribe(space).await;
-    forger.connect(&nodes[0], space).await;
+    forger.connect(&nodes[0], space, MESH).await;
     (nodes, space, forger)
 }
 
@@ -480,11 +287,11 @@ async fn forged_gossip_is_rejected_counted_not_relayed_and_penalised() {
     let victim = b.handle.author();
 
     // (i) A correctly made contribution, then one signature bit flipped.
-    let (bad_sig_id, mut bad_sig) = idea_contribution(&forger.identity, &me, space, 1, "bad sig");
+    let (bad_sig_id, mut bad_sig) = forged(&forger.identity, &me, space, 1, "bad sig");
     bad_sig.signature[10] ^= 0x01;
     let bad_sig = bad_sig.encode();
     // (ii) Signed by the forger (and naming the forger), but the change's actor is the victim.
-    let (not_signer_id, not_signer) = idea_contribution(
+    let (not_signer_id, not_signer) = forged(
         &forger.identity,
         &victim,
         space,
@@ -493,7 +300,7 @@ async fn forged_gossip_is_rejected_counted_not_relayed_and_penalised() {
     );
     let not_signer = not_signer.encode();
     // (iii) A valid contribution of the forger's own: the barrier.
-    let (barrier_id, barrier) = idea_contribution(&forger.identity, &me, space, 3, "barrier");
+    let (barrier_id, barrier) = forged(&forger.identity, &me, space, 3, "barrier");
     let barrier = barrier.encode();
     let forgeries = [("bad signature", &bad_sig), ("forged actor", &not_signer)];
 
@@ -582,12 +389,11 @@ async fn forged_gossip_is_rejected_counted_not_relayed_and_penalised() {
     );
 
     // The forger now reaches B and C directly: each must refuse (and count) on its own.
-    forger.connect(b, space).await;
-    forger.connect(c, space).await;
+    forger.connect(b, space, MESH).await;
+    forger.connect(c, space, MESH).await;
     // The victim's name on the envelope and in the actor, but the forger's signature.
     let victim = a.handle.author();
-    let (direct_id, mut direct) =
-        idea_contribution(&forger.identity, &victim, space, 4, "impersonation");
+    let (direct_id, mut direct) = forged(&forger.identity, &victim, space, 4, "impersonation");
     direct.author = victim;
     let direct = direct.encode();
     forger.publish(space, direct.clone()).await;
@@ -631,10 +437,9 @@ async fn forgeries_from_a_seasoned_mesh_peer_turn_its_score_negative() {
         |s| s > 0.0,
     )
     .await;
-    let (_, mut bad_sig) = idea_contribution(&forger.identity, &me, space, 1, "bad sig");
+    let (_, mut bad_sig) = forged(&forger.identity, &me, space, 1, "bad sig");
     bad_sig.signature[0] ^= 0x01;
-    let (_, not_signer) =
-        idea_contribution(&forger.identity, &AuthorId([9; 32]), space, 2, "not mine");
+    let (_, not_signer) = forged(&forger.identity, &AuthorId([9; 32]), space, 2, "not mine");
     forger.publish(space, bad_sig.encode()).await;
     forger.publish(space, not_signer.encode()).await;
     wait_rejections(a, &[("bad_signature", 1), ("actor_not_signer", 1)]).await;

@@ -1,18 +1,19 @@
 //! Three real nodes on a virtual LAN find each other by mDNS alone and converge.
 //!
-//! The LAN: a namespace `agbr<pid>` holding a bridge, and three namespaces `agn<pid>_<i>`, each
-//! with `lo` up and a veth pair whose other end is a port of the bridge. Addresses
-//! `10.231.<x>.<i>/24` exist only inside these namespaces, which this test creates and deletes;
-//! the host's own network is never touched (both ends of every veth are created inside the
-//! test's namespaces). Nodes run as `ip netns exec agn<pid>_<i> agora ... up` with mDNS on and no
-//! `--peer`; the CLI runs the same way, since each API listens on its namespace's loopback.
+//! The LAN (`agora_testkit::netns`): a namespace `agnb<pid>_<run>` holding a bridge that
+//! forwards multicast, and three namespaces `agn<pid>_<run>_<i>`, each with `lo` up and a veth
+//! pair whose other end is a port of the bridge. Addresses `10.231.<x>.<i>/24` exist only inside
+//! these namespaces, which this test creates and deletes; the host's own network is never
+//! touched (both ends of every veth are created inside the test's namespaces). Nodes run as
+//! `ip netns exec agn<pid>_<run>_<i> agora ... up` with mDNS on and no `--peer`; the CLI runs the
+//! same way, since each API listens on its namespace's loopback.
 //!
 //! Needs root and iproute2 (`ip`). Without them the test fails (it never passes silently).
 
-mod proc;
-
-use proc::{ip, require_root_and_iproute2, run_ip, wait_until, AgoraProc};
-use serde_json::Value;
+use agora_node::PeerInfo;
+use agora_protocol::Idea;
+use agora_testkit::netns::{require_root_and_iproute2, Lan};
+use agora_testkit::process::{wait_until, AgoraProc, Cli, InitOutput, SpaceCreated};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -23,114 +24,6 @@ const CONVERGE: Duration = Duration::from_secs(90);
 /// Why this test needs root and iproute2.
 const NEED_ROOT: &str = "the LAN mDNS test needs root and iproute2 (`ip`) to create network \
                         namespaces; run it as root with iproute2 installed (CI does both)";
-
-/// The namespaces of one test run; deleted on drop (also on panic). Declare it before the
-/// nodes so that the nodes are killed first.
-struct Lan {
-    bridge_ns: String,
-    node_ns: Vec<String>,
-    created: Vec<String>,
-}
-
-impl Lan {
-    fn new(nodes: usize) -> Lan {
-        let pid = std::process::id();
-        let x = pid % 250 + 1;
-        let mut lan = Lan {
-            bridge_ns: format!("agbr{pid}"),
-            node_ns: (1..=nodes).map(|i| format!("agn{pid}_{i}")).collect(),
-            created: Vec::new(),
-        };
-        // A namespace left by an earlier run whose pid was the same (it cannot be running now:
-        // pids are unique among live processes).
-        for ns in std::iter::once(&lan.bridge_ns).chain(&lan.node_ns) {
-            let _ = run_ip(&["netns", "del", ns]);
-        }
-        let br = lan.bridge_ns.clone();
-        lan.add_ns(&br);
-        ip(&["-n", &br, "link", "set", "lo", "up"]);
-        ip(&["-n", &br, "link", "add", "br0", "type", "bridge"]);
-        // Forward multicast (mDNS) to every port, whatever IGMP snooping thinks.
-        ip(&[
-            "-n",
-            &br,
-            "link",
-            "set",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ]);
-        ip(&["-n", &br, "link", "set", "br0", "up"]);
-        for (i, ns) in lan.node_ns.clone().iter().enumerate() {
-            let i = i + 1;
-            lan.add_ns(ns);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            // Both ends are created inside test namespaces: eth0 here, veth<i> in the bridge's.
-            let port = format!("veth{i}");
-            ip(&[
-                "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
-                &br,
-            ]);
-            ip(&["-n", &br, "link", "set", &port, "master", "br0"]);
-            ip(&["-n", &br, "link", "set", &port, "up"]);
-            let addr = format!("10.231.{x}.{i}/24");
-            ip(&["-n", ns, "addr", "add", &addr, "dev", "eth0"]);
-            ip(&["-n", ns, "link", "set", "eth0", "up"]);
-            // Multicast leaves through eth0 (there is no default route in the namespace).
-            ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
-        }
-        lan
-    }
-
-    fn add_ns(&mut self, ns: &str) {
-        ip(&["netns", "add", ns]);
-        self.created.push(ns.to_string());
-    }
-
-    /// `ip netns exec <ns>` for node `i` (0-based).
-    fn wrapper(&self, i: usize) -> Vec<&str> {
-        vec!["ip", "netns", "exec", self.node_ns[i].as_str()]
-    }
-
-    /// Addresses and links of every namespace, for messages.
-    fn describe(&self) -> String {
-        let mut s = String::new();
-        for ns in std::iter::once(&self.bridge_ns).chain(&self.node_ns) {
-            s.push_str(&format!("--- {ns}\n"));
-            s.push_str(&run_ip(&["-n", ns, "-br", "addr"]).unwrap_or_else(|e| e));
-        }
-        s
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        for ns in self.created.iter().rev() {
-            if let Err(e) = run_ip(&["netns", "del", ns]) {
-                eprintln!("cleanup: {e}");
-            }
-        }
-    }
-}
-
-fn peer_ids(node: &AgoraProc, space: Option<&str>) -> Result<BTreeSet<String>, String> {
-    let peers = node.try_cli_json(&["peers", "--json"])?;
-    Ok(peers
-        .as_array()
-        .ok_or_else(|| format!("peers --json is not an array: {peers}"))?
-        .iter()
-        .filter(|p| {
-            space.is_none_or(|s| {
-                p["spaces"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(s)))
-            })
-        })
-        .filter_map(|p| p["peer_id"].as_str().map(str::to_string))
-        .collect())
-}
 
 /// A hint for a known failure mode: two nodes that learn of each other from the same mDNS
 /// response dial each other at once; with the listen port reused for dialling, the two dials
@@ -157,19 +50,18 @@ fn three_nodes_on_a_lan_find_each_other_by_mdns_and_converge() {
     require_root_and_iproute2(NEED_ROOT);
     let t0 = Instant::now();
     let tmp = tempfile::tempdir().expect("temp dir");
-    let lan = Lan::new(3);
+    let lan = Lan::builder("agn", 231, 3).multicast().build();
     eprintln!("[{:?}] LAN ready:\n{}", t0.elapsed(), lan.describe());
-    let x = std::process::id() % 250 + 1;
-    let subnet = format!("/ip4/10.231.{x}.");
+    let subnet = lan.multiaddr_prefix();
 
     let names = ["Ana", "Ben", "Cleo"];
     let mut nodes = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let dir = tmp.path().join(format!("lan{}", i + 1));
-        let w: Vec<String> = lan.wrapper(i).iter().map(|s| s.to_string()).collect();
-        let init = proc::try_cli_json_with(&w, &dir, &["init", "--name", name, "--json"])
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(init["created"], true, "{init}");
+        let init: InitOutput = Cli::new(&dir)
+            .wrapped(&lan.wrapper(i))
+            .json(&["init", "--name", name, "--json"]);
+        assert!(init.created, "{init:?}");
         // mDNS on (no --no-mdns), no --peer: discovery is the point.
         nodes.push(AgoraProc::start_with(
             &lan.wrapper(i),
@@ -181,19 +73,14 @@ fn three_nodes_on_a_lan_find_each_other_by_mdns_and_converge() {
     let mut pids = Vec::new();
     for n in &nodes {
         let st = n.status();
-        let addrs: Vec<&str> = st["listen_addrs"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
+        let addrs: Vec<&str> = st.listen_addrs.iter().map(String::as_str).collect();
         assert!(
             addrs.iter().any(|a| a.starts_with(&subnet)),
             "{} should listen on its LAN address ({subnet}*): {addrs:?}\n{}",
             n.name,
             lan.describe()
         );
-        pids.push(st["peer_id"].as_str().expect("peer_id").to_string());
+        pids.push(st.peer_id.clone());
     }
     eprintln!("[{:?}] nodes up", t0.elapsed());
 
@@ -211,7 +98,7 @@ fn three_nodes_on_a_lan_find_each_other_by_mdns_and_converge() {
         &refs,
         || {
             for (i, n) in nodes.iter().enumerate() {
-                let got = peer_ids(n, None)?;
+                let got = n.peer_ids(None)?;
                 let want = others(i);
                 if !want.is_subset(&got) {
                     return Err(format!(
@@ -225,15 +112,14 @@ fn three_nodes_on_a_lan_find_each_other_by_mdns_and_converge() {
         },
     );
     for n in &nodes {
-        let peers = n.cli_json(&["peers", "--json"]);
-        for p in peers.as_array().into_iter().flatten() {
-            for a in p["addrs"].as_array().into_iter().flatten() {
-                let a = a.as_str().unwrap_or_default();
+        let peers: Vec<PeerInfo> = n.cli_json(&["peers", "--json"]);
+        for p in &peers {
+            for a in &p.addrs {
                 assert!(
                     a.starts_with(&subnet),
                     "{}: connection to {} over {a}, not the LAN",
                     n.name,
-                    p["peer_id"]
+                    p.peer_id
                 );
             }
         }
@@ -241,8 +127,8 @@ fn three_nodes_on_a_lan_find_each_other_by_mdns_and_converge() {
     eprintln!("[{:?}] discovered each other", t0.elapsed());
 
     // A space on node 1, joined by 2 and 3.
-    let created = nodes[0].cli_json(&["space", "create", "Lab", "--json"]);
-    let space = created["id"].as_str().expect("space id").to_string();
+    let created: SpaceCreated = nodes[0].cli_json(&["space", "create", "Lab", "--json"]);
+    let space = created.id.to_string();
     for n in &nodes[1..] {
         n.cli_ok(&["space", "join", &space]);
     }
@@ -252,7 +138,7 @@ fn three_nodes_on_a_lan_find_each_other_by_mdns_and_converge() {
         &refs,
         || {
             for (i, n) in nodes.iter().enumerate() {
-                let got = peer_ids(n, Some(&space))?;
+                let got = n.peer_ids(Some(&space))?;
                 let want = others(i);
                 if !want.is_subset(&got) {
                     return Err(format!(
@@ -271,20 +157,8 @@ fn three_nodes_on_a_lan_find_each_other_by_mdns_and_converge() {
     for (i, n) in nodes.iter().enumerate() {
         let title = format!("Idea from {}", names[i]);
         let tag = format!("lan{}", i + 1);
-        let v = n.cli_json(&[
-            "idea",
-            "add",
-            "--space",
-            &space,
-            "--title",
-            &title,
-            "--body",
-            "found by mDNS",
-            "--tag",
-            &tag,
-            "--json",
-        ]);
-        ids.insert(v["id"].as_str().expect("idea id").to_string());
+        let id = n.add_idea(&space, &title, "found by mDNS", &[&tag]);
+        ids.insert(id.to_string());
     }
     let list = wait_until(
         "all three nodes to list the same three ideas",
@@ -293,32 +167,29 @@ fn three_nodes_on_a_lan_find_each_other_by_mdns_and_converge() {
         || {
             let lists = nodes
                 .iter()
-                .map(|n| n.try_cli_json(&["idea", "list", "--space", &space, "--json"]))
+                .map(|n| {
+                    n.try_cli_json::<Vec<Idea>>(&["idea", "list", "--space", &space, "--json"])
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             for (n, l) in nodes.iter().zip(&lists) {
-                let got: BTreeSet<String> = l
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|i| i["id"].as_str().map(str::to_string))
-                    .collect();
+                let got: BTreeSet<String> = l.iter().map(|i| i.id.to_string()).collect();
                 if got != ids {
                     return Err(format!("{} lists {got:?}, want {ids:?}", n.name));
                 }
                 // Names travel in profile documents: each idea shows its author's name.
-                for idea in l.as_array().into_iter().flatten() {
-                    let title = idea["title"].as_str().unwrap_or_default();
+                for idea in l {
+                    let title = idea.title.as_str();
                     let want = title.strip_prefix("Idea from ").unwrap_or("?");
-                    if idea["author_name"] != want {
+                    if idea.author_name.as_deref() != Some(want) {
                         return Err(format!(
-                            "{} shows {title:?} with author_name {}, want {want:?}",
-                            n.name, idea["author_name"]
+                            "{} shows {title:?} with author_name {:?}, want {want:?}",
+                            n.name, idea.author_name
                         ));
                     }
                 }
                 if *l != lists[0] {
                     return Err(format!(
-                        "{} and {} list different ideas:\n  {}\n  {l}",
+                        "{} and {} list different ideas:\n  {:?}\n  {l:?}",
                         nodes[0].name, n.name, lists[0]
                     ));
                 }
@@ -326,17 +197,12 @@ fn three_nodes_on_a_lan_find_each_other_by_mdns_and_converge() {
             Ok(lists.into_iter().next().expect("three lists"))
         },
     );
-    let titles: BTreeSet<&str> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|i| i["title"].as_str())
-        .collect();
+    let titles: BTreeSet<&str> = list.iter().map(|i| i.title.as_str()).collect();
     let want: BTreeSet<String> = names.iter().map(|n| format!("Idea from {n}")).collect();
     assert_eq!(
         titles,
         want.iter().map(String::as_str).collect::<BTreeSet<_>>(),
-        "{list}"
+        "{list:?}"
     );
     eprintln!("[{:?}] converged", t0.elapsed());
 

@@ -2,9 +2,9 @@
 //! groups that cannot reach each other, both groups post, the partition heals, and all five
 //! converge on the same ideas.
 //!
-//! The LAN: a namespace `agpb<pid>_<n>` holding two bridges `br0` and `br1`, and five namespaces
-//! `agp<pid>_<n>_<i>`, each with `lo` up and a veth pair whose other end (`veth<i>`) is a port of
-//! `br0`. Addresses `10.232.<x>.<i>/24` exist only inside these namespaces, which this test
+//! The LAN (`agora_testkit::netns`): a namespace `agpb<pid>_<n>` holding two bridges `br0` and
+//! `br1`, and five namespaces `agp<pid>_<n>_<i>`, each with `lo` up and a veth pair whose other
+//! end (`veth<i>`) is a port of `br0`. Addresses `10.232.<x>.<i>/24` exist only inside these namespaces, which this test
 //! creates and deletes (in `Drop`, also on panic); the host's own network is never touched.
 //!
 //! The partition is cut in the bridge namespace by moving the ports of group B (nodes 4 and 5)
@@ -17,12 +17,11 @@
 //!
 //! Needs root and iproute2 (`ip`). Without them the test fails (it never passes silently).
 
-mod proc;
-
-use proc::{ip, require_root_and_iproute2, run_ip, try_cli_json_with, wait_until, AgoraProc};
-use serde_json::Value;
+use agora_node::NodeStatus;
+use agora_protocol::Idea;
+use agora_testkit::netns::{require_root_and_iproute2, Lan};
+use agora_testkit::process::{wait_until, AgoraProc, Cli, InitOutput, SpaceCreated};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// Upper bound for the mesh to form and for one side of the partition to converge.
@@ -43,163 +42,25 @@ const NEED_ROOT: &str = "the partition test needs root and iproute2 (`ip`) to cr
                         namespaces and bridges; run it as root with iproute2 installed (CI does \
                         both)";
 
-/// The namespaces of one test run; deleted on drop (also on panic). Declare it before the
-/// nodes so that the nodes are killed first.
-struct Lan {
-    bridge_ns: String,
-    node_ns: Vec<String>,
-    created: Vec<String>,
-    /// Third octet of the subnet.
-    x: u32,
-}
-
-impl Lan {
-    fn new(nodes: usize) -> Lan {
-        static RUNS: AtomicU32 = AtomicU32::new(0);
-        let pid = std::process::id();
-        let run = RUNS.fetch_add(1, Ordering::Relaxed);
-        let mut lan = Lan {
-            bridge_ns: format!("agpb{pid}_{run}"),
-            node_ns: (1..=nodes).map(|i| format!("agp{pid}_{run}_{i}")).collect(),
-            created: Vec::new(),
-            x: (pid + run) % 250 + 1,
-        };
-        // A namespace left by an earlier run whose pid was the same (it cannot be running now:
-        // pids are unique among live processes).
-        for ns in std::iter::once(&lan.bridge_ns).chain(&lan.node_ns) {
-            let _ = run_ip(&["netns", "del", ns]);
-        }
-        let br = lan.bridge_ns.clone();
-        lan.add_ns(&br);
-        ip(&["-n", &br, "link", "set", "lo", "up"]);
-        for bridge in ["br0", "br1"] {
-            ip(&["-n", &br, "link", "add", bridge, "type", "bridge"]);
-            ip(&["-n", &br, "link", "set", bridge, "up"]);
-        }
-        for (i, ns) in lan.node_ns.clone().iter().enumerate() {
-            let i = i + 1;
-            lan.add_ns(ns);
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            // Both ends are created inside test namespaces: eth0 here, veth<i> in the bridge's.
-            let port = format!("veth{i}");
-            ip(&[
-                "-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
-                &br,
-            ]);
-            ip(&["-n", &br, "link", "set", &port, "master", "br0"]);
-            ip(&["-n", &br, "link", "set", &port, "up"]);
-            let addr = format!("10.232.{}.{i}/24", lan.x);
-            ip(&["-n", ns, "addr", "add", &addr, "dev", "eth0"]);
-            ip(&["-n", ns, "link", "set", "eth0", "up"]);
-        }
-        lan
-    }
-
-    fn add_ns(&mut self, ns: &str) {
-        ip(&["netns", "add", ns]);
-        self.created.push(ns.to_string());
-    }
-
-    /// `ip netns exec <ns>` for node `i` (0-based).
-    fn wrapper(&self, i: usize) -> Vec<&str> {
-        vec!["ip", "netns", "exec", self.node_ns[i].as_str()]
-    }
-
-    /// Node `i`'s (0-based) LAN address.
-    fn addr(&self, i: usize) -> String {
-        format!("10.232.{}.{}", self.x, i + 1)
-    }
-
-    /// Attaches the bridge ports of nodes `nodes` (0-based) to `bridge`.
-    fn attach(&self, nodes: std::ops::Range<usize>, bridge: &str) {
-        for i in nodes {
-            let port = format!("veth{}", i + 1);
-            ip(&[
-                "-n",
-                &self.bridge_ns,
-                "link",
-                "set",
-                &port,
-                "master",
-                bridge,
-            ]);
-        }
-    }
-
-    /// The ports of `bridge`, by name.
-    fn ports(&self, bridge: &str) -> BTreeSet<String> {
-        ip(&[
-            "-n",
-            &self.bridge_ns,
-            "-br",
-            "link",
-            "show",
-            "master",
-            bridge,
-        ])
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(|n| n.split('@').next().unwrap_or(n).to_string())
-        .collect()
-    }
-
-    /// Which port is on which bridge, for messages.
-    fn describe(&self) -> String {
-        format!("br0: {:?}, br1: {:?}", self.ports("br0"), self.ports("br1"))
-    }
-}
-
-impl Drop for Lan {
-    fn drop(&mut self) {
-        for ns in self.created.iter().rev() {
-            if let Err(e) = run_ip(&["netns", "del", ns]) {
-                eprintln!("cleanup: {e}");
-            }
-        }
-    }
-}
-
-fn s(v: &Value) -> String {
-    v.as_str()
-        .unwrap_or_else(|| panic!("expected a string, got {v}"))
-        .to_string()
-}
-
-/// Peer ids that `node`'s `peers --json` shows as subscribed to `space`.
-fn peers_in_space(node: &AgoraProc, space: &str) -> Result<BTreeSet<String>, String> {
-    let peers = node.try_cli_json(&["peers", "--json"])?;
-    Ok(peers
-        .as_array()
-        .ok_or_else(|| format!("{}: peers --json is not an array: {peers}", node.name))?
-        .iter()
-        .filter(|p| {
-            p["spaces"]
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(space)))
-        })
-        .filter_map(|p| p["peer_id"].as_str().map(str::to_string))
-        .collect())
-}
-
 /// What one node shows: `idea list`, `idea show` of every listed idea, and the parts of
 /// `status` that must agree once nodes hold the same contributions.
 #[derive(Debug, PartialEq)]
 struct View {
-    list: Value,
-    shows: BTreeMap<String, Value>,
+    list: Vec<Idea>,
+    shows: BTreeMap<String, Idea>,
     contributions: u64,
 }
 
 fn view(node: &AgoraProc, space: &str) -> Result<View, String> {
-    let list = node.try_cli_json(&["idea", "list", "--space", space, "--json"])?;
+    let list: Vec<Idea> = node.try_cli_json(&["idea", "list", "--space", space, "--json"])?;
     let mut shows = BTreeMap::new();
-    for idea in list.as_array().into_iter().flatten() {
-        let id = s(&idea["id"]);
+    for idea in &list {
+        let id = idea.id.to_string();
         let show = node.try_cli_json(&["idea", "show", &id, "--json"])?;
         shows.insert(id, show);
     }
-    let status = node.try_cli_json(&["status", "--json"])?;
-    let pending = status["counters"]["pending"].as_u64().unwrap_or(u64::MAX);
+    let status: NodeStatus = node.try_cli_json(&["status", "--json"])?;
+    let pending = status.counters.pending;
     if pending != 0 {
         return Err(format!(
             "{} holds {pending} contributions waiting for dependencies",
@@ -209,36 +70,26 @@ fn view(node: &AgoraProc, space: &str) -> Result<View, String> {
     Ok(View {
         list,
         shows,
-        contributions: status["contributions"].as_u64().unwrap_or_default(),
+        contributions: status.contributions,
     })
 }
 
 fn titles(v: &View) -> BTreeSet<String> {
-    v.list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|i| s(&i["title"]))
-        .collect()
+    v.list.iter().map(|i| i.title.clone()).collect()
 }
 
-fn comment_texts(show: &Value) -> BTreeSet<String> {
-    show["comments"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|c| s(&c["text"]))
-        .collect()
+fn comment_texts(show: &Idea) -> BTreeSet<String> {
+    show.comments.iter().map(|c| c.text.clone()).collect()
 }
 
 /// Where two views first differ, briefly.
 fn difference(a: &View, b: &View) -> String {
     if a.list != b.list {
-        return format!("idea list:\n  {}\n  {}", a.list, b.list);
+        return format!("idea list:\n  {:?}\n  {:?}", a.list, b.list);
     }
     for (id, x) in &a.shows {
         if b.shows.get(id) != Some(x) {
-            return format!("idea show {id}:\n  {x}\n  {:?}", b.shows.get(id));
+            return format!("idea show {id}:\n  {x:?}\n  {:?}", b.shows.get(id));
         }
     }
     format!(
@@ -268,19 +119,14 @@ fn wait_same(what: &str, timeout: Duration, nodes: &[&AgoraProc], space: &str) -
     })
 }
 
+/// Which port is on which bridge, for messages.
+fn describe(lan: &Lan) -> String {
+    format!("br0: {:?}, br1: {:?}", lan.ports("br0"), lan.ports("br1"))
+}
+
 fn add_idea(node: &AgoraProc, space: &str, title: &str) -> String {
-    let v = node.cli_json(&[
-        "idea",
-        "add",
-        "--space",
-        space,
-        "--title",
-        title,
-        "--body",
-        "posted during the partition test",
-        "--json",
-    ]);
-    s(&v["id"])
+    node.add_idea(space, title, "posted during the partition test", &[])
+        .to_string()
 }
 
 #[test]
@@ -289,7 +135,9 @@ fn five_nodes_split_in_two_post_on_both_sides_heal_and_converge() {
     let t0 = Instant::now();
     let log = |msg: &str| eprintln!("[{:>6.1} s] {msg}", t0.elapsed().as_secs_f64());
     let tmp = tempfile::tempdir().expect("temp dir");
-    let lan = Lan::new(NODES);
+    let lan = Lan::builder("agp", 232, NODES)
+        .bridges(&["br0", "br1"])
+        .build();
     log("LAN ready");
 
     // Identities first, so that every node can be told every other's full address.
@@ -300,13 +148,13 @@ fn five_nodes_split_in_two_post_on_both_sides_heal_and_converge() {
         let dir = tmp.path().join(format!("node{}", i + 1));
         std::fs::create_dir_all(&dir).expect("data dir");
         std::fs::write(dir.join("config.toml"), CONFIG_TOML).expect("config.toml");
-        let w: Vec<String> = lan.wrapper(i).iter().map(|s| s.to_string()).collect();
-        let init = try_cli_json_with(&w, &dir, &["init", "--name", name, "--json"])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let init: InitOutput = Cli::new(&dir)
+            .wrapped(&lan.wrapper(i))
+            .json(&["init", "--name", name, "--json"]);
         addrs.push(format!(
             "/ip4/{}/tcp/{PORT}/p2p/{}",
             lan.addr(i),
-            s(&init["peer_id"])
+            init.peer_id
         ));
         dirs.push(dir);
     }
@@ -330,7 +178,8 @@ fn five_nodes_split_in_two_post_on_both_sides_heal_and_converge() {
     log("five nodes up");
 
     // One space, joined by everyone; wait for the full mesh of subscriptions.
-    let space = s(&nodes[0].cli_json(&["space", "create", "Partition", "--json"])["id"]);
+    let created: SpaceCreated = nodes[0].cli_json(&["space", "create", "Partition", "--json"]);
+    let space = created.id.to_string();
     for n in &nodes[1..] {
         n.cli_ok(&["space", "join", &space]);
     }
@@ -340,7 +189,7 @@ fn five_nodes_split_in_two_post_on_both_sides_heal_and_converge() {
         &all,
         || {
             for (i, n) in nodes.iter().enumerate() {
-                let got = peers_in_space(n, &space)?;
+                let got = n.peer_ids(Some(&space))?;
                 let want: BTreeSet<String> = peer_ids
                     .iter()
                     .enumerate()
@@ -364,10 +213,10 @@ fn five_nodes_split_in_two_post_on_both_sides_heal_and_converge() {
 
     // Cut: group B's ports move to their own bridge.
     lan.attach(GROUP_A..NODES, "br1");
-    let cut = |i: usize| format!("veth{i}");
+    let cut = |i: usize| Lan::port(i - 1);
     assert_eq!(lan.ports("br0"), (1..=GROUP_A).map(cut).collect());
     assert_eq!(lan.ports("br1"), (GROUP_A + 1..=NODES).map(cut).collect());
-    log(&format!("partition cut: {}", lan.describe()));
+    log(&format!("partition cut: {}", describe(&lan)));
 
     // Both sides post: ideas, comments and votes, on the shared idea and on their own.
     let a_idea = add_idea(&nodes[0], &space, "Side A idea");
@@ -406,12 +255,12 @@ fn five_nodes_split_in_two_post_on_both_sides_heal_and_converge() {
             comment_texts(&vb.shows[&base]),
             BTreeSet::from(["comment from side B".to_string()])
         );
-        assert_eq!(va.shows[&base]["votes"]["up"], 1, "{}", va.shows[&base]);
-        assert_eq!(va.shows[&base]["votes"]["down"], 0, "{}", va.shows[&base]);
-        assert_eq!(vb.shows[&base]["votes"]["up"], 0, "{}", vb.shows[&base]);
-        assert_eq!(vb.shows[&base]["votes"]["down"], 1, "{}", vb.shows[&base]);
-        assert_eq!(va.shows[&base]["status"], "open");
-        assert_eq!(vb.shows[&base]["status"], "in_progress");
+        assert_eq!(va.shows[&base].votes.up, 1, "{:?}", va.shows[&base]);
+        assert_eq!(va.shows[&base].votes.down, 0, "{:?}", va.shows[&base]);
+        assert_eq!(vb.shows[&base].votes.up, 0, "{:?}", vb.shows[&base]);
+        assert_eq!(vb.shows[&base].votes.down, 1, "{:?}", vb.shows[&base]);
+        assert_eq!(va.shows[&base].status.as_str(), "open");
+        assert_eq!(vb.shows[&base].status.as_str(), "in_progress");
     };
     check_sides(&va, &vb);
     // Over a few sync periods (2 s each), nothing crosses the cut.
@@ -426,7 +275,7 @@ fn five_nodes_split_in_two_post_on_both_sides_heal_and_converge() {
     // Heal: every port back on one bridge.
     lan.attach(GROUP_A..NODES, "br0");
     assert_eq!(lan.ports("br0"), (1..=NODES).map(cut).collect());
-    log(&format!("partition healed: {}", lan.describe()));
+    log(&format!("partition healed: {}", describe(&lan)));
     let healed = wait_same(
         "all five nodes to converge after the partition healed",
         HEAL,
@@ -450,17 +299,17 @@ fn five_nodes_split_in_two_post_on_both_sides_heal_and_converge() {
             "comment from side A".to_string(),
             "comment from side B".to_string()
         ]),
-        "{b}"
+        "{b:?}"
     );
-    assert_eq!(b["votes"]["up"], 1, "{b}");
-    assert_eq!(b["votes"]["down"], 1, "{b}");
-    assert_eq!(b["status"], "in_progress", "{b}");
-    assert_eq!(healed.shows[&a_idea]["status"], "accepted");
+    assert_eq!(b.votes.up, 1, "{b:?}");
+    assert_eq!(b.votes.down, 1, "{b:?}");
+    assert_eq!(b.status.as_str(), "in_progress", "{b:?}");
+    assert_eq!(healed.shows[&a_idea].status.as_str(), "accepted");
     assert_eq!(
         comment_texts(&healed.shows[&a_idea]),
         BTreeSet::from(["A talks to A".to_string()])
     );
-    assert_eq!(healed.shows[&b_idea]["votes"]["up"], 1);
+    assert_eq!(healed.shows[&b_idea].votes.up, 1);
     assert_eq!(
         comment_texts(&healed.shows[&b_idea]),
         BTreeSet::from(["B talks to B".to_string()])
@@ -470,15 +319,12 @@ fn five_nodes_split_in_two_post_on_both_sides_heal_and_converge() {
         .shows
         .values()
         .flat_map(|i| {
-            std::iter::once(i["author_name"].clone()).chain(
-                i["comments"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|c| c["author_name"].clone()),
-            )
+            std::iter::once(&i.author_name).chain(i.comments.iter().map(|c| &c.author_name))
         })
-        .map(|n| s(&n))
+        .map(|n| {
+            n.clone()
+                .unwrap_or_else(|| panic!("expected an author name, got none"))
+        })
         .collect();
     assert_eq!(
         authors,

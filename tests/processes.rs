@@ -3,10 +3,12 @@
 //! Topology: node 2 and node 3 are started with `--peer <node 1>`; mDNS is off. Gossip between
 //! node 2 and node 3 goes through node 1.
 
-mod proc;
-
-use proc::{assert_one_line_error, cli, cli_json, wait_until, AgoraProc, LOOPBACK_ARGS};
-use serde_json::Value;
+use agora_node::{NodeStatus, SpaceInfo};
+use agora_protocol::idea::Vote;
+use agora_protocol::Idea;
+use agora_testkit::process::{
+    assert_one_line_error, wait_until, AgoraProc, Cli, InitOutput, SpaceCreated, LOOPBACK_ARGS,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -14,33 +16,10 @@ use std::time::{Duration, Instant};
 /// Upper bound for gossip to reach every node (it takes well under a second when healthy).
 const CONVERGE: Duration = Duration::from_secs(60);
 
-fn s(v: &Value) -> String {
-    v.as_str()
-        .unwrap_or_else(|| panic!("expected a string, got {v}"))
-        .to_string()
-}
-
-/// Peer ids that `node`'s `peers --json` shows as subscribed to `space`.
-fn peers_in_space(node: &AgoraProc, space: &str) -> Result<BTreeSet<String>, String> {
-    let peers = node.try_cli_json(&["peers", "--json"])?;
-    let list = peers
-        .as_array()
-        .ok_or_else(|| format!("{}: peers --json is not an array: {peers}", node.name))?;
-    Ok(list
-        .iter()
-        .filter(|p| {
-            p["spaces"]
-                .as_array()
-                .is_some_and(|s| s.iter().any(|x| x.as_str() == Some(space)))
-        })
-        .map(|p| s(&p["peer_id"]))
-        .collect())
-}
-
 /// Checks that every node sees the expected peers subscribed to `space`.
 fn check_subscriptions(expect: &[(&AgoraProc, Vec<&str>)], space: &str) -> Result<(), String> {
     for (node, want) in expect {
-        let got = peers_in_space(node, space)?;
+        let got = node.peer_ids(Some(space))?;
         for p in want {
             if !got.contains(*p) {
                 return Err(format!(
@@ -56,8 +35,8 @@ fn check_subscriptions(expect: &[(&AgoraProc, Vec<&str>)], space: &str) -> Resul
 /// `idea list` and every `idea show`, as JSON, on one node.
 #[derive(Debug, PartialEq)]
 struct View {
-    list: Value,
-    shows: BTreeMap<String, Value>,
+    list: Vec<Idea>,
+    shows: BTreeMap<String, Idea>,
 }
 
 fn view(node: &AgoraProc, space: &str, ids: &[String]) -> Result<View, String> {
@@ -77,21 +56,16 @@ fn first_difference(a: &View, b: &View) -> String {
     for (id, x) in &a.shows {
         let y = &b.shows[id];
         if x != y {
-            return format!("idea show {id}:\n  {x}\n  {y}");
+            return format!("idea show {id}:\n  {x:?}\n  {y:?}");
         }
     }
-    format!("idea list:\n  {}\n  {}", a.list, b.list)
+    format!("idea list:\n  {:?}\n  {:?}", a.list, b.list)
 }
 
 /// The ids listed by `idea list` on a node.
 fn listed_ids(node: &AgoraProc, space: &str) -> Result<BTreeSet<String>, String> {
-    let list = node.try_cli_json(&["idea", "list", "--space", space, "--json"])?;
-    Ok(list
-        .as_array()
-        .ok_or_else(|| format!("idea list is not an array: {list}"))?
-        .iter()
-        .map(|i| s(&i["id"]))
-        .collect())
+    let list: Vec<Idea> = node.try_cli_json(&["idea", "list", "--space", space, "--json"])?;
+    Ok(list.iter().map(|i| i.id.to_string()).collect())
 }
 
 /// What one idea must look like once everything has arrived.
@@ -111,56 +85,60 @@ struct Expect {
     comments: BTreeSet<(String, String)>,
 }
 
-fn check_idea(node: &str, v: &Value, e: &Expect) -> Result<(), String> {
+fn vote_name(v: &Vote) -> &'static str {
+    match v {
+        Vote::Up => "up",
+        Vote::Down => "down",
+    }
+}
+
+fn check_idea(node: &str, v: &Idea, e: &Expect) -> Result<(), String> {
     let mut problems = Vec::new();
     let mut want = |ok: bool, what: String| {
         if !ok {
             problems.push(what);
         }
     };
-    want(v["id"] == e.id.as_str(), format!("id {}", v["id"]));
-    want(v["title"] == e.title, format!("title {}", v["title"]));
-    want(v["body"] == e.body, format!("body {}", v["body"]));
+    want(v.id.to_string() == e.id, format!("id {}", v.id));
+    want(v.title == e.title, format!("title {:?}", v.title));
+    want(v.body == e.body, format!("body {:?}", v.body));
     let mut tags = e.tags.clone();
     tags.sort();
+    want(v.tags == tags, format!("tags {:?}", v.tags));
     want(
-        v["tags"] == serde_json::json!(tags),
-        format!("tags {}", v["tags"]),
+        v.author.to_string() == e.author,
+        format!("author {}", v.author),
     );
     want(
-        v["author"] == e.author.as_str(),
-        format!("author {}", v["author"]),
+        v.author_name.as_deref() == Some(e.author_name),
+        format!("author_name {:?} (want {})", v.author_name, e.author_name),
     );
     want(
-        v["author_name"] == e.author_name,
-        format!("author_name {} (want {})", v["author_name"], e.author_name),
+        v.status.as_str() == e.status,
+        format!("status {}", v.status.as_str()),
     );
-    want(v["status"] == e.status, format!("status {}", v["status"]));
     want(
-        v["votes"]["up"] == e.up && v["votes"]["down"] == e.down,
-        format!("votes {} (want +{} -{})", v["votes"], e.up, e.down),
+        v.votes.up == e.up && v.votes.down == e.down,
+        format!("votes {:?} (want +{} -{})", v.votes, e.up, e.down),
     );
-    let voters: BTreeMap<String, &str> = v["voters"]
-        .as_object()
-        .into_iter()
-        .flatten()
-        .map(|(k, x)| (k.clone(), x.as_str().unwrap_or("?")))
+    let voters: BTreeMap<String, &str> = v
+        .voters
+        .iter()
+        .map(|(k, x)| (k.to_string(), vote_name(x)))
         .collect();
     want(
         voters == e.voters,
         format!("voters {voters:?} (want {:?})", e.voters),
     );
-    let comments: BTreeSet<(String, String)> = v["comments"]
-        .as_array()
-        .into_iter()
-        .flatten()
+    let comments: BTreeSet<(String, String)> = v
+        .comments
+        .iter()
         .map(|c| {
             (
-                c["author_name"]
-                    .as_str()
-                    .unwrap_or("<no author_name>")
-                    .to_string(),
-                c["text"].as_str().unwrap_or_default().to_string(),
+                c.author_name
+                    .clone()
+                    .unwrap_or_else(|| "<no author_name>".to_string()),
+                c.text.clone(),
             )
         })
         .collect();
@@ -193,7 +171,7 @@ fn wait_converged(nodes: &[&AgoraProc], space: &str, expect: &[Expect]) -> View 
                 .map(|n| view(n, space, &ids))
                 .collect::<Result<Vec<_>, _>>()?;
             for (n, v) in nodes.iter().zip(&views) {
-                let listed = v.list.as_array().map_or(0, Vec::len);
+                let listed = v.list.len();
                 if listed != expect.len() {
                     return Err(format!(
                         "{} lists {listed} ideas, want {}",
@@ -221,23 +199,15 @@ fn wait_converged(nodes: &[&AgoraProc], space: &str, expect: &[Expect]) -> View 
 }
 
 fn add_idea(node: &AgoraProc, space: &str, title: &str, body: &str, tags: &[&str]) -> String {
-    let mut args = vec![
-        "idea", "add", "--space", space, "--title", title, "--body", body,
-    ];
-    for t in tags {
-        args.extend(["--tag", t]);
-    }
-    args.push("--json");
-    let v = node.cli_json(&args);
-    let id = s(&v["id"]);
-    assert_eq!(id.len(), 32, "idea id should be 32 hex characters: {v}");
+    let id = node.add_idea(space, title, body, tags).to_string();
+    assert_eq!(id.len(), 32, "idea id should be 32 hex characters: {id}");
     id
 }
 
 fn init(dir: &std::path::Path, name: &str) -> String {
-    let v = cli_json(dir, &["init", "--name", name, "--json"]);
-    assert_eq!(v["created"], true, "init should create an identity: {v}");
-    s(&v["author"])
+    let v: InitOutput = Cli::new(dir).json(&["init", "--name", name, "--json"]);
+    assert!(v.created, "init should create an identity: {v:?}");
+    v.author.to_string()
 }
 
 #[test]
@@ -265,28 +235,26 @@ fn three_processes_converge_and_survive_a_restart() {
     let mut pids = Vec::new();
     for ((n, author), name) in nodes.iter().zip(&authors).zip(names) {
         let st = n.status();
-        assert_eq!(st["author"], author.as_str(), "{}: status author", n.name);
-        assert_eq!(st["name"], name, "{}: status name", n.name);
-        pids.push(s(&st["peer_id"]));
+        assert_eq!(st.author.to_string(), *author, "{}: status author", n.name);
+        assert_eq!(st.name.as_deref(), Some(name), "{}: status name", n.name);
+        pids.push(st.peer_id);
     }
     let (p1, p2, p3) = (pids[0].as_str(), pids[1].as_str(), pids[2].as_str());
     eprintln!("[{:?}] three nodes up", t0.elapsed());
 
     // A space on node 1, joined by 2 and 3.
-    let created = n1.cli_json(&["space", "create", "Team", "--json"]);
-    assert_eq!(created["name"], "Team", "{created}");
-    let space = s(&created["id"]);
+    let created: SpaceCreated = n1.cli_json(&["space", "create", "Team", "--json"]);
+    assert_eq!(created.name, "Team", "{created:?}");
+    let space = created.id.to_string();
     for n in [&n2, &n3] {
         let out = n.cli_ok(&["space", "join", &space]);
         assert!(out.contains(&space), "{}: join printed {out:?}", n.name);
     }
     for n in nodes {
-        let spaces = n.cli_json(&["space", "list", "--json"]);
+        let spaces: Vec<SpaceInfo> = n.cli_json(&["space", "list", "--json"]);
         assert!(
-            spaces
-                .as_array()
-                .is_some_and(|a| a.iter().any(|x| x["id"] == space.as_str())),
-            "{}: space list lacks {space}: {spaces}",
+            spaces.iter().any(|x| x.id.to_string() == space),
+            "{}: space list lacks {space}: {spaces:?}",
             n.name
         );
     }
@@ -451,7 +419,7 @@ fn three_processes_converge_and_survive_a_restart() {
         !dirs[2].join("api.json").exists(),
         "a clean shutdown removes api.json"
     );
-    let out = cli(&dirs[2], &["status", "--json"]);
+    let out = Cli::new(&dirs[2]).run(&["status", "--json"]);
     assert_one_line_error(&out, "status on a stopped node", "no node is running");
 
     // Start it again: everything is there at once, from its own store.
@@ -492,7 +460,7 @@ fn cli_rejects_bad_input_with_one_line_errors() {
         &["peers", "--json"],
         &["space", "list", "--json"],
     ] {
-        let out = cli(&idle, args);
+        let out = Cli::new(&idle).run(args);
         assert_one_line_error(
             &out,
             &format!("{args:?} without a node"),
@@ -505,7 +473,7 @@ fn cli_rejects_bad_input_with_one_line_errors() {
     let mut args: Vec<&str> = vec!["up"];
     args.extend(LOOPBACK_ARGS);
     args.extend(["--peer", "not-a-multiaddr"]);
-    let out = cli(&bad, &args);
+    let out = Cli::new(&bad).run(&args);
     assert_one_line_error(&out, "up --peer not-a-multiaddr", "multiaddr");
     assert!(
         !bad.join("api.json").exists(),
@@ -514,14 +482,15 @@ fn cli_rejects_bad_input_with_one_line_errors() {
     let mut args: Vec<&str> = vec!["up"];
     args.extend(LOOPBACK_ARGS);
     args.extend(["--peer", "/ip4/127.0.0.1/tcp/notaport"]);
-    let out = cli(&bad, &args);
+    let out = Cli::new(&bad).run(&args);
     assert_one_line_error(&out, "up --peer /ip4/127.0.0.1/tcp/notaport", "multiaddr");
 
     // With a node: bad titles and ids.
     let dir = tmp.path().join("node");
     init(&dir, "Dana");
     let n = AgoraProc::start(&dir, LOOPBACK_ARGS);
-    let space = s(&n.cli_json(&["space", "create", "Checks", "--json"])["id"]);
+    let created: SpaceCreated = n.cli_json(&["space", "create", "Checks", "--json"]);
+    let space = created.id.to_string();
 
     let add = |title: &str| n.cli(&["idea", "add", "--space", &space, "--title", title, "--json"]);
     assert_one_line_error(&add(""), "empty title", "title");
@@ -580,12 +549,12 @@ fn cli_rejects_bad_input_with_one_line_errors() {
     // A second node on the same data dir is refused with a clear message.
     let mut args: Vec<&str> = vec!["up"];
     args.extend(LOOPBACK_ARGS);
-    let out = cli(&dir, &args);
+    let out = Cli::new(&dir).run(&args);
     assert_one_line_error(&out, "a second `up` on the same data dir", "already");
 
     // The node is still healthy after all that.
-    let st = n.status();
-    assert_eq!(st["name"], "Dana", "{st}");
+    let st: NodeStatus = n.status();
+    assert_eq!(st.name.as_deref(), Some("Dana"), "{st:?}");
 }
 
 #[test]
@@ -594,7 +563,8 @@ fn kill9_loses_no_acknowledged_write() {
     let dir = tmp.path().join("crashy");
     init(&dir, "Erin");
     let mut n = AgoraProc::start(&dir, LOOPBACK_ARGS);
-    let space = s(&n.cli_json(&["space", "create", "Crash", "--json"])["id"]);
+    let created: SpaceCreated = n.cli_json(&["space", "create", "Crash", "--json"]);
+    let space = created.id.to_string();
     let mut ids = Vec::new();
     for i in 0..10 {
         let id = add_idea(&n, &space, &format!("Idea {i}"), "body", &["crash"]);
@@ -604,12 +574,12 @@ fn kill9_loses_no_acknowledged_write() {
     }
     let before = view(&n, &space, &ids).unwrap_or_else(|e| panic!("{e}"));
     // Every write above was acknowledged: none may be lost to SIGKILL.
-    n.kill9();
+    n.kill_9();
     assert!(
         dir.join("api.json").exists(),
         "SIGKILL leaves a stale api.json behind (that is expected)"
     );
-    let out = cli(&dir, &["status", "--json"]);
+    let out = Cli::new(&dir).run(&["status", "--json"]);
     assert_one_line_error(&out, "status with a stale api.json", "no node is running");
     n.restart();
     let after = view(&n, &space, &ids).unwrap_or_else(|e| panic!("{e}\n{}", n.diagnostics()));

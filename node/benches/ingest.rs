@@ -1,38 +1,34 @@
-//! Ingest benchmark: how close does [`Engine::ingest`] come to the physical ceiling of the three
-//! costs it cannot avoid (signature check, Automerge apply, durable write)?
+//! Ingest benchmark: how close does the node's ingest path (the service's gossip ingest, run as
+//! the engine thread runs it: one group per batch, one flush) come to the physical ceiling of
+//! the three costs it cannot avoid (signature check, Automerge apply, durable write)?
 //!
 //! Run with `cargo bench -p agora-node --bench ingest`. Environment:
 //! - `AGORA_BENCH_N`: number of contributions (default 20,000);
 //! - `AGORA_BENCH_NAIVE`: how many of them the naive path handles (default 2,000);
 //! - `AGORA_BENCH_ONLY=engine`: run only the engine path (to profile it with `perf record`).
 //!
-//! What is generated, measured and printed is described in `docs/BENCHMARKS.md`.
+//! What is generated (`agora_testkit::history::delivery`), measured and printed is described in
+//! `docs/BENCHMARKS.md`.
 
-use agora_node::engine::{Engine, Outcome, MAX_BATCH};
-use agora_node::store::Store;
+use agora_node::engine::{run_group, Clock, MAX_BATCH};
+use agora_node::service::{
+    Command, GossipIn, Input, NetAction, Output, PeerHandle, RequestId, Service, ServiceConfig,
+    Verdict,
+};
+use agora_node::store::{SledStorage, Store};
 use agora_protocol::automerge::{AutoCommit, Change};
 use agora_protocol::contribution::{signing_message, verify_batch};
-use agora_protocol::idea::{self, IdeaDraft, Vote};
-use agora_protocol::{AuthorId, Contribution, DocId, DocKind, Identity, SpaceId};
+use agora_protocol::{Contribution, DocId, Identity, SpaceId};
+use agora_testkit::history::{self, WINDOW};
+use agora_testkit::Rng;
 use ed25519_dalek::{Signature, VerifyingKey};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Each measurement runs this many times; the median is reported.
 const REPEATS: usize = 3;
-/// Delivery order is shuffled inside consecutive windows of this many contributions.
-const WINDOW: usize = 100;
 /// The node's default sled page cache (`Config::cache_bytes`).
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
-/// Authors in the space.
-const AUTHORS: usize = 24;
-/// Writers on each big document.
-const BIG_WRITERS: usize = 8;
-/// Number of big documents.
-const BIG_DOCS: usize = 3;
-
-mod support;
-use support::Rng;
 
 /// CPU time of the whole process so far (every thread, user + system), from `/proc/self/stat`;
 /// `None` where that file does not exist. Resolution: one clock tick (10 ms).
@@ -83,89 +79,6 @@ fn env_usize(name: &str, default: usize) -> usize {
     }
 }
 
-struct Writer {
-    identity: Identity,
-    author: AuthorId,
-    nonce: [u8; 16],
-}
-
-const WORDS: &[&str] = &[
-    "lunch", "rota", "deploy", "friday", "coffee", "machine", "budget", "offsite", "review",
-    "agree", "maybe", "later", "ticket", "design", "garden", "bikes", "parking", "quiet", "room",
-    "music", "plants", "window", "standup", "retro",
-];
-
-fn filler(rng: &mut Rng, min: usize, max: usize) -> String {
-    let target = rng.range(min, max);
-    let mut s = String::with_capacity(target + 10);
-    while s.len() < target {
-        if !s.is_empty() {
-            s.push(' ');
-        }
-        s.push_str(WORDS[rng.below(WORDS.len())]);
-    }
-    s
-}
-
-/// Writes `n` changes to one idea document by `writers` (each with its own actor) and returns
-/// the encoded, signed contributions in creation order. Before each edit the writer catches up
-/// with the others' changes except, at random, the last one or two (still "in flight"), so the
-/// history is a real dependency DAG with concurrent branches, not one line.
-fn gen_doc(rng: &mut Rng, space: SpaceId, writers: &[&Writer], n: usize) -> (DocId, Vec<Vec<u8>>) {
-    // The first writer creates the idea; its id is bound to them (`DocId::idea`).
-    let mut salt = [0u8; 16];
-    rng.fill(&mut salt);
-    let doc = DocId::idea(&space, &writers[0].author, &salt);
-    let mut docs: Vec<AutoCommit> = writers
-        .iter()
-        .map(|w| AutoCommit::new().with_actor(idea::actor_for(&w.author, &w.nonce)))
-        .collect();
-    let mut synced = vec![0usize; writers.len()];
-    let mut votes: Vec<Option<Vote>> = vec![None; writers.len()];
-    let mut log: Vec<Change> = Vec::with_capacity(n);
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let w = if i == 0 { 0 } else { rng.below(writers.len()) };
-        if i > 0 {
-            let upto = log.len().saturating_sub(rng.below(3)).max(1).max(synced[w]);
-            if upto > synced[w] {
-                docs[w]
-                    .apply_changes(log[synced[w]..upto].iter().cloned())
-                    .expect("a prefix of a valid history applies");
-                synced[w] = upto;
-            }
-        }
-        let now = 1_700_000_000_000 + i as i64 * 1_000;
-        let (d, author) = (&mut docs[w], &writers[w].author);
-        let change = if i == 0 {
-            let draft = IdeaDraft {
-                title: format!("Idea {doc}"),
-                body: filler(rng, 40, 400),
-                tags: vec!["bench".into()],
-            };
-            idea::create_idea(d, &draft, author, &salt, now)
-        } else if rng.below(3) == 0 {
-            // Casting the same vote again changes nothing (no change to sign): every later vote
-            // of a writer flips their earlier one.
-            let vote = match votes[w] {
-                None if rng.below(4) == 0 => Vote::Down,
-                None | Some(Vote::Down) => Vote::Up,
-                Some(Vote::Up) => Vote::Down,
-            };
-            votes[w] = Some(vote);
-            idea::cast_vote(d, author, vote, now)
-        } else {
-            idea::add_comment(d, author, &filler(rng, 10, 200), now)
-        }
-        .expect("a valid edit");
-        out.push(
-            Contribution::sign(&writers[w].identity, space, doc, DocKind::Idea, &change).encode(),
-        );
-        log.push(change);
-    }
-    (doc, out)
-}
-
 /// One contribution in delivery order, with everything the ceiling measurements need prepared.
 struct Item {
     doc: usize,
@@ -184,91 +97,11 @@ struct Workload {
 }
 
 fn generate(n: usize, rng: &mut Rng) -> Workload {
-    let mut seed = [0u8; 16];
-    rng.fill(&mut seed);
-    let space = SpaceId(seed);
-    let writers: Vec<Writer> = (0..AUTHORS)
-        .map(|_| {
-            let mut s = [0u8; 32];
-            rng.fill(&mut s);
-            let identity = Identity::from_seed(s);
-            let mut nonce = [0u8; 16];
-            rng.fill(&mut nonce);
-            Writer {
-                author: identity.author(),
-                identity,
-                nonce,
-            }
-        })
-        .collect();
-
-    // The mix: 45% in BIG_DOCS big documents, 40% in medium ones (40-160 changes), 15% in tiny
-    // ones (1-5 changes). Each plan is (changes, writers, start time, time span).
-    let mut counts = [0usize; 3];
-    let big_total = n * 45 / 100;
-    let medium_total = n * 40 / 100;
-    let mut plans: Vec<(usize, usize, f64, f64)> = Vec::new();
-    for i in 0..BIG_DOCS {
-        let share = big_total / BIG_DOCS + usize::from(i < big_total % BIG_DOCS);
-        if share > 0 {
-            plans.push((share, BIG_WRITERS, 0.0, 1.0));
-            counts[0] += 1;
-        }
-    }
-    let mut left = medium_total;
-    while left > 0 {
-        let size = rng.range(40, 160).min(left);
-        left -= size;
-        plans.push((size, rng.range(2, 5), rng.unit() * 0.85, 0.15));
-        counts[1] += 1;
-    }
-    let mut left = n - big_total - medium_total;
-    while left > 0 {
-        let size = rng.range(1, 5).min(left);
-        left -= size;
-        plans.push((size, rng.range(1, 2), rng.unit() * 0.99, 0.002));
-        counts[2] += 1;
-    }
-    let [big, medium, tiny] = counts;
-    let mix = format!(
-        "{big} big docs x ~{} changes ({BIG_WRITERS} writers each), {medium} medium docs (40-160 \
-         changes, 2-5 writers), {tiny} tiny docs (1-5 changes, 1-2 writers); {AUTHORS} authors",
-        big_total / BIG_DOCS.max(1)
-    );
-
-    let mut docs = Vec::with_capacity(plans.len());
-    let mut timed: Vec<(f64, usize, Vec<u8>)> = Vec::with_capacity(n);
-    let mut pool: Vec<usize> = (0..AUTHORS).collect();
-    for (d, &(size, nwriters, start, span)) in plans.iter().enumerate() {
-        rng.shuffle(&mut pool);
-        let ws: Vec<&Writer> = pool[..nwriters].iter().map(|&i| &writers[i]).collect();
-        let (doc, contributions) = gen_doc(rng, space, &ws, size);
-        docs.push(doc);
-        for (i, bytes) in contributions.into_iter().enumerate() {
-            // Changes of one document are spread evenly over its time span: gossip delivers
-            // them roughly in order, interleaved with every other document's.
-            let t = start + span * (i as f64 + 0.5 * rng.unit()) / size as f64;
-            timed.push((t, d, bytes));
-        }
-    }
-    {
-        let distinct: std::collections::HashSet<&[u8]> =
-            timed.iter().map(|t| t.2.as_slice()).collect();
-        assert_eq!(
-            distinct.len(),
-            timed.len(),
-            "every contribution is distinct"
-        );
-    }
-    timed.sort_by(|a, b| a.0.total_cmp(&b.0));
-    // Moderate reordering: shuffle inside consecutive windows (which do not line up with the
-    // engine's batches, so a few changes arrive a batch before their dependencies).
-    for w in timed.chunks_mut(WINDOW) {
-        rng.shuffle(w);
-    }
-    let items = timed
+    let d = history::delivery(rng, n);
+    let items = d
+        .items
         .into_iter()
-        .map(|(_, doc, bytes)| {
+        .map(|(doc, bytes)| {
             let c = Contribution::decode(&bytes).expect("we encoded it");
             let change = Change::from_bytes(c.change.clone()).expect("a valid change");
             let message = signing_message(&c.space, &c.doc, c.kind, &change.hash());
@@ -283,10 +116,10 @@ fn generate(n: usize, rng: &mut Rng) -> Workload {
         })
         .collect();
     Workload {
-        space,
-        docs,
+        space: d.space,
+        docs: d.docs,
         items,
-        mix,
+        mix: d.mix,
     }
 }
 
@@ -435,40 +268,69 @@ struct EngineRun {
     first_pending: usize,
 }
 
-/// The engine path: a fresh store and engine, fed in batches of `MAX_BATCH` as the engine
-/// thread does. Every contribution must end up accepted and stored.
+/// The engine path: a fresh store and service, fed gossip in batches of `MAX_BATCH`, each run as
+/// one group (handle, writes, one flush, commit) exactly as the engine thread does. Every
+/// contribution must end up accepted and stored.
 fn measure_engine(w: &Workload) -> EngineRun {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path(), CACHE_BYTES).expect("open store");
-    let (events, _) = tokio::sync::broadcast::channel(1024);
-    let mut engine =
-        Engine::open(store, Identity::from_seed([7; 32]), [9; 16], events).expect("open engine");
-    engine.join_space(w.space, None, 0).expect("join");
-    let batches: Vec<Vec<(Vec<u8>, Option<SpaceId>)>> = w
+    let storage = SledStorage::open(dir.path(), CACHE_BYTES).expect("open store");
+    let store = Store::new(storage.clone()).expect("open store");
+    let mut service = Service::open(
+        store,
+        Identity::from_seed([7; 32]),
+        ServiceConfig::default(),
+        [9; 32],
+    )
+    .expect("open the service");
+    let clock = Clock::new();
+    let join = Input::Command {
+        id: RequestId(0),
+        command: Command::JoinSpace { space: w.space },
+    };
+    run_group(&mut service, &storage, vec![join], clock.now());
+    let batches: Vec<Input> = w
         .items
         .chunks(MAX_BATCH)
-        .map(|c| c.iter().map(|i| (i.bytes.clone(), Some(w.space))).collect())
+        .map(|c| {
+            Input::Gossip(
+                c.iter()
+                    .enumerate()
+                    .map(|(token, i)| GossipIn {
+                        token: token as u64,
+                        from: PeerHandle(1),
+                        topic: Some(w.space),
+                        bytes: i.bytes.clone(),
+                    })
+                    .collect(),
+            )
+        })
         .collect();
     let mut run = EngineRun::default();
-    let mut outcomes: Vec<Vec<Outcome>> = Vec::with_capacity(batches.len());
+    let mut outputs: Vec<Output> = Vec::new();
     let t = Stopwatch::start();
     for batch in batches {
-        outcomes.push(engine.ingest(batch));
+        outputs.extend(run_group(&mut service, &storage, vec![batch], clock.now()));
     }
     run.elapsed = t.stop();
-    for o in outcomes.iter().flatten() {
+    for o in &outputs {
         match o {
-            Outcome::Accepted => {}
-            // Arrived a batch before its dependencies: accepted later, when they came.
-            Outcome::Pending => run.first_pending += 1,
-            other => panic!("unexpected outcome {other:?}"),
+            Output::Net(NetAction::Verdict { verdict, .. }) => match verdict {
+                Verdict::Accept => {}
+                // Arrived a batch before its dependencies (no duplicates or rejections, checked
+                // below): accepted later, when they came.
+                Verdict::Ignore => run.first_pending += 1,
+                Verdict::Reject => panic!("a contribution was rejected"),
+            },
+            Output::Event(_) => {}
+            other => panic!("unexpected output {other:?}"),
         }
     }
-    let c = engine.counters();
+    let status = service.status();
+    let c = status.counters;
     assert_eq!(c.pending, 0, "nothing may stay pending");
     assert_eq!(c.duplicates, 0);
     assert_eq!(c.rejected_total(), 0);
-    assert_eq!(engine.store().contribution_count(), w.items.len());
+    assert_eq!(status.contributions, w.items.len() as u64);
     run
 }
 
@@ -549,7 +411,7 @@ fn main() {
     let n = env_usize("AGORA_BENCH_N", 20_000).max(1);
     let m = env_usize("AGORA_BENCH_NAIVE", 2_000).clamp(1, n);
     let started = Instant::now();
-    let mut rng = Rng(0x5EED_A60A_2026_0001);
+    let mut rng = Rng::new(0x5EED_A60A_2026_0001);
     let w = generate(n, &mut rng);
     let gen_time = started.elapsed();
     let avg_bytes = w.items.iter().map(|i| i.bytes.len()).sum::<usize>() as f64 / n as f64;

@@ -15,17 +15,20 @@
 //!   responder logs "sync request" with the requester's peer id for every request it serves; the
 //!   requester logs "catching up" (Heads answered, Fetch follows) and "sync batch" (one per
 //!   Contributions answer, with `received`, `accepted`, `more`).
-//! - Stores are prepared directly with `Engine::ingest` on the data directory a node then opens.
+//! - Stores are prepared directly on the data directory a node then opens
+//!   (`agora_testkit::store::prepare_data_dir`), with histories from `agora_testkit::history`.
 //!
 //! What is printed, and what the ratios mean, is described in `docs/BENCHMARKS.md`.
 
-use agora_node::engine::{Engine, Outcome, MAX_BATCH};
-use agora_node::store::Store;
+use agora_node::engine::MAX_BATCH;
 use agora_node::{Config, Node, NodeHandle};
 use agora_protocol::automerge::{AutoCommit, Change, ChangeHash};
 use agora_protocol::contribution::signing_message;
-use agora_protocol::idea::{self, IdeaDraft, Vote};
-use agora_protocol::{AuthorId, Contribution, DocId, DocKind, Identity, SpaceId};
+use agora_protocol::{Contribution, DocId, SpaceId};
+use agora_testkit::history::{space_history, SpaceHistory};
+use agora_testkit::node::wait_for_every;
+use agora_testkit::store::prepare_data_dir;
+use agora_testkit::Rng;
 use ed25519_dalek::{Signature, VerifyingKey};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -39,154 +42,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const REPEATS: usize = 3;
 /// Contributions per idea in the generated spaces.
 const PER_IDEA: usize = 100;
-/// Writers per idea.
-const WRITERS: usize = 3;
-/// Authors in a generated space.
-const AUTHORS: usize = 12;
 /// Sync period of the nodes in the idle measurement.
 const IDLE_SYNC_MS: u64 = 500;
 /// How long idle traffic is observed.
 const IDLE_WINDOW: Duration = Duration::from_secs(4);
 /// The node's default sled page cache (`Config::cache_bytes`).
 const CACHE_BYTES: u64 = 64 * 1024 * 1024;
-
-// ---------------------------------------------------------------------------------------------
-// Deterministic generation of signed contributions.
-
-mod support;
-use support::Rng;
-
-struct Writer {
-    identity: Identity,
-    author: AuthorId,
-    nonce: [u8; 16],
-}
-
-/// A generated space: contributions grouped by idea, each idea's in causal (creation) order.
-struct Space {
-    id: SpaceId,
-    /// Per idea: its id and encoded contributions.
-    ideas: Vec<(DocId, Vec<Vec<u8>>)>,
-}
-
-impl Space {
-    /// Every contribution, idea by idea, of the first `ideas` ideas.
-    fn contributions(&self, ideas: usize) -> Vec<Vec<u8>> {
-        self.ideas[..ideas]
-            .iter()
-            .flat_map(|(_, c)| c.iter().cloned())
-            .collect()
-    }
-}
-
-/// `ideas` ideas of `per_idea` contributions each (1 creation, then comments and votes by
-/// `WRITERS` writers, who usually but not always saw the previous change: concurrent branches).
-/// Ideas are generated on every core (each from its own seed, so the result does not depend on
-/// the number of threads).
-fn generate(rng: &mut Rng, ideas: usize, per_idea: usize) -> Space {
-    let id = SpaceId(rng.bytes());
-    let writers: Vec<Writer> = (0..AUTHORS)
-        .map(|_| {
-            let identity = Identity::from_seed(rng.bytes());
-            Writer {
-                author: identity.author(),
-                identity,
-                nonce: rng.bytes(),
-            }
-        })
-        .collect();
-    let seeds: Vec<u64> = (0..ideas).map(|_| rng.next() | 1).collect();
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let per_thread = ideas.div_ceil(threads).max(1);
-    let out: Vec<(DocId, Vec<Vec<u8>>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = seeds
-            .chunks(per_thread)
-            .enumerate()
-            .map(|(t, chunk)| {
-                let writers = &writers;
-                scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .enumerate()
-                        .map(|(k, seed)| {
-                            let i = t * per_thread + k;
-                            gen_idea(&mut Rng(*seed), id, writers, i, per_idea)
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("generator thread"))
-            .collect()
-    });
-    Space { id, ideas: out }
-}
-
-/// Idea number `i` of the space.
-fn gen_idea(
-    rng: &mut Rng,
-    id: SpaceId,
-    writers: &[Writer],
-    i: usize,
-    per_idea: usize,
-) -> (DocId, Vec<Vec<u8>>) {
-    let ws: Vec<&Writer> = (0..WRITERS)
-        .map(|k| &writers[(i + k * 5) % AUTHORS])
-        .collect();
-    let salt: [u8; 16] = rng.bytes();
-    let doc = DocId::idea(&id, &ws[0].author, &salt);
-    let mut docs: Vec<AutoCommit> = ws
-        .iter()
-        .map(|w| AutoCommit::new().with_actor(idea::actor_for(&w.author, &w.nonce)))
-        .collect();
-    let mut seen = vec![0usize; ws.len()];
-    let mut votes: Vec<Option<Vote>> = vec![None; ws.len()];
-    let mut log: Vec<Change> = Vec::with_capacity(per_idea);
-    let mut encoded = Vec::with_capacity(per_idea);
-    for k in 0..per_idea {
-        let w = if k == 0 { 0 } else { rng.below(ws.len()) };
-        if k > 0 {
-            // Catch up with the others, sometimes missing the latest change.
-            let upto = (log.len() - usize::from(rng.below(4) == 0))
-                .max(1)
-                .max(seen[w]);
-            if upto > seen[w] {
-                docs[w]
-                    .apply_changes(log[seen[w]..upto].iter().cloned())
-                    .expect("a prefix of a valid history applies");
-                seen[w] = upto;
-            }
-        }
-        let now = 1_700_000_000_000 + (i * per_idea + k) as i64;
-        let (d, author) = (&mut docs[w], &ws[w].author);
-        let change = if k == 0 {
-            let draft = IdeaDraft {
-                title: format!("Idea {i}"),
-                body: rng.text(40, 300),
-                tags: vec!["bench".into()],
-            };
-            idea::create_idea(d, &draft, author, &salt, now)
-        } else if rng.below(4) == 0 {
-            // Always a different vote than the writer's last one: never an empty change.
-            let vote = match votes[w] {
-                Some(Vote::Up) => Vote::Down,
-                _ => Vote::Up,
-            };
-            votes[w] = Some(vote);
-            idea::cast_vote(d, author, vote, now)
-        } else {
-            idea::add_comment(d, author, &rng.text(10, 160), now)
-        }
-        .expect("a valid edit");
-        // `seen` stays a prefix of the log: re-applying the writer's own change later is a
-        // no-op for Automerge.
-        encoded.push(Contribution::sign(&ws[w].identity, id, doc, DocKind::Idea, &change).encode());
-        log.push(change);
-    }
-    (doc, encoded)
-}
 
 // ---------------------------------------------------------------------------------------------
 // Ceiling: batched verify + apply + persist of the same contributions, measured in this run.
@@ -202,10 +63,11 @@ struct Item {
     public: VerifyingKey,
 }
 
-fn items_of(space: &Space, ideas: usize) -> Vec<Item> {
+fn items_of(space: &SpaceHistory, ideas: usize) -> Vec<Item> {
     let mut out = Vec::new();
-    for (d, (doc, contributions)) in space.ideas[..ideas].iter().enumerate() {
-        for (seq, bytes) in contributions.iter().enumerate() {
+    for (d, idea) in space.ideas[..ideas].iter().enumerate() {
+        let doc = &idea.doc;
+        for (seq, bytes) in idea.contributions.iter().enumerate() {
             let c = Contribution::decode(bytes).expect("we encoded it");
             let change = Change::from_bytes(c.change.clone()).expect("a valid change");
             let mut key = [0u8; 40];
@@ -301,35 +163,7 @@ fn ceiling(items: &[Item], docs: usize) -> (Duration, [Duration; 3]) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Stores, nodes, the counting relay and the event recorder.
-
-/// Writes `contributions` into a fresh store in `dir` (joined to `space`) with the engine, in
-/// batches of `MAX_BATCH`, then checkpoints (snapshots every document) as a shutdown would.
-/// Returns the time one `sync_digest` of the space takes on that engine.
-fn prepare_store(dir: &Path, space: SpaceId, contributions: &[Vec<u8>]) -> Duration {
-    let config = Config::ephemeral(dir.to_path_buf());
-    config.ensure_data_dir().expect("data dir");
-    let store = Store::open(&config.store_dir(), config.cache_bytes).expect("open store");
-    let (events, _) = tokio::sync::broadcast::channel(16);
-    let mut engine =
-        Engine::open(store, Identity::from_seed([7; 32]), [9; 16], events).expect("open engine");
-    engine
-        .join_space(space, Some("bench".into()), 0)
-        .expect("join");
-    for chunk in contributions.chunks(MAX_BATCH) {
-        let outcomes = engine.ingest(chunk.iter().map(|b| (b.clone(), Some(space))).collect());
-        assert!(
-            outcomes.iter().all(|o| *o == Outcome::Accepted),
-            "every prepared contribution is accepted"
-        );
-    }
-    engine.checkpoint().expect("checkpoint");
-    let t = Instant::now();
-    let digest = engine.sync_digest(space);
-    let elapsed = t.elapsed();
-    assert!(digest.is_some());
-    elapsed
-}
+// Nodes, the counting relay and the event recorder.
 
 /// A TCP relay that counts the bytes it carries in each direction.
 struct Relay {
@@ -466,14 +300,12 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(Instant::now() < end, "timed out after {deadline:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let every = Duration::from_millis(5);
+    wait_for_every(what, deadline, every, || {
+        let fut = check();
+        async move { fut.await.ok_or_else(|| "not yet".to_string()) }
+    })
+    .await
 }
 
 /// Starts a node on `dir` with `sync_ms`, dialing `peers`.
@@ -588,7 +420,7 @@ async fn catch_up(rec: &Recorder, a_dir: &Path, space: SpaceId, n: usize) -> Cat
             .collect(),
     };
     let stored = b.status().await.expect("status").contributions;
-    assert!(stored >= n, "B stores {stored} contributions, want {n}");
+    assert!(stored >= n as u64, "B stores {stored} contributions, want {n}");
     b.shutdown().await;
     a.shutdown().await;
     r
@@ -653,7 +485,7 @@ async fn catch_up_from_two(
         accepted: batches.iter().map(|(_, f)| field_u64(f, "accepted")).sum(),
         fetches: batches.len(),
     };
-    assert!(b.status().await.expect("status").contributions >= n);
+    assert!(b.status().await.expect("status").contributions >= n as u64);
     b.shutdown().await;
     a1.shutdown().await;
     a2.shutdown().await;
@@ -669,11 +501,11 @@ struct Idle {
 }
 
 /// (b) Two in-sync peers holding the same `ideas` ideas: traffic while nothing changes.
-async fn idle(rec: &Recorder, space: &Space, ideas: usize) -> Idle {
+async fn idle(rec: &Recorder, space: &SpaceHistory, ideas: usize) -> Idle {
     let contributions = space.contributions(ideas);
     let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let digest = prepare_store(a_dir.path(), space.id, &contributions);
-    prepare_store(b_dir.path(), space.id, &contributions);
+    let digest = prepare_data_dir(a_dir.path(), space.id, &contributions).digest;
+    prepare_data_dir(b_dir.path(), space.id, &contributions);
     let a = start(a_dir.path(), IDLE_SYNC_MS, vec![]).await;
     let (b, relay) = connect_through_relay(&a, b_dir.path(), IDLE_SYNC_MS).await;
     assert_eq!(a.heads(space.id).await.ok(), b.heads(space.id).await.ok());
@@ -684,7 +516,7 @@ async fn idle(rec: &Recorder, space: &Space, ideas: usize) -> Idle {
         let sb = b.status().await.ok()?;
         let ok = |s: &agora_node::NodeStatus, other: &str| {
             s.sync.iter().any(|x| {
-                x.peer_id == other && matches!(x.state, agora_node::network::SyncState::InSync)
+                x.peer_id == other && matches!(x.state, agora_node::SyncState::InSync)
             })
         };
         (ok(&sa, &b_id) && ok(&sb, &a_id)).then_some(())
@@ -765,7 +597,7 @@ async fn cold_start(rec: &Recorder, dir: &Path) -> Cold {
     let (mut saved_bytes, mut docs) = (0, 0);
     for _ in 0..REPEATS {
         let t = Instant::now();
-        let store = Store::open(&config.store_dir(), config.cache_bytes).expect("open store");
+        let store = agora_node::open_store(&config).expect("open store");
         opens.push(t.elapsed());
         let t = Instant::now();
         let stored = store.load_docs().expect("load docs");
@@ -824,18 +656,18 @@ fn main() {
         .build()
         .expect("runtime");
     let started = Instant::now();
-    let mut rng = Rng(0x5EED_5A1C_2026_0002);
+    let mut rng = Rng::new(0x5EED_5A1C_2026_0002);
     println!("Agora sync benchmark");
 
     // (a) Catch-up.
     let ideas = n / PER_IDEA;
     let t = Instant::now();
-    let space = generate(&mut rng, ideas, PER_IDEA);
+    let space = space_history(&mut rng, ideas, PER_IDEA);
     let gen_a = t.elapsed();
     let contributions = space.contributions(ideas);
     let raw: u64 = contributions.iter().map(|c| c.len() as u64).sum();
     let a_dir = tempfile::tempdir().expect("tempdir");
-    prepare_store(a_dir.path(), space.id, &contributions);
+    prepare_data_dir(a_dir.path(), space.id, &contributions);
     let items = items_of(&space, ideas);
     let (ceil, parts) = ceiling(&items, ideas);
     drop(items);
@@ -913,7 +745,7 @@ fn main() {
         .collect();
     println!("runs: {}", all.join("; "));
     let a2_dir = tempfile::tempdir().expect("tempdir");
-    prepare_store(a2_dir.path(), space.id, &contributions);
+    prepare_data_dir(a2_dir.path(), space.id, &contributions);
     let two = rt.block_on(catch_up_from_two(
         rec,
         [a_dir.path(), a2_dir.path()],
@@ -933,7 +765,7 @@ fn main() {
     );
 
     // (b) Idle reconciliation.
-    let big = generate(&mut rng, 1_000, 3);
+    let big = space_history(&mut rng, 1_000, 3);
     println!();
     println!(
         "(b) idle: two in-sync peers, sync every {IDLE_SYNC_MS} ms each, observed for {:?}",
@@ -955,10 +787,10 @@ fn main() {
     }
 
     // (c) Cold start.
-    let cold = generate(&mut rng, cold_ideas, PER_IDEA);
+    let cold = space_history(&mut rng, cold_ideas, PER_IDEA);
     let cold_dir = tempfile::tempdir().expect("tempdir");
     let t = Instant::now();
-    let digest = prepare_store(cold_dir.path(), cold.id, &cold.contributions(cold_ideas));
+    let digest = prepare_data_dir(cold_dir.path(), cold.id, &cold.contributions(cold_ideas)).digest;
     let prep = t.elapsed();
     drop(cold);
     let r = rt.block_on(cold_start(rec, cold_dir.path()));

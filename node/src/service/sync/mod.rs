@@ -665,8 +665,8 @@ impl<R: Replica> Service<R> {
         false
     }
 
-    /// The digest of a space (cached until the space changes).
-    pub(super) fn digest(&mut self, space: &SpaceId) -> [u8; 32] {
+    /// The sync digest of a space (cached until the space changes).
+    pub fn digest(&mut self, space: &SpaceId) -> [u8; 32] {
         if let Some(d) = self.digests.get(space) {
             return *d;
         }

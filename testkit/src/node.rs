@@ -1,14 +1,13 @@
-//! Test harness shared by the multi-node integration tests: starts nodes in this process on
-//! loopback, connects them, and waits (always bounded) for conditions such as "everyone sees
-//! everyone subscribed to the space" or "everyone holds the same heads and ideas".
+//! In-process nodes: starts nodes in this process on loopback, connects them, and waits (always
+//! bounded) for conditions such as "everyone sees everyone subscribed to the space" or "everyone
+//! holds the same heads and ideas".
 //!
 //! No test synchronises with a bare sleep: every wait polls a condition with a short interval and
 //! panics with a description of the last state seen when its deadline passes.
-#![allow(dead_code)] // Each test binary uses its own subset of the harness.
 
 use agora_node::{Config, Node, NodeHandle};
 use agora_protocol::automerge::ChangeHash;
-use agora_protocol::idea::Idea;
+use agora_protocol::Idea;
 use agora_protocol::{DocId, SpaceId};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -18,7 +17,8 @@ use tempfile::TempDir;
 /// How often conditions are polled.
 pub const POLL_EVERY: Duration = Duration::from_millis(50);
 
-/// Hard upper bound on the number of polls of any single wait, whatever its deadline.
+/// Upper bound on the number of polls of any single wait (more only if the deadline divided by
+/// the poll interval is more).
 const MAX_POLLS: u32 = 10_000;
 
 /// A node running in this process. Keeps its data directory alive until dropped.
@@ -52,7 +52,22 @@ pub fn init_tracing() {
 /// Polls `check` every [`POLL_EVERY`] until it returns `Ok(value)`, and returns the value. Each
 /// call of `check` is itself bounded by the time left. Panics when `deadline` (from now) passes,
 /// with `what` and the last `Err` description `check` gave.
-pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    wait_for_every(what, deadline, POLL_EVERY, check).await
+}
+
+/// [`wait_for`] polling every `every` (a benchmark that times the moment a condition becomes
+/// true polls more often than a test).
+pub async fn wait_for_every<T, F, Fut>(
+    what: &str,
+    deadline: Duration,
+    every: Duration,
+    mut check: F,
+) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
@@ -60,7 +75,8 @@ where
     let start = Instant::now();
     let end = start + deadline;
     let mut last = String::from("the condition was never evaluated");
-    for _ in 0..MAX_POLLS {
+    let polls = deadline.as_millis() / every.as_millis().max(1) + 1;
+    for _ in 0..MAX_POLLS.max(u32::try_from(polls).unwrap_or(u32::MAX)) {
         let left = end.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
@@ -77,7 +93,7 @@ where
         if left.is_zero() {
             break;
         }
-        tokio::time::sleep(POLL_EVERY.min(left)).await;
+        tokio::time::sleep(every.min(left)).await;
     }
     panic!(
         "timed out after {:.1} s waiting for {what}; last state: {last}",
@@ -261,21 +277,4 @@ pub async fn restart(node: TestNode, peers: Vec<String>) -> TestNode {
         .unwrap_or_else(|_| panic!("{} did not shut down within 20 s", node.label()));
     let TestNode { dir, .. } = node;
     start_in(dir, peers).await
-}
-
-/// The gossipsub settings of a raw libp2p test peer (forger, liar): the node's small-mesh
-/// settings and message ids, signed messages, no application validation.
-pub fn raw_peer_gossipsub_config() -> libp2p::gossipsub::Config {
-    use libp2p::gossipsub;
-    gossipsub::ConfigBuilder::default()
-        .mesh_n(3)
-        .mesh_n_low(1)
-        .mesh_n_high(6)
-        .mesh_outbound_min(1)
-        .heartbeat_initial_delay(Duration::from_millis(200))
-        .heartbeat_interval(Duration::from_millis(200))
-        .validation_mode(gossipsub::ValidationMode::Strict)
-        .message_id_fn(|m: &gossipsub::Message| agora_node::network::message_id(&m.data))
-        .build()
-        .expect("gossipsub config")
 }
