@@ -385,6 +385,8 @@ fn fake_docs(n: usize, tag: u8) -> Vec<DocHeads> {
 }
 
 /// Waits until the node records a sync state with `peer`, and returns it.
+/// Waits until the node records a verdict (not "catching up") on its sync with `peer`, and
+/// returns it.
 async fn wait_sync_state(h: &NodeHandle, peer: PeerId, what: &str) -> SyncState {
     let me = peer.to_string();
     wait_for(what, SYNC, || {
@@ -395,6 +397,7 @@ async fn wait_sync_state(h: &NodeHandle, peer: PeerId, what: &str) -> SyncState 
                 .iter()
                 .find(|s| s.peer_id == me)
                 .map(|s| s.state)
+                .filter(|s| !matches!(s, SyncState::CatchingUp { .. }))
                 .ok_or_else(|| format!("sync states: {:?}", net.sync))
         }
     })
@@ -403,9 +406,10 @@ async fn wait_sync_state(h: &NodeHandle, peer: PeerId, what: &str) -> SyncState 
 
 /// (d) A `Heads` answer as large as a response may be (40,000 made-up documents and one
 /// document with 5,000 heads, about 2.6 MiB) leads to one bounded `Fetch` (at most
-/// `MAX_WANTS` documents, at most `MAX_HEADS_PER_DOC` heads each) and creates no document;
-/// (c) a `Contributions` answer beyond `MAX_RESPONSE_BYTES` is dropped unread and the node keeps
-/// going. Nothing is stored either way, and the node still syncs with an honest peer.
+/// `MAX_WANTS` documents, at most `MAX_HEADS_PER_DOC` heads each) and creates no document, and
+/// an empty answer to it ends the exchange as incomplete (never "in sync"); (c) a
+/// `Contributions` answer beyond `MAX_RESPONSE_BYTES` is dropped unread and its sender banned.
+/// Nothing is stored either way, and the node still syncs with an honest peer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_and_oversize_answers_are_bounded_and_store_nothing() {
     let (nodes, space) = target_and_honest().await;
@@ -439,7 +443,13 @@ async fn huge_and_oversize_answers_are_bounded_and_store_nothing() {
     );
     liar.dial(target).await;
     let state = wait_sync_state(&t, liar.peer_id, "the node to finish syncing with the liar").await;
-    assert_eq!(state, SyncState::InSync, "an empty batch ends the exchange");
+    assert_eq!(
+        state,
+        SyncState::Incomplete {
+            docs_left: claimed_docs
+        },
+        "an empty batch ends the exchange, with every claimed document still missing"
+    );
     // One Fetch per Heads answer (a periodic round may have sent a second summary at once),
     // each bounded.
     let requests = liar.requests();
@@ -485,29 +495,26 @@ async fn huge_and_oversize_answers_are_bounded_and_store_nothing() {
         lie_with(fake_docs(1, 0x88), vec![blob.clone(); n]),
     );
     liar.dial(target).await;
-    // Summary, Fetch (answered with the oversize batch), then the next periodic round, at
-    // least 4 s later: the node dropped the answer and carries on.
-    let state = liar.shared_state();
-    wait_until(
-        "the next sync round after the oversize answer",
-        SYNC,
-        || {
-            let state = state.clone();
-            async move {
-                let s = state.lock().unwrap();
-                let fetched = s
-                    .requests
-                    .iter()
-                    .find(|(_, r)| matches!(r, SyncRequest::Fetch { .. }))
-                    .map(|(at, _)| *at);
-                fetched.is_some_and(|f| {
-                    s.requests
-                        .iter()
-                        .any(|(at, _)| at.saturating_duration_since(f) > Duration::from_secs(4))
-                })
-            }
-        },
-    )
+    // Summary, Fetch (answered with the oversize batch): the node reads no further than the
+    // limit, and bans the sender.
+    let (h, me, state) = (t.clone(), liar.peer_id.to_string(), liar.shared_state());
+    let node_peer: PeerId = t.peer_id().parse().expect("peer id");
+    wait_until("the node to ban the oversize answer's sender", SYNC, || {
+        let (h, me, state) = (h.clone(), me.clone(), state.clone());
+        async move {
+            let net = h.net_status().await.expect("net_status");
+            let fetched = state
+                .lock()
+                .unwrap()
+                .requests
+                .iter()
+                .any(|(_, r)| matches!(r, SyncRequest::Fetch { .. }));
+            fetched
+                && net.banned >= 1
+                && !net.peers.iter().any(|p| p.peer_id == me)
+                && !state.lock().unwrap().connected.contains(&node_peer)
+        }
+    })
     .await;
     assert!(
         !t.store_contains(blob.clone())
