@@ -27,6 +27,9 @@ pub mod replica;
 pub mod sync;
 mod views;
 
+#[cfg(test)]
+mod tests;
+
 pub use self::pending::{PendingLimits, PendingSet};
 pub use self::replica::{AutomergeReplica, Edit, Item, Replica};
 pub use self::sync::{PairStatus, SyncState};

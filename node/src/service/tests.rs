@@ -1,0 +1,924 @@
+//! Unit tests of the sync state machine: real services (Automerge replicas, real signature
+//! checks) over in-memory stores, driven group by group as the engine drives them
+//! ([`run_group`]), in virtual time. No sockets, threads or sleeps: every input names the
+//! millisecond it arrives at.
+
+use super::*;
+use crate::engine::run_group;
+use crate::store::MemoryStorage;
+use agora_protocol::sync::{self, DocHeads, Hash, MAX_WANTS_ACCEPTED};
+use agora_protocol::Contribution;
+use std::collections::{BTreeSet, VecDeque};
+
+// ----- fixtures -----
+
+/// Short timers, so that the times in the tests read easily.
+fn config() -> ServiceConfig {
+    ServiceConfig {
+        sync_every: 60_000,
+        sync_timeout: 10_000,
+        sync_recheck: 1_000,
+        sync_retry: 2_000,
+        max_exchanges: 8,
+        fetch_bytes: 1024 * 1024,
+        ban_for: 100_000,
+        pending: PendingLimits::default(),
+    }
+}
+
+/// [`config`] with at most `fetch_bytes` asked for in one Fetch (1: one contribution per
+/// answer).
+fn fetching(fetch_bytes: u32) -> ServiceConfig {
+    ServiceConfig {
+        fetch_bytes,
+        ..config()
+    }
+}
+
+/// [`config`] with at most `max_exchanges` outbound exchanges at once.
+fn limited(max_exchanges: usize) -> ServiceConfig {
+    ServiceConfig {
+        max_exchanges,
+        ..config()
+    }
+}
+
+/// The time `mono` ms into the test.
+fn at(mono: Millis) -> Now {
+    Now {
+        mono,
+        wall_ms: 1_800_000_000_000 + mono as i64,
+    }
+}
+
+/// A service over an in-memory store, and the handle its peers know it by.
+struct Node {
+    name: PeerHandle,
+    service: Service<AutomergeReplica<MemoryStorage>>,
+    storage: MemoryStorage,
+}
+
+impl Node {
+    /// A fresh node; `seed` makes its identity, its randomness and its name.
+    fn new(seed: u8, config: ServiceConfig) -> Node {
+        let storage = MemoryStorage::new();
+        let store = Store::new(storage.clone()).expect("memory store");
+        let identity = Identity::from_seed([seed; 32]);
+        let service = Service::open(store, identity, config, [seed; 32]).expect("service");
+        Node {
+            name: PeerHandle(u64::from(seed)),
+            service,
+            storage,
+        }
+    }
+
+    /// One group of inputs, run as the engine runs it; its outputs.
+    fn run(&mut self, inputs: Vec<Input>, now: Now) -> Vec<Output> {
+        run_group(&mut self.service, &self.storage, inputs, now)
+    }
+
+    fn step(&mut self, input: Input, now: Now) -> Vec<Output> {
+        self.run(vec![input], now)
+    }
+
+    fn tick(&mut self, now: Now) -> Vec<Output> {
+        self.step(Input::Tick, now)
+    }
+
+    /// Runs commands in one group; their replies, in order (each must succeed).
+    fn commands(&mut self, commands: Vec<Command>, now: Now) -> Vec<Reply> {
+        let inputs = (0..)
+            .zip(commands)
+            .map(|(i, command)| Input::Command {
+                id: RequestId(i),
+                command,
+            })
+            .collect();
+        replies(&self.run(inputs, now))
+            .into_iter()
+            .map(|r| r.expect("command failed"))
+            .collect()
+    }
+
+    fn command(&mut self, command: Command, now: Now) -> Reply {
+        self.commands(vec![command], now).remove(0)
+    }
+
+    /// `peer` connects and follows `space`.
+    fn connect(&mut self, peer: PeerHandle, space: SpaceId, now: Now) -> Vec<Output> {
+        self.run(
+            vec![
+                Input::PeerConnected { peer },
+                Input::PeerSubscribed { peer, space },
+            ],
+            now,
+        )
+    }
+
+    /// Our answer to `peer`'s sync request.
+    fn answer(&mut self, peer: PeerHandle, request: SyncRequest, now: Now) -> SyncResponse {
+        let inbound = InboundId(0);
+        let out = self.step(
+            Input::SyncRequest {
+                peer,
+                inbound,
+                request,
+            },
+            now,
+        );
+        out.into_iter()
+            .find_map(|o| match o {
+                Output::Net(NetAction::SyncResponse { response, .. }) => Some(response),
+                _ => None,
+            })
+            .expect("a sync response")
+    }
+
+    /// `peer`'s answer to our request `exchange`.
+    fn receive(
+        &mut self,
+        peer: PeerHandle,
+        exchange: ExchangeId,
+        response: SyncResponse,
+        now: Now,
+    ) -> Vec<Output> {
+        let result = Ok(response);
+        self.step(
+            Input::SyncResponse {
+                peer,
+                exchange,
+                result,
+            },
+            now,
+        )
+    }
+
+    /// Whether the store holds exactly these contribution bytes.
+    fn holds(&mut self, bytes: &[u8], now: Now) -> bool {
+        let bytes = bytes.to_vec();
+        self.command(Command::StoreContains { bytes }, now) == Reply::Contains(true)
+    }
+
+    /// Our sync state with `peer` in `space`, as status shows it.
+    fn state(&self, peer: PeerHandle, space: SpaceId) -> Option<SyncState> {
+        let sync = self.service.status().sync;
+        sync.into_iter()
+            .find(|p| p.peer == peer && p.space == space)
+            .map(|p| p.state)
+    }
+}
+
+/// A node (seed 1) holding a new space with `ideas` ideas, each followed by a chain of
+/// `comments` comments.
+fn seeded(config: ServiceConfig, ideas: usize, comments: usize) -> (Node, SpaceId) {
+    let mut node = Node::new(1, config);
+    let t = at(0);
+    let name = "town hall".to_string();
+    let Reply::Space(space) = node.command(Command::CreateSpace { name }, t) else {
+        panic!("no space");
+    };
+    let drafts = (0..ideas)
+        .map(|i| {
+            let title = format!("idea {i}");
+            let draft = IdeaDraft {
+                title,
+                ..IdeaDraft::default()
+            };
+            Command::CreateIdea { space, draft }
+        })
+        .collect();
+    let ideas: Vec<DocId> = node
+        .commands(drafts, t)
+        .into_iter()
+        .map(|r| match r {
+            Reply::Created(idea) => idea,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let notes = ideas
+        .iter()
+        .flat_map(|&idea| {
+            (0..comments).map(move |c| Command::Comment {
+                idea,
+                text: format!("comment {c}"),
+            })
+        })
+        .collect();
+    node.commands(notes, t);
+    (node, space)
+}
+
+/// A fresh node (seed 2) that joined `space` and holds nothing of it.
+fn joined(space: SpaceId, config: ServiceConfig) -> Node {
+    let mut node = Node::new(2, config);
+    node.command(Command::JoinSpace { space }, at(0));
+    node
+}
+
+/// Every contribution `node` holds in `space`, as it sends them (by document, causal order).
+fn contributions(node: &mut Node, space: SpaceId) -> Vec<Vec<u8>> {
+    let wants = node
+        .service
+        .heads(&space)
+        .into_keys()
+        .map(|doc| DocHeads {
+            doc: doc.0,
+            heads: vec![],
+        })
+        .collect();
+    let request = SyncRequest::Fetch {
+        v: 1,
+        space: space.0,
+        wants,
+        max_bytes: u32::MAX,
+    };
+    match node.answer(PeerHandle(999), request, at(0)) {
+        SyncResponse::Contributions { items, more: false } => {
+            items.into_iter().map(|b| b.into_vec()).collect()
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A real contribution with its signature broken.
+fn forge(bytes: &[u8]) -> Vec<u8> {
+    let mut c = Contribution::decode(bytes).expect("a contribution");
+    c.signature[0] ^= 0x80;
+    c.encode()
+}
+
+/// The sync requests among `outputs`: to whom, their id, the request.
+fn requests(outputs: &[Output]) -> Vec<(PeerHandle, ExchangeId, SyncRequest)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Net(NetAction::SyncRequest {
+                peer,
+                exchange,
+                request,
+            }) => Some((*peer, *exchange, request.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The one sync request among `outputs`, which must go to `peer`.
+fn only_request(outputs: &[Output], peer: PeerHandle) -> (ExchangeId, SyncRequest) {
+    let mut sent = requests(outputs);
+    assert_eq!(sent.len(), 1, "one request expected: {outputs:?}");
+    let (to, id, request) = sent.remove(0);
+    assert_eq!(to, peer);
+    (id, request)
+}
+
+/// The bans among `outputs`, with their reasons.
+fn bans(outputs: &[Output]) -> Vec<(PeerHandle, &'static str)> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Net(NetAction::Ban { peer, reason, .. }) => Some((*peer, *reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The sync batches handed out to be ingested.
+fn batches(outputs: &[Output]) -> Vec<SyncBatch> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Ingest(batch) => Some(batch.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The replies among `outputs`, in order.
+fn replies(outputs: &[Output]) -> Vec<Result<Reply, ServiceError>> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Reply { result, .. } => Some(result.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The contributions carried by the sync answers among `outputs`, in order.
+fn carried(outputs: &[Output]) -> Vec<Vec<u8>> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Net(NetAction::SyncResponse {
+                response: SyncResponse::Contributions { items, .. },
+                ..
+            }) => Some(items.iter().map(|b| b.to_vec())),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+/// Sends `b`'s one request among `outputs` to `a` and hands `a`'s answer back to `b`; `b`'s
+/// outputs.
+fn answered(a: &mut Node, b: &mut Node, outputs: &[Output], now: Now) -> Vec<Output> {
+    let (id, request) = only_request(outputs, a.name);
+    let response = a.answer(b.name, request, now);
+    b.receive(a.name, id, response, now)
+}
+
+/// `b` starts a round with `a` and receives `a`'s answer to its first Fetch: `b`'s outputs
+/// then (the next request, if any, and one batch to ingest) and that batch.
+fn first_batch(a: &mut Node, b: &mut Node, space: SpaceId, now: Now) -> (Vec<Output>, SyncBatch) {
+    let out = b.connect(a.name, space, now);
+    let out = answered(a, b, &out, now);
+    let out = answered(a, b, &out, now);
+    let [batch] = &batches(&out)[..] else {
+        panic!("one batch expected: {out:?}");
+    };
+    let batch = batch.clone();
+    (out, batch)
+}
+
+/// `a` holding two ideas of three comments each, and `b` catching up from it one contribution
+/// per answer, at time 0, just after its [`first_batch`]: `b`'s outputs and the batch.
+fn mid_catch_up() -> (Node, Node, SpaceId, Vec<Output>, SyncBatch) {
+    let (mut a, space) = seeded(config(), 2, 3);
+    let mut b = joined(space, fetching(1));
+    let (out, batch) = first_batch(&mut a, &mut b, space, at(0));
+    (a, b, space, out, batch)
+}
+
+/// Carries sync messages between two nodes, and each node's sync batches back to it, one input
+/// per group, until none is left, starting from outputs already produced. Returns every output
+/// of both, in order.
+fn relay(
+    a: &mut Node,
+    b: &mut Node,
+    from_a: Vec<Output>,
+    from_b: Vec<Output>,
+    now: Now,
+) -> Vec<Output> {
+    let names = [a.name, b.name];
+    let nodes = [a, b];
+    let mut queue: VecDeque<(usize, Input)> = VecDeque::new();
+    let mut produced = vec![(0, from_a), (1, from_b)];
+    let mut log = Vec::new();
+    loop {
+        for (from, outputs) in produced.drain(..) {
+            let to = 1 - from;
+            for output in outputs {
+                // A request becomes the peer's input (its inbound id is our exchange id), an
+                // answer ours again (the other way round), and a batch is fed back.
+                let next = match output.clone() {
+                    Output::Net(NetAction::SyncRequest {
+                        peer,
+                        exchange: ExchangeId(id),
+                        request,
+                    }) if peer == names[to] => Some((
+                        to,
+                        Input::SyncRequest {
+                            peer: names[from],
+                            inbound: InboundId(id),
+                            request,
+                        },
+                    )),
+                    Output::Net(NetAction::SyncResponse {
+                        peer,
+                        inbound: InboundId(id),
+                        response,
+                    }) if peer == names[to] => Some((
+                        to,
+                        Input::SyncResponse {
+                            peer: names[from],
+                            exchange: ExchangeId(id),
+                            result: Ok(response),
+                        },
+                    )),
+                    Output::Ingest(batch) => Some((from, Input::Ingest(batch))),
+                    _ => None,
+                };
+                queue.extend(next);
+                log.push(output);
+            }
+        }
+        let Some((to, input)) = queue.pop_front() else {
+            return log;
+        };
+        produced.push((to, nodes[to].step(input, now)));
+    }
+}
+
+/// `a` and `b` connect and follow `space`; their sync rounds run to the end. Every output.
+fn link(a: &mut Node, b: &mut Node, space: SpaceId, now: Now) -> Vec<Output> {
+    let from_a = a.connect(b.name, space, now);
+    let from_b = b.connect(a.name, space, now);
+    relay(a, b, from_a, from_b, now)
+}
+
+/// Brings an exchange with a new `peer` to its Fetch phase (the peer shows a document we
+/// lack); returns the Fetch's id.
+fn to_fetch(node: &mut Node, peer: PeerHandle, space: SpaceId, now: Now) -> ExchangeId {
+    let (summary, _) = only_request(&node.connect(peer, space, now), peer);
+    let docs = vec![DocHeads {
+        doc: [7; 16],
+        heads: vec![Hash([7; 32])],
+    }];
+    let out = node.receive(peer, summary, SyncResponse::Heads { docs }, now);
+    let (fetch, request) = only_request(&out, peer);
+    assert!(matches!(request, SyncRequest::Fetch { .. }), "{request:?}");
+    fetch
+}
+
+// ----- timeouts -----
+
+/// A silent peer: the Summary fails at exactly `sync_timeout` (no ban), a late answer to it is
+/// dropped unread, and the pair's next round comes `sync_retry` later (then twice that), not
+/// before.
+#[test]
+fn a_silent_peer_times_out_and_is_retried_after_the_retry_delay() {
+    let (mut a, space) = seeded(config(), 1, 0);
+    let forged = forge(&contributions(&mut a, space)[0]);
+    let mut b = joined(space, config());
+    let staller = PeerHandle(9);
+    let (summary, _) = only_request(&b.connect(staller, space, at(0)), staller);
+    let timeout = config().sync_timeout;
+
+    assert!(b.tick(at(timeout - 1)).is_empty());
+    assert_eq!(b.service.status().sync_failures, 0);
+    let out = b.tick(at(timeout));
+    assert!(out.is_empty(), "no ban, no new round yet: {out:?}");
+    assert_eq!(b.service.status().sync_failures, 1);
+
+    let late = SyncResponse::Contributions {
+        items: vec![forged.clone().into()],
+        more: false,
+    };
+    assert!(b
+        .receive(staller, summary, late, at(timeout + 1))
+        .is_empty());
+    assert!(b.service.status().counters.rejected.is_empty());
+    assert!(!b.holds(&forged, at(timeout + 1)));
+
+    let retry = timeout + config().sync_retry;
+    assert!(requests(&b.tick(at(retry - 1))).is_empty());
+    let (again, request) = only_request(&b.tick(at(retry)), staller);
+    assert!(matches!(request, SyncRequest::Summary { .. }) && again != summary);
+
+    // Silent again: the next delay doubles.
+    let failed = retry + timeout;
+    assert!(b.tick(at(failed)).is_empty());
+    let doubled = failed + 2 * config().sync_retry;
+    assert!(requests(&b.tick(at(doubled - 1))).is_empty());
+    only_request(&b.tick(at(doubled)), staller);
+}
+
+/// A Fetch has its own deadline: when it passes, the exchange ends, and a late batch of
+/// contributions (here a forged one) is never ingested: not rejected, not stored, no ban.
+#[test]
+fn a_late_batch_after_a_fetch_timed_out_is_never_ingested() {
+    let (mut a, space) = seeded(config(), 1, 0);
+    let forged = forge(&contributions(&mut a, space)[0]);
+    let mut b = joined(space, config());
+    let staller = PeerHandle(9);
+    let fetch = to_fetch(&mut b, staller, space, at(100));
+    let deadline = 100 + config().sync_timeout;
+
+    assert!(b.tick(at(deadline - 1)).is_empty());
+    assert!(b.tick(at(deadline)).is_empty());
+    assert_eq!(b.service.status().sync_failures, 1);
+    let late = SyncResponse::Contributions {
+        items: vec![forged.clone().into()],
+        more: false,
+    };
+    assert!(b.receive(staller, fetch, late, at(deadline + 1)).is_empty());
+    let status = b.service.status();
+    assert!(status.counters.rejected.is_empty());
+    assert_eq!((status.banned, status.contributions), (0, 0));
+    assert!(!b.holds(&forged, at(deadline + 1)));
+}
+
+// ----- bans -----
+
+/// An answer of the wrong kind (Contributions to a Summary, Heads or InSync to a Fetch) bans the
+/// peer: it is disconnected if it comes back during `ban_for`, and unbanned by the tick at its
+/// end.
+#[test]
+fn an_answer_of_the_wrong_kind_bans_the_peer() {
+    let space = SpaceId([5; 16]);
+    let mut b = joined(space, config());
+    let t = at(0);
+    let first = PeerHandle(11);
+    let (summary, _) = only_request(&b.connect(first, space, t), first);
+    let nothing = SyncResponse::Contributions {
+        items: vec![],
+        more: false,
+    };
+    let out = b.receive(first, summary, nothing, t);
+    assert_eq!(bans(&out), [(first, "sync_protocol_violation")]);
+    let docs = vec![];
+    for (peer, wrong) in [
+        (PeerHandle(12), SyncResponse::Heads { docs }),
+        (PeerHandle(13), SyncResponse::InSync),
+    ] {
+        let fetch = to_fetch(&mut b, peer, space, t);
+        let out = b.receive(peer, fetch, wrong, t);
+        assert_eq!(bans(&out), [(peer, "sync_protocol_violation")]);
+    }
+    assert_eq!(b.service.status().banned, 3);
+
+    let back = b.step(Input::PeerConnected { peer: first }, at(1));
+    assert_eq!(back, [Output::Net(NetAction::Disconnect { peer: first })]);
+
+    let ban_for = config().ban_for;
+    assert!(b.tick(at(ban_for - 1)).is_empty());
+    let unbanned: Vec<Output> = (11..=13)
+        .map(|p| {
+            Output::Net(NetAction::Unban {
+                peer: PeerHandle(p),
+            })
+        })
+        .collect();
+    assert_eq!(b.tick(at(ban_for)), unbanned);
+    assert_eq!(b.service.status().banned, 0);
+    assert!(b
+        .step(Input::PeerConnected { peer: first }, at(ban_for + 1))
+        .is_empty());
+}
+
+/// An oversize or unreadable answer bans; a transport failure or a timeout reported by the
+/// network only ends the exchange (a failure, retried after `sync_retry`).
+#[test]
+fn failed_answers_ban_only_when_the_answer_is_the_peers_fault() {
+    let space = SpaceId([5; 16]);
+    let mut b = joined(space, config());
+    let t = at(0);
+    let cases = [
+        (SyncFailure::TooLarge, Some("sync_oversize_answer")),
+        (
+            SyncFailure::Malformed("cbor".into()),
+            Some("sync_malformed_answer"),
+        ),
+        (SyncFailure::Unavailable("connection reset".into()), None),
+        (SyncFailure::Timeout, None),
+    ];
+    for (peer, (failure, ban)) in (20..).map(PeerHandle).zip(cases) {
+        let exchange = to_fetch(&mut b, peer, space, t);
+        let result = Err(failure);
+        let out = b.step(
+            Input::SyncResponse {
+                peer,
+                exchange,
+                result,
+            },
+            t,
+        );
+        assert_eq!(bans(&out), Vec::from_iter(ban.map(|r| (peer, r))));
+    }
+    let status = b.service.status();
+    assert_eq!((status.banned, status.sync_failures), (2, 2));
+
+    let retry = config().sync_retry;
+    assert!(requests(&b.tick(at(retry - 1))).is_empty());
+    let again: Vec<PeerHandle> = requests(&b.tick(at(retry)))
+        .into_iter()
+        .map(|(peer, _, _)| peer)
+        .collect();
+    assert_eq!(again, [PeerHandle(22), PeerHandle(23)]);
+}
+
+// ----- the concurrency limit -----
+
+/// With `max_exchanges: 1`, a second peer's round waits in the queue and starts in the very
+/// group in which the first exchange ends.
+#[test]
+fn a_full_exchange_limit_queues_the_round_and_starts_it_when_a_slot_frees() {
+    let space = SpaceId([5; 16]);
+    let mut b = joined(space, limited(1));
+    let t = at(0);
+    let (p, q) = (PeerHandle(31), PeerHandle(32));
+    let out = b.run(
+        vec![
+            Input::PeerConnected { peer: p },
+            Input::PeerSubscribed { peer: p, space },
+            Input::PeerConnected { peer: q },
+            Input::PeerSubscribed { peer: q, space },
+        ],
+        t,
+    );
+    let (first, _) = only_request(&out, p);
+    let out = b.receive(p, first, SyncResponse::InSync, t);
+    let (_, request) = only_request(&out, q);
+    assert!(matches!(request, SyncRequest::Summary { .. }));
+}
+
+/// Many peers and a small limit: never more than the limit at once, and every pair gets its
+/// round; none is dropped.
+#[test]
+fn every_queued_pair_gets_its_round() {
+    let space = SpaceId([5; 16]);
+    let limit = 3;
+    let mut b = joined(space, limited(limit));
+    let t = at(0);
+    let peers: Vec<PeerHandle> = (40..50).map(PeerHandle).collect();
+    let inputs = peers
+        .iter()
+        .flat_map(|&peer| {
+            [
+                Input::PeerConnected { peer },
+                Input::PeerSubscribed { peer, space },
+            ]
+        })
+        .collect();
+    let mut running: VecDeque<_> = requests(&b.run(inputs, t)).into();
+    assert_eq!(running.len(), limit);
+    let mut rounds = Vec::new();
+    while let Some((peer, id, _)) = running.pop_front() {
+        rounds.push(peer);
+        running.extend(requests(&b.receive(peer, id, SyncResponse::InSync, t)));
+        assert!(running.len() <= limit);
+    }
+    rounds.sort();
+    assert_eq!(rounds, peers);
+    for &peer in &peers {
+        assert_eq!(b.state(peer, space), Some(SyncState::InSync));
+    }
+}
+
+// ----- a failed flush -----
+
+/// A batch ingested in a group whose flush fails: nothing of that group is vouched for (the
+/// command's reply is an error, accepted gossip is not relayed, the sync answer is refused), the
+/// exchange ends without a verdict, and the pair's next round, after `sync_retry` with the store
+/// working again, converges.
+#[test]
+fn a_failed_flush_ends_the_exchange_and_the_retry_converges() {
+    let (mut a, mut b, space, out, batch) = mid_catch_up();
+    let t = at(0);
+    let (next, fetch) = only_request(&out, a.name);
+    let draft = IdeaDraft {
+        title: "fresh".into(),
+        ..IdeaDraft::default()
+    };
+    let fresh = a
+        .step(
+            Input::Command {
+                id: RequestId(0),
+                command: Command::CreateIdea { space, draft },
+            },
+            t,
+        )
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Net(NetAction::Publish { bytes, .. }) => Some(bytes),
+            _ => None,
+        })
+        .expect("a publication");
+
+    b.storage.set_failing(true);
+    let gossip = GossipIn {
+        token: 7,
+        from: a.name,
+        topic: Some(space),
+        bytes: fresh,
+    };
+    let summary = SyncRequest::Summary {
+        v: 1,
+        space: space.0,
+        digest: [0; 32],
+    };
+    let name = "elsewhere".to_string();
+    let out = b.run(
+        vec![
+            Input::Ingest(batch),
+            Input::Gossip(vec![gossip]),
+            Input::Command {
+                id: RequestId(1),
+                command: Command::CreateSpace { name },
+            },
+            Input::SyncRequest {
+                peer: a.name,
+                inbound: InboundId(3),
+                request: summary,
+            },
+        ],
+        at(1),
+    );
+    b.storage.set_failing(false);
+    let verdict = NetAction::Verdict {
+        token: 7,
+        verdict: Verdict::Ignore,
+    };
+    assert!(out.contains(&Output::Net(verdict)), "{out:?}");
+    assert!(matches!(replies(&out)[..], [Err(ServiceError::Store(_))]));
+    assert!(out.iter().any(|o| matches!(
+        o,
+        Output::Net(NetAction::SyncResponse {
+            response: SyncResponse::Refused { .. },
+            ..
+        })
+    )));
+    assert_eq!(b.service.status().contributions, 0);
+    assert_eq!(b.state(a.name, space), None, "no verdict");
+    // The exchange is over: the answer to its pipelined Fetch is dropped.
+    let late = a.answer(b.name, fetch, at(1));
+    assert!(b.receive(a.name, next, late, at(2)).is_empty());
+
+    let retry = 1 + config().sync_retry;
+    assert!(requests(&b.tick(at(retry - 1))).is_empty());
+    let out = b.tick(at(retry));
+    assert!(matches!(
+        only_request(&out, a.name).1,
+        SyncRequest::Summary { .. }
+    ));
+    relay(&mut a, &mut b, vec![], out, at(retry));
+    assert_eq!(b.service.heads(&space), a.service.heads(&space));
+    assert_eq!(b.state(a.name, space), Some(SyncState::InSync));
+}
+
+/// When the batch whose flush fails is the exchange's last one, the exchange still ends without
+/// a verdict: the pair is not shown in sync with data it lost, and is retried after
+/// `sync_retry`, not a whole `sync_every` later.
+#[test]
+#[ignore = "bug: a flush failure on an exchange's last batch leaves the verdict InSync (finish_exchange runs in on_sync_batch before commit; sync_abort then finds no exchange)"]
+fn a_failed_flush_of_the_last_batch_leaves_no_verdict() {
+    let (mut a, space) = seeded(config(), 1, 0);
+    let mut b = joined(space, config());
+    let (out, batch) = first_batch(&mut a, &mut b, space, at(0));
+    assert!(requests(&out).is_empty(), "nothing left to fetch: {out:?}");
+
+    b.storage.set_failing(true);
+    b.step(Input::Ingest(batch), at(1));
+    b.storage.set_failing(false);
+    assert_eq!(b.service.status().contributions, 0);
+    assert_eq!(
+        b.state(a.name, space),
+        None,
+        "a verdict on a batch that was not saved"
+    );
+    let retry = 1 + config().sync_retry;
+    assert!(requests(&b.tick(at(retry - 1))).is_empty());
+    only_request(&b.tick(at(retry)), a.name);
+}
+
+// ----- what counts as in sync -----
+
+/// A peer that shows a document and sends only a change whose dependency is missing (an idea's
+/// comment without the idea) leaves the pair `Incomplete`, not `InSync`; the change waits in the
+/// pending set.
+#[test]
+fn contributions_that_all_wait_for_dependencies_leave_the_pair_incomplete() {
+    let (mut a, space) = seeded(config(), 1, 1);
+    let [_, comment] = &contributions(&mut a, space)[..] else {
+        panic!("two contributions expected");
+    };
+    let mut b = joined(space, config());
+    let t = at(0);
+    let out = b.connect(a.name, space, t);
+    let out = answered(&mut a, &mut b, &out, t);
+    let (fetch, _) = only_request(&out, a.name);
+    let only_the_comment = SyncResponse::Contributions {
+        items: vec![comment.clone().into()],
+        more: false,
+    };
+    let out = b.receive(a.name, fetch, only_the_comment, t);
+    assert!(requests(&out).is_empty(), "{out:?}");
+    let [batch] = &batches(&out)[..] else {
+        panic!("one batch expected: {out:?}");
+    };
+    b.step(Input::Ingest(batch.clone()), t);
+    let docs_left = 1;
+    assert_eq!(
+        b.state(a.name, space),
+        Some(SyncState::Incomplete { docs_left })
+    );
+    let status = b.service.status();
+    assert_eq!((status.counters.pending, status.contributions), (1, 0));
+}
+
+// ----- pipelining -----
+
+/// When a batch arrives, the next Fetch leaves in the same step, before the batch is ingested,
+/// and asks from the heads the node will have once it is.
+#[test]
+fn the_next_fetch_leaves_before_the_batch_is_ingested() {
+    let (a, mut b, space, out, batch) = mid_catch_up();
+    let t = at(0);
+    let (_, SyncRequest::Fetch { wants, .. }) = only_request(&out, a.name) else {
+        panic!("a Fetch expected: {out:?}");
+    };
+    assert_eq!(b.service.status().contributions, 0, "not ingested yet");
+
+    b.step(Input::Ingest(batch), t);
+    let heads = b.service.heads(&space);
+    assert_eq!(wants.len(), 2);
+    assert!(!wants[0].heads.is_empty(), "the first idea was received");
+    for want in wants {
+        let after: Vec<Hash> = heads
+            .get(&DocId(want.doc))
+            .into_iter()
+            .flatten()
+            .map(|h| Hash::from(*h))
+            .collect();
+        assert_eq!(want.heads, after);
+    }
+}
+
+/// A catch-up of a few hundred contributions in many small batches converges, and no
+/// contribution is sent twice.
+#[test]
+fn a_catch_up_in_many_batches_sends_each_contribution_once() {
+    let (mut a, space) = seeded(config(), 6, 39);
+    let mut b = joined(space, fetching(8_000));
+    let log = link(&mut a, &mut b, space, at(0));
+    let sent = carried(&log);
+    let answers = log
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Output::Net(NetAction::SyncResponse {
+                    response: SyncResponse::Contributions { .. },
+                    ..
+                })
+            )
+        })
+        .count();
+    assert!(answers >= 5, "{answers} answers");
+    assert_eq!(sent.len(), 240);
+    assert_eq!(
+        sent.iter().collect::<BTreeSet<_>>().len(),
+        240,
+        "sent twice"
+    );
+    assert_eq!(b.service.heads(&space), a.service.heads(&space));
+    assert_eq!(b.service.status().contributions, 240);
+    assert_eq!(b.state(a.name, space), Some(SyncState::InSync));
+}
+
+// ----- the responder -----
+
+/// The responder: an equal digest gets `InSync` (and the pair shows in sync), another gets
+/// heads; an unknown space and a Fetch of too many documents get `Refused`.
+#[test]
+fn the_responder_answers_in_sync_heads_or_refused() {
+    let (mut a, space) = seeded(config(), 2, 1);
+    let t = at(0);
+    let peer = PeerHandle(50);
+    a.connect(peer, space, t);
+    let heads = a.service.heads(&space);
+    let digest = sync::space_digest(heads.iter().map(|(d, h)| (d, h.as_slice())));
+    let summary = |space: SpaceId, digest| SyncRequest::Summary {
+        v: 1,
+        space: space.0,
+        digest,
+    };
+
+    assert_eq!(
+        a.answer(peer, summary(space, digest), t),
+        SyncResponse::InSync
+    );
+    assert_eq!(a.state(peer, space), Some(SyncState::InSync));
+    let other = a.answer(peer, summary(space, [0; 32]), t);
+    assert!(matches!(other, SyncResponse::Heads { docs } if docs.len() == 2));
+    let unknown = a.answer(peer, summary(SpaceId([9; 16]), digest), t);
+    assert!(matches!(unknown, SyncResponse::Refused { .. }));
+    let wants = (0..=MAX_WANTS_ACCEPTED)
+        .map(|i| DocHeads {
+            doc: (i as u128).to_be_bytes(),
+            heads: vec![],
+        })
+        .collect();
+    let fetch = SyncRequest::Fetch {
+        v: 1,
+        space: space.0,
+        wants,
+        max_bytes: 1 << 20,
+    };
+    assert!(matches!(
+        a.answer(peer, fetch, t),
+        SyncResponse::Refused { .. }
+    ));
+}
+
+// ----- determinism -----
+
+/// The same inputs at the same times, with the same seeds, give byte-identical outputs (the
+/// jitter of periodic rounds included).
+#[test]
+fn the_same_inputs_give_the_same_outputs() {
+    let run = || {
+        let (mut a, space) = seeded(config(), 2, 2);
+        let mut b = joined(space, fetching(1));
+        let mut log = link(&mut a, &mut b, space, at(0));
+        for s in 40..=60 {
+            let now = at(s * 1_000);
+            let (from_a, from_b) = (a.tick(now), b.tick(now));
+            log.extend(relay(&mut a, &mut b, from_a, from_b, now));
+        }
+        log.iter().map(|o| format!("{o:?}")).collect::<Vec<_>>()
+    };
+    let first = run();
+    assert!(first.len() > 20, "{first:?}");
+    assert_eq!(first, run());
+}
