@@ -85,7 +85,10 @@ fn main() -> ExitCode {
             serde_json::to_string(&report).expect("a report serialises")
         );
     } else {
-        println!("{}", serde_json::to_string_pretty(&report).expect("a report serialises"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("a report serialises")
+        );
     }
     if report.converged {
         ExitCode::SUCCESS

@@ -420,7 +420,10 @@ async fn catch_up(rec: &Recorder, a_dir: &Path, space: SpaceId, n: usize) -> Cat
             .collect(),
     };
     let stored = b.status().await.expect("status").contributions;
-    assert!(stored >= n as u64, "B stores {stored} contributions, want {n}");
+    assert!(
+        stored >= n as u64,
+        "B stores {stored} contributions, want {n}"
+    );
     b.shutdown().await;
     a.shutdown().await;
     r
@@ -515,9 +518,9 @@ async fn idle(rec: &Recorder, space: &SpaceHistory, ideas: usize) -> Idle {
         let sa = a.status().await.ok()?;
         let sb = b.status().await.ok()?;
         let ok = |s: &agora_node::NodeStatus, other: &str| {
-            s.sync.iter().any(|x| {
-                x.peer_id == other && matches!(x.state, agora_node::SyncState::InSync)
-            })
+            s.sync
+                .iter()
+                .any(|x| x.peer_id == other && matches!(x.state, agora_node::SyncState::InSync))
         };
         (ok(&sa, &b_id) && ok(&sb, &a_id)).then_some(())
     })

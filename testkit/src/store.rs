@@ -56,7 +56,12 @@ pub fn prepare_data_dir(dir: &Path, space: SpaceId, contributions: &[Vec<u8>]) -
                 bytes: bytes.clone(),
             })
             .collect();
-        let outputs = run_group(&mut service, &storage, vec![Input::Gossip(batch)], clock.now());
+        let outputs = run_group(
+            &mut service,
+            &storage,
+            vec![Input::Gossip(batch)],
+            clock.now(),
+        );
         let accepted = outputs
             .iter()
             .filter(|o| {
@@ -69,7 +74,11 @@ pub fn prepare_data_dir(dir: &Path, space: SpaceId, contributions: &[Vec<u8>]) -
                 )
             })
             .count();
-        assert_eq!(accepted, chunk.len(), "every prepared contribution is accepted");
+        assert_eq!(
+            accepted,
+            chunk.len(),
+            "every prepared contribution is accepted"
+        );
     }
     run_group(
         &mut service,

@@ -123,7 +123,7 @@ impl EventLoop {
     }
 
     /// Hands a peer or sync event to the engine, in order, without waiting.
-    fn to_engine(&mut self, input: Input) {
+    fn send_to_engine(&mut self, input: Input) {
         if self.backlog.is_empty() {
             match self.engine.try_input(input) {
                 Ok(()) => return,
@@ -221,7 +221,7 @@ impl EventLoop {
                     let request_id = self.swarm.behaviour_mut().sync.send_request(&id, request);
                     self.outbound.insert(request_id, (peer, exchange));
                 }
-                _ => self.to_engine(Input::SyncResponse {
+                _ => self.send_to_engine(Input::SyncResponse {
                     peer,
                     exchange,
                     result: Err(SyncFailure::Unavailable("the peer is not connected".into())),
@@ -364,7 +364,7 @@ impl EventLoop {
                     .push(endpoint.get_remote_address().clone());
                 if first {
                     let peer = self.peers.handle(peer_id);
-                    self.to_engine(Input::PeerConnected { peer });
+                    self.send_to_engine(Input::PeerConnected { peer });
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -377,7 +377,7 @@ impl EventLoop {
                     if self.peers.connected.remove(&peer_id).is_some() {
                         tracing::info!(target: "agora::network", peer = %peer_id, "disconnected");
                         if let Some(peer) = self.peers.known(&peer_id) {
-                            self.to_engine(Input::PeerDisconnected { peer });
+                            self.send_to_engine(Input::PeerDisconnected { peer });
                         }
                     }
                     self.inbound.retain(|_, (p, _)| *p != peer_id);
@@ -472,7 +472,7 @@ impl EventLoop {
                 self.flush_queue(&topic);
                 if let Some(space) = SpaceId::from_topic(topic.as_str()) {
                     let peer = self.peers.handle(peer_id);
-                    self.to_engine(Input::PeerSubscribed { peer, space });
+                    self.send_to_engine(Input::PeerSubscribed { peer, space });
                 }
             }
             gossipsub::Event::Unsubscribed { peer_id, topic } => {
@@ -480,7 +480,7 @@ impl EventLoop {
                     SpaceId::from_topic(topic.as_str()),
                     self.peers.known(&peer_id),
                 ) {
-                    self.to_engine(Input::PeerUnsubscribed { peer, space });
+                    self.send_to_engine(Input::PeerUnsubscribed { peer, space });
                 }
             }
             _ => {}
@@ -536,7 +536,7 @@ impl EventLoop {
                 ..
             } => {
                 if let Some((peer, exchange)) = self.outbound.remove(&request_id) {
-                    self.to_engine(Input::SyncResponse {
+                    self.send_to_engine(Input::SyncResponse {
                         peer,
                         exchange,
                         result: Ok(response),
@@ -562,7 +562,7 @@ impl EventLoop {
                     other => SyncFailure::Unavailable(other.to_string()),
                 };
                 tracing::debug!(target: "agora::sync", %peer, %error, "outbound sync failed");
-                self.to_engine(Input::SyncResponse {
+                self.send_to_engine(Input::SyncResponse {
                     peer: handle,
                     exchange,
                     result: Err(failure),

@@ -740,7 +740,6 @@ fn a_failed_flush_ends_the_exchange_and_the_retry_converges() {
 /// a verdict: the pair is not shown in sync with data it lost, and is retried after
 /// `sync_retry`, not a whole `sync_every` later.
 #[test]
-#[ignore = "bug: a flush failure on an exchange's last batch leaves the verdict InSync (finish_exchange runs in on_sync_batch before commit; sync_abort then finds no exchange)"]
 fn a_failed_flush_of_the_last_batch_leaves_no_verdict() {
     let (mut a, space) = seeded(config(), 1, 0);
     let mut b = joined(space, config());

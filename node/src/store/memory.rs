@@ -1,7 +1,7 @@
 //! An in-memory implementation of [`Storage`] for the simulation and unit tests: one ordered
 //! map per tree, shared between clones, and a switch that makes writes and flushes fail.
 
-use super::{Storage, StoreError, Tree, Write};
+use super::{Entries, Storage, StoreError, Tree, Write};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
@@ -66,12 +66,7 @@ impl Storage for MemoryStorage {
         Ok(self.lock().maps[tree.index()].get(key).cloned())
     }
 
-    fn range(
-        &self,
-        tree: Tree,
-        from: &[u8],
-        to: Option<&[u8]>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn range(&self, tree: Tree, from: &[u8], to: Option<&[u8]>) -> Result<Entries, StoreError> {
         use std::ops::Bound;
         let inner = self.lock();
         let upper = match to {

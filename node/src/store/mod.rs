@@ -130,6 +130,9 @@ pub struct Write {
     pub value: Option<Vec<u8>>,
 }
 
+/// Key-value entries, in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// An ordered key-value store with trees, ranges, and a batch of writes made durable by a flush.
 /// Methods take `&self`: implementations share their state between clones (the service reads
 /// through one clone while the engine applies writes through another, on the same thread).
@@ -137,12 +140,7 @@ pub trait Storage: Clone + Send + 'static {
     /// The value of `key`, if any.
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Entries with `from <= key` and (when `to` is given) `key < to`, in key order.
-    fn range(
-        &self,
-        tree: Tree,
-        from: &[u8],
-        to: Option<&[u8]>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn range(&self, tree: Tree, from: &[u8], to: Option<&[u8]>) -> Result<Entries, StoreError>;
     /// Applies writes in order (each tree's writes atomically). Durable after [`Storage::flush`].
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError>;
     /// Makes every write so far durable; returns only after the data is on disk.

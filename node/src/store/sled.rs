@@ -1,7 +1,7 @@
 //! The sled 0.34.7 implementation of [`Storage`]: one database directory, one sled tree per
 //! [`Tree`].
 
-use super::{Storage, StoreError, Tree, Write};
+use super::{Entries, Storage, StoreError, Tree, Write};
 use std::path::Path;
 
 /// A sled database. Clones share it.
@@ -73,12 +73,7 @@ impl Storage for SledStorage {
             .map(|v| v.to_vec()))
     }
 
-    fn range(
-        &self,
-        tree: Tree,
-        from: &[u8],
-        to: Option<&[u8]>,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn range(&self, tree: Tree, from: &[u8], to: Option<&[u8]>) -> Result<Entries, StoreError> {
         let t = self.tree(tree);
         let iter = match to {
             Some(to) => t.range(from..to),

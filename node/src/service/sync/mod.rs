@@ -853,16 +853,22 @@ impl<R: Replica> Service<R> {
         rounds.chain(deadlines).chain(bans).chain(early).min()
     }
 
-    /// Exchanges that ingested in a group whose flush failed: end them without a verdict.
+    /// Exchanges that ingested in a group whose flush failed: end them without a verdict, and
+    /// take back a verdict that such an exchange recorded in the group (it was about data that
+    /// is now lost); either way the pair is retried soon.
     pub(super) fn sync_abort(&mut self, exchanges: Vec<(Pair, ExchangeId)>, now: Now) {
         for (pair, generation) in exchanges {
-            if self
+            let running = self
                 .sync
                 .exchanges
                 .get(&pair)
-                .is_some_and(|ex| ex.generation == generation)
-            {
+                .is_some_and(|ex| ex.generation == generation);
+            if running {
                 self.end_exchange(pair, None, now);
+            } else if let Some(p) = self.sync.pairs.get_mut(&pair) {
+                p.state = None;
+                p.setbacks = p.setbacks.saturating_add(1);
+                p.next_round = now.mono + self.config.sync_retry;
             }
         }
     }
