@@ -180,8 +180,8 @@ where
 }
 
 /// Runs one group of inputs through a service, as the engine thread does: each input handled
-/// and its writes applied, a tick if one is due, **one** flush, then the commit. Returns the
-/// outputs to carry out. (The simulation, benchmarks and tests drive services with it too.)
+/// and its writes applied, then a tick if one is due, **one** flush, then the commit. Returns
+/// the outputs to carry out. (The simulation, benchmarks and tests drive services with it too.)
 pub fn run_group<R: Replica, S: Storage>(
     service: &mut Service<R>,
     storage: &S,
@@ -190,17 +190,23 @@ pub fn run_group<R: Replica, S: Storage>(
 ) -> Vec<Output> {
     let mut wrote = false;
     let mut failed = None;
-    let tick = service.next_wakeup().is_some_and(|at| at <= now.mono);
-    for input in inputs.into_iter().chain(tick.then_some(Input::Tick)) {
-        service.handle(input, now);
+    let mut apply = |service: &mut Service<R>| {
         let writes = service.take_writes();
         if writes.is_empty() || failed.is_some() {
-            continue;
+            return;
         }
         wrote = true;
         if let Err(e) = storage.apply(&writes) {
             failed = Some(e);
         }
+    };
+    for input in inputs {
+        service.handle(input, now);
+        apply(service);
+    }
+    if service.next_wakeup().is_some_and(|at| at <= now.mono) {
+        service.handle(Input::Tick, now);
+        apply(service);
     }
     let flushed = match failed {
         Some(e) => Err(e),

@@ -124,6 +124,55 @@ pub enum SyncResponse {
     },
 }
 
+/// The digest of a space, fed one document at a time (in ascending id order, each with its
+/// heads sorted): the same bytes as [`space_digest`], without collecting the documents first.
+pub struct SpaceDigest {
+    hasher: Sha256,
+    /// Input gathered before it is hashed (many small updates cost more than a few big ones).
+    buffer: Vec<u8>,
+}
+
+impl SpaceDigest {
+    const BUFFER: usize = 16 * 1024;
+
+    /// An empty digest.
+    pub fn new() -> SpaceDigest {
+        let mut buffer = Vec::with_capacity(Self::BUFFER + 64);
+        buffer.extend_from_slice(DIGEST_DOMAIN);
+        SpaceDigest {
+            hasher: Sha256::new(),
+            buffer,
+        }
+    }
+
+    /// Adds a document. The caller gives documents in ascending id order, heads sorted, and
+    /// leaves out documents without heads.
+    pub fn add(&mut self, doc: &DocId, heads: &[ChangeHash]) {
+        self.buffer.extend_from_slice(&doc.0);
+        self.buffer
+            .extend_from_slice(&(heads.len() as u32).to_be_bytes());
+        for h in heads {
+            self.buffer.extend_from_slice(&h.0);
+        }
+        if self.buffer.len() >= Self::BUFFER {
+            self.hasher.update(&self.buffer);
+            self.buffer.clear();
+        }
+    }
+
+    /// The digest.
+    pub fn finish(mut self) -> [u8; 32] {
+        self.hasher.update(&self.buffer);
+        self.hasher.finalize().into()
+    }
+}
+
+impl Default for SpaceDigest {
+    fn default() -> Self {
+        SpaceDigest::new()
+    }
+}
+
 /// The digest of a space: SHA-256 of `DIGEST_DOMAIN`, then for each non-empty document in
 /// ascending id order: doc id (16) ‖ number of heads (u32 BE) ‖ heads in ascending order (32 each).
 /// Two nodes with the same contributions have the same digest.
@@ -138,16 +187,11 @@ pub fn space_digest<'a>(docs: impl IntoIterator<Item = (&'a DocId, &'a [ChangeHa
         })
         .collect();
     sorted.sort_by_key(|(d, _)| **d);
-    let mut hasher = Sha256::new();
-    hasher.update(DIGEST_DOMAIN);
+    let mut digest = SpaceDigest::new();
     for (doc, heads) in sorted {
-        hasher.update(doc.0);
-        hasher.update((heads.len() as u32).to_be_bytes());
-        for h in heads {
-            hasher.update(h.0);
-        }
+        digest.add(doc, &heads);
     }
-    hasher.finalize().into()
+    digest.finish()
 }
 
 impl SyncRequest {

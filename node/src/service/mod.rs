@@ -564,6 +564,8 @@ pub struct Service<R: Replica> {
     digests: BTreeMap<SpaceId, [u8; 32]>,
     outbox: Outbox,
     counters: Counters,
+    /// [`Service::next_wakeup`], until the next input or commit.
+    wakeup: std::cell::Cell<Option<Option<Millis>>>,
 }
 
 impl<S: Storage> Service<AutomergeReplica<S>> {
@@ -608,6 +610,7 @@ impl<R: Replica> Service<R> {
             digests: BTreeMap::new(),
             outbox,
             counters: Counters::default(),
+            wakeup: std::cell::Cell::new(None),
         }
     }
 
@@ -639,6 +642,7 @@ impl<R: Replica> Service<R> {
     /// Handles one input. Writes and outputs accumulate until [`Service::take_writes`] and
     /// [`Service::commit`].
     pub fn handle(&mut self, input: Input, now: Now) {
+        self.wakeup.set(None);
         match input {
             Input::Command { id, command } => {
                 let when = if command.writes() {
@@ -679,6 +683,7 @@ impl<R: Replica> Service<R> {
     /// (`Err`: memory is made to agree with the store again, and nothing that vouches for the
     /// lost writes leaves). Returns the outputs to carry out, in order.
     pub fn commit(&mut self, flushed: Result<(), StoreError>, now: Now) -> Vec<Output> {
+        self.wakeup.set(None);
         let Err(e) = flushed else {
             return self.outbox.release(None);
         };
@@ -705,10 +710,15 @@ impl<R: Replica> Service<R> {
 
     /// When the service next needs a [`Input::Tick`] (`None`: only inputs wake it).
     pub fn next_wakeup(&self) -> Option<Millis> {
-        [self.sync_next_wakeup(), self.pending.next_expiry()]
+        if let Some(known) = self.wakeup.get() {
+            return known;
+        }
+        let next = [self.sync_next_wakeup(), self.pending.next_expiry()]
             .into_iter()
             .flatten()
-            .min()
+            .min();
+        self.wakeup.set(Some(next));
+        next
     }
 
     fn tick(&mut self, now: Now) {

@@ -8,8 +8,35 @@
 
 use rand::RngExt;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 use std::time::Duration;
+
+/// Hashes a `u64` that is already uniformly random (a message id: a prefix of SHA-256) by
+/// taking it as it is: the simulation looks ids up billions of times.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Hashes and ids are uniformly random: their first eight bytes are as good as all.
+        let mut first = [0u8; 8];
+        let n = bytes.len().min(8);
+        first[..n].copy_from_slice(&bytes[..n]);
+        self.0 = self.0.rotate_left(5) ^ u64::from_le_bytes(first);
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A map keyed by random `u64`s.
+pub type IdMap<V> = HashMap<u64, V, BuildHasherDefault<IdHasher>>;
+/// A set of random `u64`s.
+pub type IdSet = HashSet<u64, BuildHasherDefault<IdHasher>>;
 
 /// The gossipsub parameters the model uses.
 #[derive(Debug, Clone, Copy)]
@@ -102,12 +129,12 @@ pub struct Gossip {
     /// Peers whose connection is up (and who follow the topic: every node does).
     pub peers: Vec<u32>,
     mesh: Vec<u32>,
-    seen: HashSet<u64>,
+    seen: IdSet,
     seen_order: VecDeque<(u64, u64)>,
     /// Validated messages by heartbeat, newest first.
     mcache: VecDeque<Vec<(u64, Payload)>>,
     /// Ids asked for by IWANT, and when (asked again only after a heartbeat).
-    asked: HashMap<u64, u64>,
+    asked: IdMap<u64>,
 }
 
 impl Gossip {

@@ -13,7 +13,7 @@
 mod gossip;
 pub mod model;
 
-use self::gossip::{Gossip, GossipParams, Payload, Send};
+use self::gossip::{Gossip, GossipParams, IdMap, Payload, Send};
 use self::model::{ModelReplica, SharedWorld};
 use agora_node::engine::run_group;
 use agora_node::service::{
@@ -380,7 +380,7 @@ struct Node<R: Replica> {
     links: Vec<u32>,
     epoch: u32,
     tick_at: Option<u64>,
-    verdicts: HashMap<u64, (u64, Payload, u32)>,
+    verdicts: IdMap<(u64, Payload, u32)>,
     inbound: HashMap<InboundId, (u32, ExchangeId)>,
     requests: HashMap<RequestId, (Intent, u32)>,
 }
@@ -448,7 +448,7 @@ impl<R: SimReplica> Sim<R> {
                 links: Vec::new(),
                 epoch: 0,
                 tick_at: None,
-                verdicts: HashMap::new(),
+                verdicts: IdMap::default(),
                 inbound: HashMap::new(),
                 requests: HashMap::new(),
             });

@@ -19,7 +19,10 @@ use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasherDefault;
 use std::rc::Rc;
+
+use super::gossip::IdHasher;
 
 /// One contribution of the model.
 #[derive(Debug)]
@@ -42,7 +45,12 @@ pub struct ModelChange {
 #[derive(Default)]
 pub struct World {
     changes: Vec<Rc<ModelChange>>,
-    by_hash: HashMap<ChangeHash, u32>,
+    by_hash: HashMap<ChangeHash, u32, BuildHasherDefault<IdHasher>>,
+    /// Every document, numbered in the order it was created (nodes keep their documents in a
+    /// vector by this number: a thousand nodes' maps of ten thousand documents are slow).
+    docs: HashMap<DocId, u32, BuildHasherDefault<IdHasher>>,
+    /// The same, in id order (the order digests and `Heads` answers list documents in).
+    sorted: BTreeMap<DocId, u32>,
 }
 
 impl World {
@@ -62,6 +70,13 @@ impl World {
         let mut b = vec![0u8; size.max(4)];
         b[..4].copy_from_slice(&i.to_be_bytes());
         b
+    }
+
+    fn doc_number(&mut self, doc: DocId) -> u32 {
+        let next = self.docs.len() as u32;
+        let n = *self.docs.entry(doc).or_insert(next);
+        self.sorted.insert(doc, n);
+        n
     }
 
     fn index_of(&self, bytes: &[u8]) -> Option<u32> {
@@ -101,12 +116,52 @@ impl Item for ModelItem {
     }
 }
 
+/// A document's heads, sorted; one head (the usual case) kept inline, so that walking a node's
+/// documents (digests, `Heads` answers) reads one array instead of chasing a pointer each.
+#[derive(Clone, Default)]
+enum Heads {
+    #[default]
+    None,
+    One(ChangeHash),
+    Many(Vec<ChangeHash>),
+}
+
+impl Heads {
+    fn as_slice(&self) -> &[ChangeHash] {
+        match self {
+            Heads::None => &[],
+            Heads::One(h) => std::slice::from_ref(h),
+            Heads::Many(v) => v,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        matches!(self, Heads::None)
+    }
+
+    /// The heads after applying a change with these dependencies.
+    fn advance(&mut self, hash: ChangeHash, deps: &[ChangeHash]) {
+        let mut v: Vec<ChangeHash> = self
+            .as_slice()
+            .iter()
+            .filter(|h| !deps.contains(h))
+            .copied()
+            .collect();
+        let at = v.partition_point(|h| *h < hash);
+        v.insert(at, hash);
+        *self = match v.len() {
+            1 => Heads::One(v[0]),
+            _ => Heads::Many(v),
+        };
+    }
+}
+
 #[derive(Default, Clone)]
 struct ModelDoc {
     kind: Option<DocKind>,
     /// Held contributions, in the order applied (dependencies first).
     held: Vec<u32>,
-    heads: Vec<u32>,
+    heads: Heads,
 }
 
 /// The model replica of one node.
@@ -114,7 +169,9 @@ pub struct ModelReplica {
     world: SharedWorld,
     identity: Identity,
     author: AuthorId,
-    spaces: BTreeMap<SpaceId, BTreeMap<DocId, ModelDoc>>,
+    /// Per space, the documents by their number in the world (`kind` is `None` where the node
+    /// holds nothing).
+    spaces: BTreeMap<SpaceId, Vec<ModelDoc>>,
     idea_space: HashMap<DocId, SpaceId>,
     contributions: u64,
     made: u64,
@@ -152,23 +209,29 @@ impl ModelReplica {
     }
 
     fn doc(&self, space: &SpaceId, doc: &DocId) -> Option<&ModelDoc> {
-        self.spaces.get(space)?.get(doc)
+        let n = *self.world.borrow().docs.get(doc)?;
+        self.spaces
+            .get(space)?
+            .get(n as usize)
+            .filter(|d| d.kind.is_some())
     }
 
-    fn holds(&self, d: &ModelDoc, hash: &ChangeHash) -> bool {
+    fn doc_mut(&mut self, space: &SpaceId, n: u32) -> Option<&mut ModelDoc> {
+        let docs = self.spaces.get_mut(space)?;
+        if docs.len() <= n as usize {
+            docs.resize_with(n as usize + 1, ModelDoc::default);
+        }
+        docs.get_mut(n as usize)
+    }
+
+    fn holds_in(&self, d: &ModelDoc, hash: &ChangeHash) -> bool {
         let world = self.world.borrow();
         world.by_hash.get(hash).is_some_and(|i| d.held.contains(i))
     }
 
-    fn apply_one(d: &mut ModelDoc, index: u32, change: &ModelChange, world: &World) {
+    fn apply_one(d: &mut ModelDoc, index: u32, change: &ModelChange) {
         d.held.push(index);
-        let deps: Vec<u32> = change
-            .deps
-            .iter()
-            .filter_map(|h| world.by_hash.get(h).copied())
-            .collect();
-        d.heads.retain(|h| !deps.contains(h));
-        d.heads.push(index);
+        d.heads.advance(change.hash, &change.deps);
     }
 }
 
@@ -218,14 +281,13 @@ impl Replica for ModelReplica {
         items: Vec<ModelItem>,
         _writes: &mut Vec<Write>,
     ) -> Vec<Result<(), Rejection>> {
-        let world = self.world.borrow();
-        let Some(docs) = self.spaces.get_mut(&space) else {
+        let n = self.world.borrow_mut().doc_number(doc);
+        let Some(d) = self.doc_mut(&space, n) else {
             return items.iter().map(|_| Err(Rejection::UnknownSpace)).collect();
         };
-        let d = docs.entry(doc).or_default();
         d.kind.get_or_insert(kind);
         for it in &items {
-            Self::apply_one(d, it.index, &it.change, &world);
+            Self::apply_one(d, it.index, &it.change);
         }
         self.contributions += items.len() as u64;
         if kind == DocKind::Idea {
@@ -243,11 +305,13 @@ impl Replica for ModelReplica {
         _now_ms: i64,
         _writes: &mut Vec<Write>,
     ) -> Result<Option<Vec<u8>>, ServiceError> {
-        let docs = self
-            .spaces
-            .get(&space)
-            .ok_or(ServiceError::UnknownSpace(space))?;
-        let heads = docs.get(&doc).map(|d| d.heads.clone()).unwrap_or_default();
+        if !self.spaces.contains_key(&space) {
+            return Err(ServiceError::UnknownSpace(space));
+        }
+        let heads = self
+            .doc(&space, &doc)
+            .map(|d| d.heads.as_slice().to_vec())
+            .unwrap_or_default();
         self.made += 1;
         let hash = ChangeHash(
             Sha256::new()
@@ -264,10 +328,7 @@ impl Replica for ModelReplica {
         key.verify(&hash.0, &Signature::from_bytes(&signature))
             .expect("our own signature verifies");
         let mut world = self.world.borrow_mut();
-        let deps = heads
-            .iter()
-            .map(|i| world.changes[*i as usize].hash)
-            .collect();
+        let deps = heads;
         let change = Rc::new(ModelChange {
             space,
             doc,
@@ -279,19 +340,17 @@ impl Replica for ModelReplica {
         let index = world.changes.len() as u32;
         world.changes.push(change.clone());
         world.by_hash.insert(hash, index);
-        let d = self
-            .spaces
-            .get_mut(&space)
-            .expect("checked above")
-            .entry(doc)
-            .or_default();
+        let n = world.doc_number(doc);
+        let wire = world.wire(index);
+        drop(world);
+        let d = self.doc_mut(&space, n).expect("checked above");
         d.kind.get_or_insert(kind);
-        Self::apply_one(d, index, &change, &world);
+        Self::apply_one(d, index, &change);
         self.contributions += 1;
         if kind == DocKind::Idea {
             self.idea_space.insert(doc, space);
         }
-        Ok(Some(world.wire(index)))
+        Ok(Some(wire))
     }
 
     fn revert(&mut self, _docs: &[(SpaceId, DocId)]) -> Result<(), StoreError> {
@@ -306,25 +365,38 @@ impl Replica for ModelReplica {
     }
 
     fn docs(&self, space: &SpaceId) -> Vec<DocId> {
-        self.spaces
-            .get(space)
-            .map(|d| d.keys().copied().collect())
-            .unwrap_or_default()
+        let world = self.world.borrow();
+        let Some(docs) = self.spaces.get(space) else {
+            return Vec::new();
+        };
+        world
+            .sorted
+            .iter()
+            .filter(|(_, n)| docs.get(**n as usize).is_some_and(|d| d.kind.is_some()))
+            .map(|(doc, _)| *doc)
+            .collect()
     }
 
     fn heads(&mut self, space: &SpaceId, doc: &DocId) -> Vec<ChangeHash> {
+        self.doc(space, doc)
+            .map(|d| d.heads.as_slice().to_vec())
+            .unwrap_or_default()
+    }
+
+    fn visit_heads(&mut self, space: &SpaceId, f: &mut dyn FnMut(&DocId, &[ChangeHash])) {
         let world = self.world.borrow();
-        let mut h: Vec<ChangeHash> = self
-            .doc(space, doc)
-            .map(|d| {
-                d.heads
-                    .iter()
-                    .map(|i| world.changes[*i as usize].hash)
-                    .collect()
-            })
-            .unwrap_or_default();
-        h.sort();
-        h
+        let Some(docs) = self.spaces.get(space) else {
+            return;
+        };
+        for (doc, n) in &world.sorted {
+            if let Some(d) = docs.get(*n as usize).filter(|d| !d.heads.is_empty()) {
+                f(doc, d.heads.as_slice());
+            }
+        }
+    }
+
+    fn holds(&mut self, space: &SpaceId, doc: &DocId, hash: &ChangeHash) -> bool {
+        self.doc(space, doc).is_some_and(|d| self.holds_in(d, hash))
     }
 
     fn missing(&mut self, space: &SpaceId, doc: &DocId, hashes: &[ChangeHash]) -> Vec<ChangeHash> {
@@ -332,7 +404,7 @@ impl Replica for ModelReplica {
             // A held change's ancestors are all held (changes are applied dependencies first).
             Some(d) => hashes
                 .iter()
-                .filter(|h| !self.holds(d, h))
+                .filter(|h| !self.holds_in(d, h))
                 .copied()
                 .collect(),
             None => hashes.to_vec(),
@@ -406,7 +478,7 @@ impl Replica for ModelReplica {
 
     fn idea_count(&self, space: &SpaceId) -> usize {
         self.spaces.get(space).map_or(0, |docs| {
-            docs.values()
+            docs.iter()
                 .filter(|d| d.kind == Some(DocKind::Idea))
                 .count()
         })

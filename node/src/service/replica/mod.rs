@@ -128,6 +128,20 @@ pub trait Replica {
     fn docs(&self, space: &SpaceId) -> Vec<DocId>;
     /// A document's heads, sorted (empty if it is not held).
     fn heads(&mut self, space: &SpaceId, doc: &DocId) -> Vec<ChangeHash>;
+    /// Calls `f` with every held document of a space that has heads, in id order, with its
+    /// heads sorted (what digests and `Heads` answers are made of).
+    fn visit_heads(&mut self, space: &SpaceId, f: &mut dyn FnMut(&DocId, &[ChangeHash])) {
+        for doc in self.docs(space) {
+            let heads = self.heads(space, &doc);
+            if !heads.is_empty() {
+                f(&doc, &heads);
+            }
+        }
+    }
+    /// Whether the document holds the change `hash` (and so all its ancestors).
+    fn holds(&mut self, space: &SpaceId, doc: &DocId, hash: &ChangeHash) -> bool {
+        self.missing(space, doc, &[*hash]).is_empty()
+    }
     /// Which of `hashes` (with their ancestors) the document lacks: empty exactly when it holds
     /// all of them. For a document not held, all of them.
     fn missing(&mut self, space: &SpaceId, doc: &DocId, hashes: &[ChangeHash]) -> Vec<ChangeHash>;

@@ -79,7 +79,9 @@ pub(crate) struct Scheduler {
     exchanges: BTreeMap<Pair, Exchange>,
     /// Requests awaited, by id.
     outstanding: BTreeMap<ExchangeId, Pair>,
+    /// Pairs waiting for a free exchange slot, in order, and the same as a set.
     queue: VecDeque<Pair>,
+    queued: BTreeSet<Pair>,
     /// Peers banned, until when.
     pub banned: BTreeMap<PeerHandle, Millis>,
     next_id: u64,
@@ -137,6 +139,7 @@ impl<R: Replica> Service<R> {
         self.sync.pairs.remove(&(peer, space));
         self.drop_exchange((peer, space));
         self.sync.queue.retain(|p| *p != (peer, space));
+        self.sync.queued.remove(&(peer, space));
         self.start_queued(now);
     }
 
@@ -240,6 +243,7 @@ impl<R: Replica> Service<R> {
             self.drop_exchange(pair);
         }
         self.sync.queue.retain(|(p, _)| *p != peer);
+        self.sync.queued.retain(|(p, _)| *p != peer);
     }
 
     fn is_banned(&self, peer: PeerHandle, now: Now) -> bool {
@@ -276,12 +280,13 @@ impl<R: Replica> Service<R> {
     fn start_exchange(&mut self, pair: Pair, now: Now) {
         if !self.sync.pairs.contains_key(&pair)
             || self.sync.exchanges.contains_key(&pair)
-            || self.sync.queue.contains(&pair)
+            || self.sync.queued.contains(&pair)
         {
             return;
         }
         if self.sync.exchanges.len() >= self.config.max_exchanges {
             self.sync.queue.push_back(pair);
+            self.sync.queued.insert(pair);
             return;
         }
         let (peer, space) = pair;
@@ -307,6 +312,7 @@ impl<R: Replica> Service<R> {
             let Some(pair) = self.sync.queue.pop_front() else {
                 break;
             };
+            self.sync.queued.remove(&pair);
             self.start_exchange(pair, now);
         }
     }
@@ -610,17 +616,22 @@ impl<R: Replica> Service<R> {
         in_flight: &InFlight,
     ) -> Vec<DocHeads> {
         let mut wants = Vec::new();
-        for d in theirs {
+        let differ = self.differing(space, theirs);
+        for d in theirs
+            .iter()
+            .zip(differ)
+            .filter(|(_, differ)| *differ)
+            .map(|(d, _)| d)
+        {
             let doc = DocId(d.doc);
             let flying = in_flight.get(&doc);
             let known = |h: &ChangeHash| flying.is_some_and(|v| v.iter().any(|(x, _)| x == h));
-            let unknown: Vec<ChangeHash> = d
+            let lacking = d
                 .heads
                 .iter()
                 .map(|h| ChangeHash::from(*h))
-                .filter(|h| !known(h))
-                .collect();
-            if unknown.is_empty() || self.replica.missing(space, &doc, &unknown).is_empty() {
+                .any(|h| !known(&h) && !self.replica.holds(space, &doc, &h));
+            if !lacking {
                 continue;
             }
             // Our heads once what is in flight is applied: held heads and received changes that
@@ -645,24 +656,50 @@ impl<R: Replica> Service<R> {
         wants
     }
 
+    /// For each of the peer's documents, whether its heads may differ from ours (false only
+    /// where they are exactly ours). One walk over both lists when the peer's is in id order, as
+    /// a `Heads` answer is: most documents of a space are usually the same on both sides.
+    fn differing(&mut self, space: &SpaceId, theirs: &[DocHeads]) -> Vec<bool> {
+        let mut differ = vec![true; theirs.len()];
+        if !theirs.is_sorted_by_key(|d| d.doc) {
+            return differ;
+        }
+        let mut i = 0;
+        self.replica.visit_heads(space, &mut |doc, ours| {
+            while i < theirs.len() && theirs[i].doc < doc.0 {
+                i += 1;
+            }
+            if let Some(t) = theirs.get(i).filter(|t| t.doc == doc.0) {
+                differ[i] = !(t.heads.len() == ours.len()
+                    && t.heads.iter().zip(ours).all(|(a, b)| a.0 == b.0));
+            }
+        });
+        differ
+    }
+
     /// Whether the peer lacks something we hold, given its heads (and that we lack nothing of
     /// it): some document of ours is missing from its list or has other heads.
     fn peer_lacks(&mut self, space: &SpaceId, theirs: &[DocHeads]) -> bool {
-        let theirs: BTreeMap<[u8; 16], &[sync::Hash]> =
-            theirs.iter().map(|d| (d.doc, d.heads.as_slice())).collect();
-        for doc in self.replica.docs(space) {
-            let ours = self.replica.heads(space, &doc);
-            if ours.is_empty() {
-                continue;
-            }
-            let same = theirs.get(&doc.0).is_some_and(|t| {
-                t.len() == ours.len() && t.iter().zip(&ours).all(|(a, b)| a.0 == b.0)
+        let same = |t: &DocHeads, ours: &[ChangeHash]| {
+            t.heads.len() == ours.len() && t.heads.iter().zip(ours).all(|(a, b)| a.0 == b.0)
+        };
+        let mut lacks = false;
+        if theirs.is_sorted_by_key(|d| d.doc) {
+            // A `Heads` answer lists documents in id order, as we visit ours: walk both.
+            let mut rest = theirs.iter().peekable();
+            self.replica.visit_heads(space, &mut |doc, ours| {
+                while rest.next_if(|t| t.doc < doc.0).is_some() {}
+                lacks |= !rest
+                    .next_if(|t| t.doc == doc.0)
+                    .is_some_and(|t| same(t, ours));
             });
-            if !same {
-                return true;
-            }
+        } else {
+            let theirs: BTreeMap<[u8; 16], &DocHeads> = theirs.iter().map(|d| (d.doc, d)).collect();
+            self.replica.visit_heads(space, &mut |doc, ours| {
+                lacks |= !theirs.get(&doc.0).is_some_and(|t| same(t, ours));
+            });
         }
-        false
+        lacks
     }
 
     /// The sync digest of a space (cached until the space changes).
@@ -670,12 +707,10 @@ impl<R: Replica> Service<R> {
         if let Some(d) = self.digests.get(space) {
             return *d;
         }
-        let docs = self.replica.docs(space);
-        let heads: Vec<(DocId, Vec<ChangeHash>)> = docs
-            .into_iter()
-            .map(|d| (d, self.replica.heads(space, &d)))
-            .collect();
-        let digest = sync::space_digest(heads.iter().map(|(id, h)| (id, h.as_slice())));
+        let mut digest = sync::SpaceDigest::new();
+        self.replica
+            .visit_heads(space, &mut |doc, heads| digest.add(doc, heads));
+        let digest = digest.finish();
         self.digests.insert(*space, digest);
         digest
     }
@@ -774,19 +809,14 @@ impl<R: Replica> Service<R> {
     /// Every non-empty document's heads, in id order (what a `Heads` answer carries).
     fn doc_heads(&mut self, space: &SpaceId) -> Vec<DocHeads> {
         let mut out = Vec::new();
-        for doc in self.replica.docs(space) {
-            let heads = self.replica.heads(space, &doc);
-            if heads.is_empty() {
-                continue;
+        self.replica.visit_heads(space, &mut |doc, heads| {
+            if out.len() < MAX_DOCS_PER_SPACE {
+                out.push(DocHeads {
+                    doc: doc.0,
+                    heads: heads.iter().map(|h| (*h).into()).collect(),
+                });
             }
-            out.push(DocHeads {
-                doc: doc.0,
-                heads: heads.into_iter().map(Into::into).collect(),
-            });
-            if out.len() >= MAX_DOCS_PER_SPACE {
-                break;
-            }
-        }
+        });
         out
     }
 
@@ -830,27 +860,28 @@ impl<R: Replica> Service<R> {
     }
 
     pub(super) fn sync_next_wakeup(&self) -> Option<Millis> {
-        let rounds = self
-            .sync
-            .pairs
-            .iter()
-            .filter(|(pair, _)| {
-                !self.sync.exchanges.contains_key(pair) && !self.sync.queue.contains(pair)
-            })
-            .map(|(_, p)| p.next_round);
-        let deadlines = self
-            .sync
-            .exchanges
-            .values()
-            .filter_map(|ex| ex.outstanding.map(|(_, at)| at));
-        let bans = self.sync.banned.values().copied();
-        let early = self
-            .sync
-            .pairs
-            .iter()
-            .filter(|(pair, _)| !self.sync.exchanges.contains_key(pair))
-            .flat_map(|(_, p)| p.early.iter().map(|(_, _, at)| *at));
-        rounds.chain(deadlines).chain(bans).chain(early).min()
+        let mut next: Option<Millis> = None;
+        let mut at = |t: Millis| next = Some(next.map_or(t, |n| n.min(t)));
+        for (pair, p) in &self.sync.pairs {
+            if self.sync.exchanges.contains_key(pair) {
+                continue;
+            }
+            for (_, _, due) in &p.early {
+                at(*due);
+            }
+            if !self.sync.queued.contains(pair) {
+                at(p.next_round);
+            }
+        }
+        for ex in self.sync.exchanges.values() {
+            if let Some((_, deadline)) = ex.outstanding {
+                at(deadline);
+            }
+        }
+        for until in self.sync.banned.values() {
+            at(*until);
+        }
+        next
     }
 
     /// Exchanges that ingested in a group whose flush failed: end them without a verdict, and
