@@ -220,10 +220,12 @@ impl Client {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<T> {
+        // The CLI never shows the idea a write returns: spare the node reading it back.
         let mut req = self
             .http
             .request(method, format!("{}{}", self.base, path))
-            .bearer_auth(&self.token);
+            .bearer_auth(&self.token)
+            .header("Prefer", "return=minimal");
         if let Some(b) = body {
             req = req.json(&b);
         }
@@ -246,7 +248,9 @@ impl Client {
                 .unwrap_or_else(|_| "unexpected answer from the node".to_string());
             bail!("{msg}");
         }
-        serde_json::from_slice(&bytes).map_err(|e| anyhow!("unexpected answer from the node: {e}"))
+        // 204 No Content (a write with `return=minimal`) has no body.
+        let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        serde_json::from_slice(bytes).map_err(|e| anyhow!("unexpected answer from the node: {e}"))
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {

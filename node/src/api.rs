@@ -13,7 +13,7 @@ use crate::{NodeError, NodeHandle};
 use agora_protocol::idea::{IdeaDraft, Status, Vote};
 use agora_protocol::{DocId, SpaceId};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
@@ -145,14 +145,34 @@ struct CommentBody {
     text: String,
 }
 
+/// Whether the client asked for no representation in the answer (`Prefer: return=minimal`,
+/// RFC 7240): then a write answers 204 once durable, without reading the idea back.
+fn minimal(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim().eq_ignore_ascii_case("return=minimal"))
+}
+
+/// The answer to a write on an idea: the updated idea, or nothing if the client prefers.
+async fn written(node: &NodeHandle, id: DocId, headers: &HeaderMap) -> ApiResult {
+    if minimal(headers) {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    ok(node.show_idea(id).await?)
+}
+
 async fn comment(
     State(node): State<NodeHandle>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Json(b): Json<CommentBody>,
 ) -> ApiResult {
     let id: DocId = parse(&id)?;
     node.comment(id, &b.text).await?;
-    ok(node.show_idea(id).await?)
+    written(&node, id, &headers).await
 }
 
 #[derive(Deserialize)]
@@ -163,11 +183,12 @@ struct VoteBody {
 async fn vote(
     State(node): State<NodeHandle>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Json(b): Json<VoteBody>,
 ) -> ApiResult {
     let id: DocId = parse(&id)?;
     node.vote(id, b.vote).await?;
-    ok(node.show_idea(id).await?)
+    written(&node, id, &headers).await
 }
 
 #[derive(Deserialize)]
@@ -178,11 +199,12 @@ struct StatusBody {
 async fn set_status(
     State(node): State<NodeHandle>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     Json(b): Json<StatusBody>,
 ) -> ApiResult {
     let id: DocId = parse(&id)?;
     node.set_status(id, b.status).await?;
-    ok(node.show_idea(id).await?)
+    written(&node, id, &headers).await
 }
 
 async fn set_name(State(node): State<NodeHandle>, Json(b): Json<NameBody>) -> ApiResult {

@@ -105,6 +105,31 @@ impl SimConfig {
     }
 }
 
+impl SimConfig {
+    /// The command that replays this run.
+    pub fn replay(&self) -> String {
+        format!(
+            "cargo run --release --example simulate -- --nodes {} --ideas {} --seed {} --replica {} \
+             --loss {} --duplicate {} --jitter-ms {} --partition-seconds {} --churn {} --degree {} \
+             --write-seconds {}",
+            self.nodes,
+            self.ideas,
+            self.seed,
+            match self.replica {
+                ReplicaMode::Model => "model",
+                ReplicaMode::Full => "full",
+            },
+            self.loss,
+            self.duplicate,
+            self.jitter_ms,
+            self.partition_seconds,
+            self.churn,
+            self.degree,
+            self.write_seconds,
+        )
+    }
+}
+
 /// What a run found.
 #[derive(Debug, Clone, Serialize)]
 pub struct SimReport {
@@ -929,7 +954,9 @@ impl<R: SimReplica> Sim<R> {
     }
 
     fn retry(&mut self, node: u32, intent: Intent, tries: u32) {
-        if tries >= 60 {
+        // Once a second, for as long as the idea may take to reach the writer (a partition may
+        // keep it away until the heal).
+        if u64::from(tries) >= 60 + self.config.partition_seconds {
             self.writes_failed += 1;
             self.writes_open -= 1;
             return;
