@@ -8,8 +8,9 @@
 //! Routes (JSON in and out): see `docs/API.md`.
 
 use crate::config::{Config, DEFAULT_API};
-use crate::EngineError;
-use crate::{NodeError, NodeHandle};
+use crate::error::NodeError;
+use crate::handle::NodeHandle;
+use crate::service::ServiceError as EngineError;
 use agora_protocol::idea::{IdeaDraft, Status, Vote};
 use agora_protocol::{DocId, SpaceId};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};

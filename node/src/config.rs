@@ -4,7 +4,6 @@
 
 use crate::network::{parse_addr, NetworkError};
 use crate::service::ServiceConfig;
-use crate::NodeError;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,6 +32,14 @@ pub enum ConfigError {
     /// The API address is not HOST:PORT on a loopback host.
     #[error("invalid API address {0:?}: use a loopback HOST:PORT such as 127.0.0.1:7420 (the API is for this machine only)")]
     BadApi(String),
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// No platform data directory could be determined.
     #[error(
         "cannot find a data directory for this platform: pass --data-dir or set AGORA_DATA_DIR"
@@ -165,9 +172,8 @@ impl Config {
     }
 
     /// Creates the data dir (owner-only on Unix).
-    pub fn ensure_data_dir(&self) -> Result<(), NodeError> {
-        std::fs::create_dir_all(&self.data_dir).map_err(|source| NodeError::Io {
-            what: "cannot create the data directory",
+    pub fn ensure_data_dir(&self) -> Result<(), ConfigError> {
+        std::fs::create_dir_all(&self.data_dir).map_err(|source| ConfigError::DataDir {
             path: self.data_dir.clone(),
             source,
         })?;

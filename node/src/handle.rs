@@ -2,11 +2,13 @@
 //! running node. Each method is one typed [`Command`] to the engine thread, answered through a
 //! oneshot channel once its writes are durable.
 
+use crate::config;
 use crate::engine::EngineHandle;
+use crate::error::NodeError;
 use crate::network::{self, NetCommand, NetView, NetworkError};
 use crate::service::{Command, NodeEvent, Reply, ServiceError, ServiceStatus};
+use crate::service::{Counters, SpaceInfo};
 use crate::status::{NetStatus, NodeStatus, SyncInfo};
-use crate::{config, Counters, NodeError, SpaceInfo};
 use agora_protocol::automerge::ChangeHash;
 use agora_protocol::idea::{Idea, IdeaDraft, Status, Vote};
 use agora_protocol::{AuthorId, DocId, SpaceId};

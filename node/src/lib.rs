@@ -20,6 +20,7 @@
 pub mod api;
 pub mod config;
 pub mod engine;
+pub mod error;
 pub mod handle;
 pub mod network;
 pub mod service;
@@ -28,6 +29,7 @@ pub mod store;
 
 pub use config::Config;
 pub use engine::now_ms;
+pub use error::NodeError;
 pub use handle::NodeHandle;
 pub use service::{Counters, NodeEvent, ServiceError, SpaceInfo};
 pub use status::{NetStatus, NodeStatus, PeerInfo, SyncInfo, SyncState};
@@ -38,43 +40,9 @@ pub type EngineError = ServiceError;
 use agora_protocol::Identity;
 use handle::Inner;
 use service::Service;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use store::{SledStorage, Store, StoreError, Write};
 use tokio::sync::{broadcast, mpsc, watch};
-
-/// Errors while starting or talking to a node.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum NodeError {
-    /// Filesystem trouble with the data directory or key file.
-    #[error("{what} {path}: {source}")]
-    Io {
-        /// What we were doing.
-        what: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// The key file exists but does not hold a key.
-    #[error("the identity file {0} is damaged: restore it from a backup, or move it away to create a new identity")]
-    BadKey(PathBuf),
-    /// Another process has the store open.
-    #[error("another agora node is already using {0}: stop it first, or pick another --data-dir")]
-    Locked(PathBuf),
-    /// Store error.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// A command failed.
-    #[error(transparent)]
-    Engine(#[from] ServiceError),
-    /// Network error.
-    #[error(transparent)]
-    Network(#[from] network::NetworkError),
-    /// Configuration error.
-    #[error(transparent)]
-    Config(#[from] config::ConfigError),
-}
 
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
