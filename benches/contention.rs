@@ -218,11 +218,53 @@ fn clock_ticks() -> u64 {
 
 /// CPU time (user + system, every thread) of a process so far, from `/proc/<pid>/stat`.
 fn cpu_time(pid: &str, ticks: u64) -> Option<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu(Path::new(&format!("/proc/{pid}/stat")), ticks)
+}
+
+/// CPU time (user + system) from a `stat` file of `/proc` (a process's or a thread's).
+fn stat_cpu(path: &Path, ticks: u64) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the command name (which is in parentheses and may contain spaces).
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let t = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
     Some(Duration::from_micros(t * 1_000_000 / ticks))
+}
+
+/// CPU time of a node's long-lived threads so far: the engine thread (`agora-engine`) and the
+/// tokio workers (`tokio-rt-worker`: HTTP API, network), from `/proc/<pid>/task/*/`. The rest
+/// of the process (sled's I/O pool, whose threads come and go, and the timers) is the process
+/// total minus these.
+#[derive(Clone, Copy, Default)]
+struct Threads {
+    engine: Duration,
+    tokio: Duration,
+}
+
+impl Threads {
+    fn of(pid: &str, ticks: u64) -> Option<Threads> {
+        let mut t = Threads::default();
+        for entry in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+        {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            // A thread that ended between the listing and the read counts nothing.
+            let cpu = stat_cpu(&entry.path().join("stat"), ticks).unwrap_or_default();
+            match comm.trim() {
+                "agora-engine" => t.engine += cpu,
+                "tokio-rt-worker" => t.tokio += cpu,
+                _ => {}
+            }
+        }
+        Some(t)
+    }
+
+    fn since(self, before: Threads) -> Threads {
+        Threads {
+            engine: self.engine.saturating_sub(before.engine),
+            tokio: self.tokio.saturating_sub(before.tokio),
+        }
+    }
 }
 
 /// The file system type of the mount that holds `path` (longest mount point prefix in
@@ -268,10 +310,10 @@ impl Perf {
             .stderr(log)
             .spawn()
             .expect("cannot run `perf record` (is perf installed?)");
-        // perf creates its output file, then attaches and writes the synthesized mmap events of
-        // the target; wait (bounded) until the file has grown past its header.
+        // perf opens its events (attaches) before it writes the file's header: wait (bounded)
+        // until the file is no longer empty.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::metadata(&out).map_or(0, |m| m.len()) < 4096 {
+        while std::fs::metadata(&out).map_or(0, |m| m.len()) == 0 {
             assert!(
                 Instant::now() < deadline,
                 "perf did not start within 10 s; see {}",
@@ -553,6 +595,8 @@ struct RunResult {
     latencies: Vec<Duration>,
     /// Per node: CPU time over the timed section.
     node_cpu: Vec<Option<Duration>>,
+    /// Per node: CPU time of the engine thread and the tokio workers over the timed section.
+    node_threads: Vec<Option<Threads>>,
     /// The bench process (the clients and the polls).
     client_cpu: Option<Duration>,
     no_content: usize,
@@ -578,6 +622,14 @@ impl RunResult {
             .copied()
             .flatten()
             .map(|c| c / self.changes as u32)
+    }
+    /// Per change on one node: (engine thread, tokio workers, the other threads).
+    fn split_per_change(&self, node: usize) -> Option<(Duration, Duration, Duration)> {
+        let total = self.node_cpu.get(node).copied().flatten()?;
+        let t = self.node_threads.get(node).copied().flatten()?;
+        let n = self.changes as u32;
+        let rest = total.saturating_sub(t.engine + t.tokio);
+        Some((t.engine / n, t.tokio / n, rest / n))
     }
 }
 
@@ -610,6 +662,7 @@ async fn timed(
     let changes: usize = clients.iter().map(|c| c.1).sum();
 
     let cpu0: Vec<Option<Duration>> = pids.iter().map(|p| cpu_time(p, ticks)).collect();
+    let threads0: Vec<Option<Threads>> = pids.iter().map(|p| Threads::of(p, ticks)).collect();
     let self_cpu0 = cpu_time("self", ticks);
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
@@ -677,6 +730,11 @@ async fn timed(
         .zip(&cpu0)
         .map(|(p, c0)| Some(cpu_time(p, ticks)? - (*c0)?))
         .collect();
+    let node_threads = pids
+        .iter()
+        .zip(&threads0)
+        .map(|(p, t0)| Some(Threads::of(p, ticks)?.since((*t0)?)))
+        .collect();
     let client_cpu = cpu_time("self", ticks).zip(self_cpu0).map(|(b, a)| b - a);
 
     // Untimed check: node A holds exactly the texts that were sent.
@@ -711,6 +769,7 @@ async fn timed(
         last_ack: all.last_ack,
         latencies: all.latencies,
         node_cpu,
+        node_threads,
         client_cpu,
         no_content: all.no_content,
         polls,
@@ -760,7 +819,17 @@ fn print_run(mode: Mode, run: usize, runs: usize, r: &RunResult) {
         .iter()
         .enumerate()
         .take(r.node_cpu.len())
-        .map(|(i, n)| format!("{n} {} ms", cpu_ms(r.cpu_per_change(i))))
+        .map(|(i, n)| {
+            let split = r.split_per_change(i).map_or_else(String::new, |(e, t, o)| {
+                format!(
+                    " (engine {}, tokio {}, other threads {})",
+                    cpu_ms(Some(e)),
+                    cpu_ms(Some(t)),
+                    cpu_ms(Some(o))
+                )
+            });
+            format!("{n} {} ms{split}", cpu_ms(r.cpu_per_change(i)))
+        })
         .collect();
     println!(
         "  {:<10} run {}/{}: {} changes in {} ms -> {:.0} changes/s ({:.2} of goal); last ack {} ms \
@@ -914,5 +983,37 @@ fn main() {
             cpu.join(" / "),
             each.join(", ")
         );
+    }
+    println!();
+    println!(
+        "CPU per change by thread (ms, medians; `/proc/<pid>/task`; other = sled's I/O pool and \
+         the rest):"
+    );
+    println!();
+    println!(
+        "| mode | node | total | engine thread | tokio workers (HTTP, network) | other threads |"
+    );
+    println!("|---|---|---:|---:|---:|---:|");
+    for (mode, rs) in &results {
+        for (n, name) in ["A", "B"].iter().enumerate().take(mode.nodes()) {
+            let total = median_opt(rs.iter().map(|r| r.cpu_per_change(n)).collect());
+            let splits: Option<Vec<(Duration, Duration, Duration)>> =
+                rs.iter().map(|r| r.split_per_change(n)).collect();
+            let col = |f: fn(&(Duration, Duration, Duration)) -> Duration| {
+                cpu_ms(
+                    splits
+                        .as_ref()
+                        .map(|v| median_dur(v.iter().map(f).collect())),
+                )
+            };
+            println!(
+                "| {} | {name} | {} | {} | {} | {} |",
+                mode.name(),
+                cpu_ms(total),
+                col(|s| s.0),
+                col(|s| s.1),
+                col(|s| s.2)
+            );
+        }
     }
 }
