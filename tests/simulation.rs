@@ -26,7 +26,10 @@ fn converges(config: SimConfig) -> SimReport {
         "converged {:?} s after the last event, over the bound of {} s: {report:?}\nreplay: {replay}",
         report.virtual_seconds_to_converge, report.bound_seconds
     );
-    assert!(report.contributions > 0 && report.writes_failed == 0, "{report:?}");
+    assert!(
+        report.contributions > 0 && report.writes_failed == 0,
+        "{report:?}"
+    );
     assert_eq!(report.bans, 0, "an honest run bans no one: {report:?}");
     report
 }
@@ -98,5 +101,9 @@ fn the_same_seed_gives_the_same_run() {
         second.virtual_seconds_to_converge
     );
     c.seed = 14;
-    assert_ne!(sim::run(&c).digest, first.digest, "another seed, another run");
+    assert_ne!(
+        sim::run(&c).digest,
+        first.digest,
+        "another seed, another run"
+    );
 }
