@@ -62,6 +62,9 @@ struct Args {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// Print progress to standard error every ten virtual seconds.
+    #[arg(long)]
+    progress: bool,
 }
 
 fn main() -> ExitCode {
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
     config.churn = args.churn;
     config.degree = args.degree;
     config.write_seconds = args.write_seconds;
+    config.progress = args.progress;
     config.replica = match args.replica {
         Replica::Model => ReplicaMode::Model,
         Replica::Full => ReplicaMode::Full,

@@ -6,7 +6,7 @@ use super::replica::{Item, Replica};
 use super::{NodeEvent, Now, Outcome, Service};
 use agora_protocol::automerge::ChangeHash;
 use agora_protocol::{DocId, DocKind, Rejection, SpaceId};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashMap;
 
 /// The input slot of contributions held in the pending set since an earlier batch.
 const HELD: usize = usize::MAX;
@@ -107,19 +107,25 @@ impl<R: Replica> Service<R> {
                 Err(e) => outcomes[i] = Some(Outcome::Rejected(e)),
             }
         }
-        // Group the verified ones by document (in id order, so that runs are reproducible),
-        // remembering which input each came from.
-        let mut by_doc: BTreeMap<_, Vec<(usize, R::Item)>> = BTreeMap::new();
+        // Group the verified ones by document (in id order, so that runs are reproducible; in
+        // arrival order within a document), remembering which input each came from.
+        let mut verified: Vec<(usize, R::Item)> = Vec::with_capacity(slots.len());
         for (slot, result) in slots.into_iter().zip(self.replica.verify(decoded)) {
             match result {
-                Ok(item) => by_doc
-                    .entry((item.space(), item.doc()))
-                    .or_default()
-                    .push((slot, item)),
+                Ok(item) => verified.push((slot, item)),
                 Err(e) => outcomes[slot] = Some(Outcome::Rejected(e)),
             }
         }
-        for ((space, doc), mut items) in by_doc {
+        verified.sort_by_key(|(slot, item)| (item.space(), item.doc(), *slot));
+        let mut groups: Vec<((SpaceId, DocId), Vec<(usize, R::Item)>)> = Vec::new();
+        for (slot, item) in verified {
+            let key = (item.space(), item.doc());
+            match groups.last_mut() {
+                Some((k, v)) if *k == key => v.push((slot, item)),
+                _ => groups.push((key, vec![(slot, item)])),
+            }
+        }
+        for ((space, doc), mut items) in groups {
             // Earlier arrivals that were waiting for dependencies get another chance.
             let held = if self.pending.is_empty() {
                 Vec::new()
@@ -136,7 +142,8 @@ impl<R: Replica> Service<R> {
                     .find(|(_, it)| it.deps().is_empty())
                     .map_or(items[0].1.kind(), |(_, it)| it.kind())
             });
-            let mut seen: HashSet<ChangeHash> = HashSet::new();
+            // Hashes taken in this batch (few: a linear search beats a hash set).
+            let mut seen: Vec<ChangeHash> = Vec::new();
             let mut rest = Vec::new();
             let mut rest_hashes = Vec::new();
             let mut rest_missing = Vec::new();
@@ -166,7 +173,7 @@ impl<R: Replica> Service<R> {
                         )));
                     }
                 } else {
-                    seen.insert(hash);
+                    seen.push(hash);
                     missing.retain(|d| *d != hash);
                     rest.push(Some((slot, it)));
                     rest_hashes.push(hash);
@@ -242,7 +249,7 @@ impl<R: Replica> Service<R> {
 
     /// Bookkeeping after a document changed in memory (ingest or local edit).
     pub(crate) fn changed(&mut self, space: SpaceId, doc: DocId, kind: DocKind) {
-        self.outbox.touched.insert((space, doc));
+        self.outbox.touched.push((space, doc));
         self.digests.remove(&space);
         if kind == DocKind::Idea {
             self.outbox

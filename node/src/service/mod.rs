@@ -581,13 +581,30 @@ impl<S: Storage> Service<AutomergeReplica<S>> {
         let name = store.display_name()?;
         let replica =
             AutomergeReplica::open(store, identity, rng.random(), spaces.keys().copied())?;
-        Ok(Service::new(replica, spaces, name, config, rng))
+        Ok(Service::with_rng(replica, spaces, name, config, rng))
     }
 }
 
 impl<R: Replica> Service<R> {
-    /// A service over `replica`, which holds `spaces` (as recorded in the store).
+    /// A service over `replica`, which holds `spaces` (as recorded in the store), drawing its
+    /// randomness from `seed`.
     pub fn new(
+        replica: R,
+        spaces: BTreeMap<SpaceId, SpaceRecord>,
+        display_name: Option<String>,
+        config: ServiceConfig,
+        seed: [u8; 32],
+    ) -> Self {
+        Service::with_rng(
+            replica,
+            spaces,
+            display_name,
+            config,
+            ServiceRng::from_seed(seed),
+        )
+    }
+
+    fn with_rng(
         mut replica: R,
         spaces: BTreeMap<SpaceId, SpaceRecord>,
         display_name: Option<String>,
@@ -689,7 +706,9 @@ impl<R: Replica> Service<R> {
         };
         tracing::error!(target: "agora::engine", %e, "could not persist; the group's changes are dropped");
         self.outbox.writes.clear();
-        let touched: Vec<(SpaceId, DocId)> = self.outbox.touched.iter().copied().collect();
+        let mut touched = std::mem::take(&mut self.outbox.touched);
+        touched.sort();
+        touched.dedup();
         for (space, _) in &touched {
             self.digests.remove(space);
         }

@@ -7,7 +7,6 @@ use super::{ExchangeId, NetAction, NodeEvent, Output, PeerHandle, ServiceError, 
 use crate::store::Write;
 use agora_protocol::sync::SyncResponse;
 use agora_protocol::{DocId, SpaceId};
-use std::collections::BTreeSet;
 
 /// Whether an output may leave before the group's writes are durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,9 +21,12 @@ pub(crate) enum When {
 #[derive(Default)]
 pub(crate) struct Outbox {
     pub writes: Vec<Write>,
-    outputs: Vec<(Output, When)>,
+    outputs: Vec<Output>,
+    /// `whens[i]` says whether `outputs[i]` may leave before the flush.
+    whens: Vec<When>,
     /// Documents changed in memory by this group.
-    pub touched: BTreeSet<(SpaceId, DocId)>,
+    /// Documents changed in memory by this group (with repeats).
+    pub touched: Vec<(SpaceId, DocId)>,
     /// Spaces joined by this group.
     pub joined: Vec<SpaceId>,
     /// The display name before this group changed it.
@@ -38,7 +40,8 @@ pub(crate) struct Outbox {
 impl Outbox {
     /// Queues an output.
     pub fn push(&mut self, output: Output, when: When) {
-        self.outputs.push((output, when));
+        self.outputs.push(output);
+        self.whens.push(when);
     }
 
     /// Queues a network action that does not depend on this group's writes.
@@ -62,11 +65,13 @@ impl Outbox {
         self.accepted = 0;
         self.exchanges.clear();
         let outputs = std::mem::take(&mut self.outputs);
+        let whens = std::mem::take(&mut self.whens);
         let Some(failure) = failure else {
-            return outputs.into_iter().map(|(o, _)| o).collect();
+            return outputs;
         };
         outputs
             .into_iter()
+            .zip(whens)
             .filter_map(|(o, when)| match (o, when) {
                 (o, When::Now) => Some(o),
                 (Output::Reply { id, result: Ok(_) }, When::Durable) => Some(Output::Reply {

@@ -123,14 +123,70 @@ pub enum Send {
     },
 }
 
+/// Message ids below this are dense (a model contribution's number in the world) and kept in
+/// an array; others (hashes of real contributions) in a set.
+pub const DENSE_IDS: u64 = 1 << 32;
+
+/// The duplicate cache: ids seen in the last `duplicate_ms`. Dense ids (model contributions)
+/// live in an array of "seen at" times, which a thousand nodes can afford and walk fast.
+#[derive(Default)]
+struct Seen {
+    /// For dense id `i`: 1 + the time it was seen (0: not seen, or forgotten).
+    dense: Vec<u64>,
+    sparse: IdSet,
+    order: VecDeque<(u64, u64)>,
+}
+
+impl Seen {
+    fn contains(&self, id: u64) -> bool {
+        if id < DENSE_IDS {
+            self.dense.get(id as usize).is_some_and(|at| *at != 0)
+        } else {
+            self.sparse.contains(&id)
+        }
+    }
+
+    fn insert(&mut self, id: u64, now: u64) {
+        if self.contains(id) {
+            return;
+        }
+        if id < DENSE_IDS {
+            let i = id as usize;
+            if self.dense.len() <= i {
+                self.dense.resize(i + 1, 0);
+            }
+            self.dense[i] = now + 1;
+        } else {
+            self.sparse.insert(id);
+        }
+        self.order.push_back((now, id));
+    }
+
+    /// Forgets ids seen `duplicate_ms` or more before `now`.
+    fn expire(&mut self, now: u64, duplicate_ms: u64) {
+        while let Some(&(at, id)) = self.order.front() {
+            if at + duplicate_ms > now {
+                break;
+            }
+            self.order.pop_front();
+            if id < DENSE_IDS {
+                if let Some(slot) = self.dense.get_mut(id as usize) {
+                    *slot = 0;
+                }
+            } else {
+                self.sparse.remove(&id);
+            }
+        }
+    }
+}
+
 /// One node's gossipsub state (one topic: the simulated space).
 #[derive(Default)]
 pub struct Gossip {
     /// Peers whose connection is up (and who follow the topic: every node does).
     pub peers: Vec<u32>,
     mesh: Vec<u32>,
-    seen: IdSet,
-    seen_order: VecDeque<(u64, u64)>,
+    seen: Seen,
     /// Validated messages by heartbeat, newest first.
     mcache: VecDeque<Vec<(u64, Payload)>>,
     /// Ids asked for by IWANT, and when (asked again only after a heartbeat).
@@ -140,14 +196,12 @@ pub struct Gossip {
 impl Gossip {
     /// Whether `id` was seen (a duplicate).
     pub fn seen(&self, id: u64) -> bool {
-        self.seen.contains(&id)
+        self.seen.contains(id)
     }
 
     /// Records `id` as seen at `now`.
     pub fn mark_seen(&mut self, id: u64, now: u64) {
-        if self.seen.insert(id) {
-            self.seen_order.push_back((now, id));
-        }
+        self.seen.insert(id, now);
     }
 
     fn remember(&mut self, id: u64, bytes: Payload) {
@@ -208,7 +262,7 @@ impl Gossip {
     ) {
         let mut want = Vec::new();
         for &id in ids.iter().take(p.max_ihave) {
-            if self.seen.contains(&id) {
+            if self.seen.contains(id) {
                 continue;
             }
             match self.asked.get(&id) {
@@ -308,13 +362,7 @@ impl Gossip {
         }
         self.mcache.push_front(Vec::new());
         self.mcache.truncate(p.history_length);
-        while let Some(&(at, id)) = self.seen_order.front() {
-            if at + p.duplicate_ms > now {
-                break;
-            }
-            self.seen_order.pop_front();
-            self.seen.remove(&id);
-        }
+        self.seen.expire(now, p.duplicate_ms);
         self.asked.retain(|_, at| *at + p.heartbeat_ms > now);
     }
 }

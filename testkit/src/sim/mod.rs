@@ -18,8 +18,8 @@ use self::model::{ModelReplica, SharedWorld};
 use agora_node::engine::run_group;
 use agora_node::service::{
     AutomergeReplica, Command, ExchangeId, GossipIn, InboundId, Input, NetAction, Now, Output,
-    PeerHandle, Replica, Reply, RequestId, Service, ServiceConfig, ServiceError, ServiceRng,
-    SyncFailure, Verdict,
+    PeerHandle, Replica, Reply, RequestId, Service, ServiceConfig, ServiceError, SyncFailure,
+    Verdict,
 };
 use agora_node::store::{MemoryStorage, Store};
 use agora_protocol::automerge::ChangeHash;
@@ -31,8 +31,7 @@ use rand::{RngExt, SeedableRng};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::cell::RefCell;
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -79,6 +78,8 @@ pub struct SimConfig {
     pub heartbeat_ms: u64,
     /// Sync period (ms).
     pub sync_ms: u64,
+    /// Print a line of progress to standard error every ten virtual seconds.
+    pub progress: bool,
 }
 
 impl SimConfig {
@@ -101,6 +102,7 @@ impl SimConfig {
             churn: 0.0,
             heartbeat_ms: defaults.heartbeat_ms,
             sync_ms: defaults.sync_ms,
+            progress: false,
         }
     }
 }
@@ -236,13 +238,7 @@ impl SimReplica for ModelReplica {
             unreachable!("a model simulation boots model replicas")
         };
         let replica = ModelReplica::new(world.clone(), identity);
-        Service::new(
-            replica,
-            BTreeMap::new(),
-            None,
-            config,
-            ServiceRng::from_seed(seed),
-        )
+        Service::new(replica, BTreeMap::new(), None, config, seed)
     }
 
     fn reboot(
@@ -256,13 +252,7 @@ impl SimReplica for ModelReplica {
         // The model's replica is what its store would hold: it survives the restart; everything
         // else (pending set, exchanges, peers, caches) does not.
         let (spaces, name) = old.durable_state();
-        Service::new(
-            old.into_replica(),
-            spaces,
-            name,
-            config,
-            ServiceRng::from_seed(seed),
-        )
+        Service::new(old.into_replica(), spaces, name, config, seed)
     }
 }
 
@@ -372,29 +362,6 @@ enum Ev {
     Check,
 }
 
-struct Event {
-    at: u64,
-    seq: u64,
-    ev: Ev,
-}
-
-impl PartialEq for Event {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Event {}
-impl PartialOrd for Event {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Event {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(o.at, o.seq))
-    }
-}
-
 struct Node<R: Replica> {
     service: Option<Service<R>>,
     /// The service of a node that is down, kept for its restart.
@@ -417,8 +384,8 @@ struct Sim<R: Replica> {
     service_config: ServiceConfig,
     rng: ChaCha8Rng,
     nodes: Vec<Node<R>>,
-    queue: BinaryHeap<Reverse<Event>>,
-    seq: u64,
+    /// Events by virtual millisecond, each millisecond's in the order they were scheduled.
+    queue: BTreeMap<u64, VecDeque<Ev>>,
     now: u64,
     space: SpaceId,
     /// Partition side of each node while split.
@@ -486,8 +453,7 @@ impl<R: SimReplica> Sim<R> {
             service_config,
             rng,
             nodes,
-            queue: BinaryHeap::new(),
-            seq: 0,
+            queue: BTreeMap::new(),
             now: 0,
             space: SpaceId([0; 16]),
             split: None,
@@ -511,12 +477,20 @@ impl<R: SimReplica> Sim<R> {
     }
 
     fn at(&mut self, at: u64, ev: Ev) {
-        self.seq += 1;
-        self.queue.push(Reverse(Event {
-            at,
-            seq: self.seq,
-            ev,
-        }));
+        self.queue.entry(at).or_default().push_back(ev);
+    }
+
+    fn next_event(&mut self) -> Option<(u64, Ev)> {
+        let mut first = self.queue.first_entry()?;
+        let at = *first.key();
+        let ev = first
+            .get_mut()
+            .pop_front()
+            .expect("a millisecond in the queue has an event");
+        if first.get().is_empty() {
+            first.remove();
+        }
+        Some((at, ev))
     }
 
     fn now_struct(&self) -> Now {
@@ -694,6 +668,13 @@ impl<R: SimReplica> Sim<R> {
         if !self.linked(from, to) || self.rng.random_bool(self.config.loss) {
             return;
         }
+        // A message the receiver has already seen would be dropped on arrival by its duplicate
+        // cache (which keeps ids far longer than a message travels): count it, skip the trip.
+        if let Msg::Message { id, .. } = &msg {
+            if self.nodes[to as usize].gossip.seen(*id) {
+                return;
+            }
+        }
         let (lo, hi) = self.config.latency_ms;
         let transmit = size * 1_000 / self.config.bandwidth.max(1);
         let mut delay = self.rng.random_range(lo..=hi.max(lo)) + transmit;
@@ -763,7 +744,7 @@ impl<R: SimReplica> Sim<R> {
             // Every node follows the one space from the start.
             NetAction::Subscribe(_) => {}
             NetAction::Publish { bytes, .. } => {
-                let id = message_id(&bytes);
+                let id = message_id(self.config.replica, &bytes);
                 let mut out = Vec::new();
                 self.nodes[i as usize]
                     .gossip
@@ -1090,10 +1071,21 @@ impl<R: SimReplica> Sim<R> {
     }
 }
 
-/// A gossip message id: the first 8 bytes of SHA-256 of the payload (the node uses all 32).
-fn message_id(bytes: &[u8]) -> u64 {
-    let d = Sha256::digest(bytes);
-    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+/// A gossip message id. The node's is SHA-256 of the payload; here it is a model
+/// contribution's number in the world (dense: the duplicate cache keeps them in an array), or the
+/// first 8 bytes of the SHA-256 of a real contribution, at or above [`gossip::DENSE_IDS`].
+fn message_id(mode: ReplicaMode, bytes: &[u8]) -> u64 {
+    match mode {
+        ReplicaMode::Model => u64::from(u32::from_be_bytes(
+            bytes[..4]
+                .try_into()
+                .expect("a model contribution starts with its number"),
+        )),
+        ReplicaMode::Full => {
+            let d = Sha256::digest(bytes);
+            u64::from_be_bytes(d[..8].try_into().expect("8 bytes")) | gossip::DENSE_IDS
+        }
+    }
 }
 
 impl<R: SimReplica> Sim<R> {
@@ -1104,12 +1096,26 @@ impl<R: SimReplica> Sim<R> {
             + self.config.partition_seconds * 1_000
             + 40_000
             + 20 * self.config.sync_ms;
-        while let Some(Reverse(event)) = self.queue.pop() {
-            self.now = event.at;
+        let started = std::time::Instant::now();
+        let mut events = 0u64;
+        let mut shown = 0;
+        while let Some((at, ev)) = self.next_event() {
+            self.now = at;
+            events += 1;
+            if self.config.progress && at / 10_000 > shown {
+                shown = at / 10_000;
+                eprintln!(
+                    "virtual {:>4} s, wall {:>6.1} s, {events} events, {} written, {} queued ms",
+                    at / 1_000,
+                    started.elapsed().as_secs_f64(),
+                    self.written,
+                    self.queue.len()
+                );
+            }
             if self.now > settle {
                 break;
             }
-            match event.ev {
+            match ev {
                 Ev::Deliver {
                     to,
                     from,
