@@ -700,10 +700,10 @@ impl<R: Replica> Service<R> {
     /// (`Err`: memory is made to agree with the store again, and nothing that vouches for the
     /// lost writes leaves). Returns the outputs to carry out, in order.
     pub fn commit(&mut self, flushed: Result<(), StoreError>, now: Now) -> Vec<Output> {
-        self.wakeup.set(None);
         let Err(e) = flushed else {
             return self.outbox.release(None);
         };
+        self.wakeup.set(None);
         tracing::error!(target: "agora::engine", %e, "could not persist; the group's changes are dropped");
         self.outbox.writes.clear();
         let mut touched = std::mem::take(&mut self.outbox.touched);
@@ -761,7 +761,10 @@ impl<R: Replica> Service<R> {
                 self.sync_early_arrival(from, space, doc, hash, now);
             }
         }
-        for ((token, from, _), outcome) in meta.into_iter().zip(outcomes) {
+        for ((token, from, topic), outcome) in meta.into_iter().zip(outcomes) {
+            if let (Outcome::Accepted, Some(space)) = (&outcome, topic) {
+                self.sync_busy(space, now);
+            }
             let (verdict, when) = match &outcome {
                 Outcome::Accepted => (Verdict::Accept, When::Durable),
                 // Duplicates and early arrivals are not the sender's fault: do not relay them

@@ -73,8 +73,11 @@ impl World {
     }
 
     fn doc_number(&mut self, doc: DocId) -> u32 {
-        let next = self.docs.len() as u32;
-        let n = *self.docs.entry(doc).or_insert(next);
+        if let Some(n) = self.docs.get(&doc) {
+            return *n;
+        }
+        let n = self.docs.len() as u32;
+        self.docs.insert(doc, n);
         self.sorted.insert(doc, n);
         n
     }
@@ -285,12 +288,13 @@ impl Replica for ModelReplica {
         let Some(d) = self.doc_mut(&space, n) else {
             return items.iter().map(|_| Err(Rejection::UnknownSpace)).collect();
         };
+        let new = d.kind.is_none();
         d.kind.get_or_insert(kind);
         for it in &items {
             Self::apply_one(d, it.index, &it.change);
         }
         self.contributions += items.len() as u64;
-        if kind == DocKind::Idea {
+        if new && kind == DocKind::Idea {
             self.idea_space.insert(doc, space);
         }
         items.iter().map(|_| Ok(())).collect()

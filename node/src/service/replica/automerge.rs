@@ -359,7 +359,7 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         }
         Self::maybe_snapshot(state, &space, &doc, writes);
         self.contributions += accepted;
-        if kind == DocKind::Idea {
+        if is_new && kind == DocKind::Idea {
             self.idea_space.insert(doc, space);
         }
         results
@@ -424,7 +424,7 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         ));
         Self::maybe_snapshot(state, &space, &doc, writes);
         self.contributions += 1;
-        if kind == DocKind::Idea {
+        if is_new && kind == DocKind::Idea {
             self.idea_space.insert(doc, space);
         }
         Ok(Some(bytes))

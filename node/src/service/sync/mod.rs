@@ -5,7 +5,10 @@
 //! its last verdict and when its next round is due. A round starts when the peer subscribes,
 //! when we join, every `sync_every` (jittered down to three quarters of it, so that rounds of
 //! many peers spread out and no pair waits longer than the period), and sooner again after a
-//! round that left something behind. A gossip message that arrived early and is still waiting
+//! round that left something behind. A round that falls due while gossip is delivering to the
+//! space waits until gossip has been quiet for `sync_recheck` (at most until two periods have
+//! passed since the pair's last round): during a burst, states differ mostly by what is in
+//! flight, and a round would ship a whole `Heads` list for nothing. A gossip message that arrived early and is still waiting
 //! `sync_recheck` later gets a targeted fetch of its document from its sender. At
 //! most `max_exchanges` run at once; the others wait in a queue, never dropped. One exchange per
 //! pair at a time.
@@ -63,6 +66,8 @@ type Pair = (PeerHandle, SpaceId);
 struct PairState {
     state: Option<SyncState>,
     next_round: Millis,
+    /// When the pair's last round ended (or the pair appeared).
+    last_round: Millis,
     /// Rounds in a row that ended without `InSync` or `PeerBehind` (for the retry backoff).
     setbacks: u32,
     /// Documents in which a gossip message from this peer waits for dependencies: the
@@ -84,6 +89,8 @@ pub(crate) struct Scheduler {
     queued: BTreeSet<Pair>,
     /// Peers banned, until when.
     pub banned: BTreeMap<PeerHandle, Millis>,
+    /// Per space, when gossip last brought a contribution we accepted.
+    busy: BTreeMap<SpaceId, Millis>,
     next_id: u64,
     /// Outbound requests that failed (timeouts, transport failures, refusals).
     pub failures: u64,
@@ -141,6 +148,16 @@ impl<R: Replica> Service<R> {
         self.sync.queue.retain(|p| *p != (peer, space));
         self.sync.queued.remove(&(peer, space));
         self.start_queued(now);
+    }
+
+    /// Gossip brought contributions to `space` that we accepted: the space is busy.
+    pub(super) fn sync_busy(&mut self, space: SpaceId, now: Now) {
+        match self.sync.busy.get_mut(&space) {
+            Some(at) => *at = now.mono,
+            None => {
+                self.sync.busy.insert(space, now.mono);
+            }
+        }
     }
 
     /// A space was joined: start rounds with the peers already in it.
@@ -225,6 +242,7 @@ impl<R: Replica> Service<R> {
         self.sync.pairs.entry(pair).or_insert(PairState {
             state: None,
             next_round: now.mono,
+            last_round: now.mono,
             setbacks: 0,
             early: Vec::new(),
         });
@@ -385,6 +403,7 @@ impl<R: Replica> Service<R> {
                 }
             };
             p.next_round = now.mono + wait;
+            p.last_round = now.mono;
             if let Some(v) = verdict {
                 p.state = Some(v);
             }
@@ -854,6 +873,21 @@ impl<R: Replica> Service<R> {
             .map(|(pair, _)| *pair)
             .collect();
         for pair in due {
+            // While gossip is delivering to a space, a round would mostly compare states that
+            // differ only by what is in flight: wait until it has been quiet for `sync_recheck`,
+            // but never let a pair go more than two periods without a round.
+            let quiet = self
+                .sync
+                .busy
+                .get(&pair.1)
+                .map_or(0, |at| at + self.config.sync_recheck);
+            if let Some(p) = self.sync.pairs.get_mut(&pair) {
+                let latest = p.last_round + 2 * self.config.sync_every;
+                if quiet > now.mono && now.mono < latest {
+                    p.next_round = quiet.min(latest);
+                    continue;
+                }
+            }
             self.start_exchange(pair, now);
         }
         self.fetch_early(now);
