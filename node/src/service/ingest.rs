@@ -11,6 +11,9 @@ use std::collections::HashMap;
 /// The input slot of contributions held in the pending set since an earlier batch.
 const HELD: usize = usize::MAX;
 
+/// One document's share of a batch: its key and its items with their input slots.
+type Group<I> = ((SpaceId, DocId), Vec<(usize, I)>);
+
 /// Which of a document's candidate changes can be applied now, and in which order (indices
 /// into `hashes`). `missing[i]` lists the dependencies of change `i` that the document lacks; a
 /// change is ready when each of them is another ready candidate.
@@ -117,7 +120,7 @@ impl<R: Replica> Service<R> {
             }
         }
         verified.sort_by_key(|(slot, item)| (item.space(), item.doc(), *slot));
-        let mut groups: Vec<((SpaceId, DocId), Vec<(usize, R::Item)>)> = Vec::new();
+        let mut groups: Vec<Group<R::Item>> = Vec::new();
         for (slot, item) in verified {
             let key = (item.space(), item.doc());
             match groups.last_mut() {
