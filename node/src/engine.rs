@@ -23,6 +23,9 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 pub const MAX_BATCH: usize = 4096;
 /// Most inputs (commands, peer events, sync messages) handled in one group, before one flush.
 pub const MAX_GROUP: usize = 256;
+/// How long (ms) writes that only relays wait for (gossip ingested, no caller waiting) may wait
+/// for the next flush: a local write that comes meanwhile shares it (group commit).
+pub const FLUSH_DELAY: u64 = 2;
 
 /// Milliseconds since the Unix epoch, from the system clock.
 pub fn now_ms() -> i64 {
@@ -226,6 +229,14 @@ struct Engine<R: Replica, S> {
     next_id: u64,
     /// Inputs the service fed back to itself (sync batches), handled before new ones.
     local: VecDeque<Input>,
+    /// When the first input whose outputs wait for the next flush was handled.
+    unflushed: Option<u64>,
+    /// Whether anything was written since the last flush.
+    wrote: bool,
+    /// Whether someone waits for the next flush (a command's caller, a sync requester).
+    urgent: bool,
+    /// A write that failed since the last flush.
+    failed: Option<crate::store::StoreError>,
 }
 
 impl<R: Replica, S: Storage> Engine<R, S> {
@@ -244,6 +255,10 @@ impl<R: Replica, S: Storage> Engine<R, S> {
             replies: HashMap::new(),
             next_id: 0,
             local: VecDeque::new(),
+            unflushed: None,
+            wrote: false,
+            urgent: false,
+            failed: None,
         }
     }
 
@@ -254,64 +269,126 @@ impl<R: Replica, S: Storage> Engine<R, S> {
             .build()
             .expect("a current-thread runtime builds unless the OS is out of resources");
         // The outputs the service queued when it was created (subscriptions).
-        self.step(Vec::new());
+        self.settle();
         loop {
+            if let Some(input) = self.local.pop_front() {
+                self.absorb(vec![input]);
+                self.settle();
+                continue;
+            }
+            let now = self.clock.now().mono;
+            let deadline = [self.service.next_wakeup(), self.flush_due()]
+                .into_iter()
+                .flatten()
+                .min();
+            let first = match deadline {
+                Some(at) if at <= now => None,
+                Some(at) => {
+                    let wait = Duration::from_millis(at - now);
+                    match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
+                        Ok(Some(input)) => Some(input),
+                        Ok(None) => break,
+                        Err(_) => None,
+                    }
+                }
+                None => match rt.block_on(rx.recv()) {
+                    Some(input) => Some(input),
+                    None => break,
+                },
+            };
             let mut group = Group {
                 inputs: Vec::new(),
                 gossip: 0,
                 stop: false,
             };
-            if let Some(input) = self.local.pop_front() {
-                group.inputs.push(input);
-            } else {
-                let wake = self.service.next_wakeup();
-                let now = self.clock.now().mono;
-                let first = match wake {
-                    Some(at) if at <= now => None,
-                    Some(at) => {
-                        let wait = Duration::from_millis(at - now);
-                        match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
-                            Ok(Some(input)) => Some(input),
-                            Ok(None) => break,
-                            Err(_) => None,
-                        }
-                    }
-                    None => match rt.block_on(rx.recv()) {
-                        Some(input) => Some(input),
-                        None => break,
-                    },
-                };
-                if let Some(input) = first {
-                    group.add(input, &mut self.replies, &mut self.next_id);
-                }
-                while !group.full() {
-                    match rx.try_recv() {
-                        Ok(input) => group.add(input, &mut self.replies, &mut self.next_id),
-                        Err(_) => break,
-                    }
+            if let Some(input) = first {
+                group.add(input, &mut self.replies, &mut self.next_id);
+            }
+            while !group.full() {
+                match rx.try_recv() {
+                    Ok(input) => group.add(input, &mut self.replies, &mut self.next_id),
+                    Err(_) => break,
                 }
             }
             let stop = group.stop;
-            self.step(group.inputs);
+            self.absorb(group.inputs);
+            // Flush now unless only relays wait for it and the flush can still wait for what
+            // comes next (the next local write, usually).
+            if stop
+                || self
+                    .flush_due()
+                    .is_none_or(|at| at <= self.clock.now().mono)
+            {
+                self.settle();
+            }
             if stop {
                 break;
             }
         }
+        self.settle();
         // Snapshot what has a tail, so the next start is fast.
         let (reply, _) = oneshot::channel();
         self.next_id += 1;
         self.replies.insert(RequestId(self.next_id), reply);
-        self.step(vec![Input::Command {
+        self.absorb(vec![Input::Command {
             id: RequestId(self.next_id),
             command: Command::Checkpoint,
         }]);
+        self.settle();
     }
 
-    /// Handles a group of inputs (and a tick if one is due), with one flush, then carries out
-    /// the outputs.
-    fn step(&mut self, inputs: Vec<Input>) {
+    /// When the outputs waiting since the last flush must be released (after a flush if
+    /// anything was written): at once if nothing was written or a caller waits, else
+    /// `FLUSH_DELAY` after the first unflushed input (`None`: nothing waits).
+    fn flush_due(&self) -> Option<u64> {
+        let since = self.unflushed?;
+        Some(if self.urgent || !self.wrote {
+            since
+        } else {
+            since + FLUSH_DELAY
+        })
+    }
+
+    /// Handles inputs (and a tick if one is due) and applies their writes, without flushing.
+    fn absorb(&mut self, inputs: Vec<Input>) {
         let now = self.clock.now();
-        for output in run_group(&mut self.service, &self.storage, inputs, now) {
+        let mut inputs = inputs;
+        if self.service.next_wakeup().is_some_and(|at| at <= now.mono) {
+            inputs.push(Input::Tick);
+        }
+        for input in inputs {
+            // A caller waits for a command's writes, a requester for a sync answer.
+            self.urgent |= matches!(
+                input,
+                Input::Command { .. } | Input::SyncRequest { .. } | Input::Ingest(_)
+            );
+            self.service.handle(input, now);
+            let writes = self.service.take_writes();
+            if !writes.is_empty() && self.failed.is_none() {
+                self.wrote = true;
+                if let Err(e) = self.storage.apply(&writes) {
+                    self.failed = Some(e);
+                }
+            }
+            if self.unflushed.is_none() {
+                self.unflushed = Some(now.mono);
+            }
+        }
+    }
+
+    /// Flushes what was written since the last time (once), commits, and carries out the
+    /// outputs.
+    fn settle(&mut self) {
+        let now = self.clock.now();
+        let flushed = match self.failed.take() {
+            Some(e) => Err(e),
+            None if self.wrote => self.storage.flush(),
+            None => Ok(()),
+        };
+        self.wrote = false;
+        self.urgent = false;
+        self.unflushed = None;
+        for output in self.service.commit(flushed, now) {
             match output {
                 // The network task never waits on the engine, so waiting here cannot deadlock;
                 // an error means it has stopped (the data is stored either way).
