@@ -564,8 +564,6 @@ pub struct Service<R: Replica> {
     digests: BTreeMap<SpaceId, [u8; 32]>,
     outbox: Outbox,
     counters: Counters,
-    /// [`Service::next_wakeup`], until the next input or commit.
-    wakeup: std::cell::Cell<Option<Option<Millis>>>,
 }
 
 impl<S: Storage> Service<AutomergeReplica<S>> {
@@ -627,7 +625,6 @@ impl<R: Replica> Service<R> {
             digests: BTreeMap::new(),
             outbox,
             counters: Counters::default(),
-            wakeup: std::cell::Cell::new(None),
         }
     }
 
@@ -659,7 +656,6 @@ impl<R: Replica> Service<R> {
     /// Handles one input. Writes and outputs accumulate until [`Service::take_writes`] and
     /// [`Service::commit`].
     pub fn handle(&mut self, input: Input, now: Now) {
-        self.wakeup.set(None);
         match input {
             Input::Command { id, command } => {
                 let when = if command.writes() {
@@ -703,7 +699,6 @@ impl<R: Replica> Service<R> {
         let Err(e) = flushed else {
             return self.outbox.release(None);
         };
-        self.wakeup.set(None);
         tracing::error!(target: "agora::engine", %e, "could not persist; the group's changes are dropped");
         self.outbox.writes.clear();
         let mut touched = std::mem::take(&mut self.outbox.touched);
@@ -729,15 +724,10 @@ impl<R: Replica> Service<R> {
 
     /// When the service next needs a [`Input::Tick`] (`None`: only inputs wake it).
     pub fn next_wakeup(&self) -> Option<Millis> {
-        if let Some(known) = self.wakeup.get() {
-            return known;
-        }
-        let next = [self.sync_next_wakeup(), self.pending.next_expiry()]
+        [self.sync_next_wakeup(), self.pending.next_expiry()]
             .into_iter()
             .flatten()
-            .min();
-        self.wakeup.set(Some(next));
-        next
+            .min()
     }
 
     fn tick(&mut self, now: Now) {

@@ -94,6 +94,9 @@ pub(crate) struct Scheduler {
     next_id: u64,
     /// Outbound requests that failed (timeouts, transport failures, refusals).
     pub failures: u64,
+    /// [`Service::sync_next_wakeup`], until something it depends on changes (every method
+    /// that changes pairs, exchanges, the queue, early arrivals or bans forgets it first).
+    wakeup: std::cell::Cell<Option<Option<Millis>>>,
 }
 
 /// One pair's state, for status.
@@ -111,6 +114,7 @@ impl<R: Replica> Service<R> {
     // ----- peers -----
 
     pub(super) fn peer_connected(&mut self, peer: PeerHandle, now: Now) {
+        self.sync.wakeup.set(None);
         if self.is_banned(peer, now) {
             self.outbox.net(NetAction::Disconnect { peer });
             return;
@@ -119,12 +123,14 @@ impl<R: Replica> Service<R> {
     }
 
     pub(super) fn peer_disconnected(&mut self, peer: PeerHandle, now: Now) {
+        self.sync.wakeup.set(None);
         self.sync.peers.remove(&peer);
         self.forget_peer(peer);
         self.start_queued(now);
     }
 
     pub(super) fn peer_subscribed(&mut self, peer: PeerHandle, space: SpaceId, now: Now) {
+        self.sync.wakeup.set(None);
         if self.is_banned(peer, now) {
             return;
         }
@@ -140,6 +146,7 @@ impl<R: Replica> Service<R> {
     }
 
     pub(super) fn peer_unsubscribed(&mut self, peer: PeerHandle, space: SpaceId, now: Now) {
+        self.sync.wakeup.set(None);
         if let Some(spaces) = self.sync.peers.get_mut(&peer) {
             spaces.remove(&space);
         }
@@ -162,6 +169,7 @@ impl<R: Replica> Service<R> {
 
     /// A space was joined: start rounds with the peers already in it.
     pub(super) fn sync_joined(&mut self, space: SpaceId, now: Now) {
+        self.sync.wakeup.set(None);
         let peers: Vec<PeerHandle> = self
             .sync
             .peers
@@ -186,6 +194,7 @@ impl<R: Replica> Service<R> {
         hash: ChangeHash,
         now: Now,
     ) {
+        self.sync.wakeup.set(None);
         let due = now.mono + self.config.sync_recheck;
         let Some(p) = self.sync.pairs.get_mut(&(peer, space)) else {
             return;
@@ -197,6 +206,7 @@ impl<R: Replica> Service<R> {
 
     /// Starts targeted fetches whose time has come, for pairs with no exchange running.
     fn fetch_early(&mut self, now: Now) {
+        self.sync.wakeup.set(None);
         let due: Vec<Pair> = self
             .sync
             .pairs
@@ -239,6 +249,7 @@ impl<R: Replica> Service<R> {
     }
 
     fn open_pair(&mut self, pair: Pair, now: Now) {
+        self.sync.wakeup.set(None);
         self.sync.pairs.entry(pair).or_insert(PairState {
             state: None,
             next_round: now.mono,
@@ -249,6 +260,7 @@ impl<R: Replica> Service<R> {
     }
 
     fn forget_peer(&mut self, peer: PeerHandle) {
+        self.sync.wakeup.set(None);
         self.sync.pairs.retain(|(p, _), _| *p != peer);
         let gone: Vec<Pair> = self
             .sync
@@ -273,6 +285,7 @@ impl<R: Replica> Service<R> {
 
     /// Disconnects a peer that sent invalid data, and refuses it for `ban_for`.
     pub(super) fn ban(&mut self, peer: PeerHandle, reason: &'static str, now: Now) {
+        self.sync.wakeup.set(None);
         tracing::warn!(target: "agora::sync", %peer, reason, "peer sent invalid data by sync; disconnecting it for a while");
         self.sync
             .banned
@@ -296,6 +309,7 @@ impl<R: Replica> Service<R> {
 
     /// Starts a round with a pair now, or queues it when `max_exchanges` are running.
     fn start_exchange(&mut self, pair: Pair, now: Now) {
+        self.sync.wakeup.set(None);
         if !self.sync.pairs.contains_key(&pair)
             || self.sync.exchanges.contains_key(&pair)
             || self.sync.queued.contains(&pair)
@@ -326,6 +340,7 @@ impl<R: Replica> Service<R> {
     }
 
     fn start_queued(&mut self, now: Now) {
+        self.sync.wakeup.set(None);
         while self.sync.exchanges.len() < self.config.max_exchanges {
             let Some(pair) = self.sync.queue.pop_front() else {
                 break;
@@ -341,6 +356,7 @@ impl<R: Replica> Service<R> {
     }
 
     fn send_fetch_with(&mut self, pair: Pair, id: ExchangeId, mut wants: Vec<DocHeads>, now: Now) {
+        self.sync.wakeup.set(None);
         wants.truncate(MAX_WANTS);
         let Some(ex) = self.sync.exchanges.get_mut(&pair) else {
             return;
@@ -362,6 +378,7 @@ impl<R: Replica> Service<R> {
 
     /// Removes a running exchange without a verdict (its peer left or was banned).
     fn drop_exchange(&mut self, pair: Pair) {
+        self.sync.wakeup.set(None);
         if let Some(ex) = self.sync.exchanges.remove(&pair) {
             if let Some((id, _)) = ex.outstanding {
                 self.sync.outstanding.remove(&id);
@@ -372,6 +389,7 @@ impl<R: Replica> Service<R> {
     /// Ends an exchange: records its verdict (if any), schedules the pair's next round, and lets
     /// a queued exchange start.
     fn end_exchange(&mut self, pair: Pair, verdict: Option<SyncState>, now: Now) {
+        self.sync.wakeup.set(None);
         let targeted = self.sync.exchanges.get(&pair).is_some_and(|ex| ex.targeted);
         self.drop_exchange(pair);
         if targeted {
@@ -418,16 +436,21 @@ impl<R: Replica> Service<R> {
         result: Result<SyncResponse, SyncFailure>,
         now: Now,
     ) {
-        let Some(pair) = self.sync.outstanding.remove(&exchange) else {
+        self.sync.wakeup.set(None);
+        // Only the peer that was asked can answer (another one's answer leaves the request
+        // awaited).
+        let Some(pair) = self
+            .sync
+            .outstanding
+            .get(&exchange)
+            .copied()
+            .filter(|(p, _)| *p == peer)
+        else {
             tracing::debug!(target: "agora::sync", %peer, "dropped an answer to a request no longer awaited");
             return;
         };
-        let Some(ex) = self
-            .sync
-            .exchanges
-            .get_mut(&pair)
-            .filter(|_| pair.0 == peer)
-        else {
+        self.sync.outstanding.remove(&exchange);
+        let Some(ex) = self.sync.exchanges.get_mut(&pair) else {
             return;
         };
         ex.outstanding = None;
@@ -486,6 +509,7 @@ impl<R: Replica> Service<R> {
     }
 
     fn on_contributions(&mut self, pair: Pair, items: Vec<serde_bytes::ByteBuf>, now: Now) {
+        self.sync.wakeup.set(None);
         let (peer, space) = pair;
         let Service {
             sync: scheduler,
@@ -558,6 +582,7 @@ impl<R: Replica> Service<R> {
     /// Ingests a batch received by sync (handed out as [`Output::Ingest`] so that the next
     /// request left first).
     pub(super) fn on_sync_batch(&mut self, batch: SyncBatch, now: Now) {
+        self.sync.wakeup.set(None);
         let SyncBatch {
             peer,
             space,
@@ -609,6 +634,7 @@ impl<R: Replica> Service<R> {
     /// Ends an exchange whose requests are over and whose batches are ingested: in sync if we
     /// now hold every head the peer showed, else incomplete.
     fn finish_exchange(&mut self, pair: Pair, now: Now) {
+        self.sync.wakeup.set(None);
         let theirs = self
             .sync
             .exchanges
@@ -842,6 +868,7 @@ impl<R: Replica> Service<R> {
     // ----- time -----
 
     pub(super) fn sync_tick(&mut self, now: Now) {
+        self.sync.wakeup.set(None);
         let expired: Vec<Pair> = self
             .sync
             .exchanges
@@ -894,6 +921,9 @@ impl<R: Replica> Service<R> {
     }
 
     pub(super) fn sync_next_wakeup(&self) -> Option<Millis> {
+        if let Some(known) = self.sync.wakeup.get() {
+            return known;
+        }
         let mut next: Option<Millis> = None;
         let mut at = |t: Millis| next = Some(next.map_or(t, |n| n.min(t)));
         for (pair, p) in &self.sync.pairs {
@@ -915,6 +945,7 @@ impl<R: Replica> Service<R> {
         for until in self.sync.banned.values() {
             at(*until);
         }
+        self.sync.wakeup.set(Some(next));
         next
     }
 
@@ -922,6 +953,7 @@ impl<R: Replica> Service<R> {
     /// take back a verdict that such an exchange recorded in the group (it was about data that
     /// is now lost); either way the pair is retried soon.
     pub(super) fn sync_abort(&mut self, exchanges: Vec<(Pair, ExchangeId)>, now: Now) {
+        self.sync.wakeup.set(None);
         for (pair, generation) in exchanges {
             let running = self
                 .sync
