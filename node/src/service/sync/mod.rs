@@ -492,7 +492,7 @@ impl<R: Replica> Service<R> {
         for d in &mut docs {
             d.heads.truncate(MAX_HEADS_PER_DOC);
         }
-        let wants = self.wants(&pair.1, &docs, &InFlight::new());
+        let (wants, unheld) = self.wants_marking(&pair.1, &docs, &InFlight::new());
         if wants.is_empty() {
             let verdict = if self.peer_lacks(&pair.1, &docs) {
                 SyncState::PeerBehind
@@ -502,7 +502,7 @@ impl<R: Replica> Service<R> {
             return self.end_exchange(pair, Some(verdict), now);
         }
         if let Some(ex) = self.sync.exchanges.get_mut(&pair) {
-            ex.theirs = docs;
+            ex.theirs = keep_marked(docs, &unheld);
             ex.docs_left = wants.len();
         }
         self.send_fetch(pair, wants, now);
@@ -558,10 +558,11 @@ impl<R: Replica> Service<R> {
         };
         // A batch that brings nothing new ends the requests (a peer that keeps answering with
         // what we hold cannot keep us asking).
-        let wants = if new == 0 {
-            Vec::new()
+        let (wants, theirs) = if new == 0 {
+            (Vec::new(), theirs)
         } else {
-            self.wants(&space, &theirs, &in_flight)
+            let (wants, unheld) = self.wants_marking(&space, &theirs, &in_flight);
+            (wants, keep_marked(theirs, &unheld))
         };
         let Some(ex) = self.sync.exchanges.get_mut(&pair) else {
             return;
@@ -660,22 +661,39 @@ impl<R: Replica> Service<R> {
         theirs: &[DocHeads],
         in_flight: &InFlight,
     ) -> Vec<DocHeads> {
+        self.wants_marking(space, theirs, in_flight).0
+    }
+
+    /// [`Self::wants`], and for each of the peer's documents whether some of its heads are not
+    /// yet held (in flight or not). A document whose heads are all held stays so (a replica only
+    /// grows), so an exchange keeps only the marked ones: each later batch then re-checks the
+    /// documents still open rather than the whole space.
+    fn wants_marking(
+        &mut self,
+        space: &SpaceId,
+        theirs: &[DocHeads],
+        in_flight: &InFlight,
+    ) -> (Vec<DocHeads>, Vec<bool>) {
         let mut wants = Vec::new();
-        let differ = self.differing(space, theirs);
-        for d in theirs
-            .iter()
-            .zip(differ)
-            .filter(|(_, differ)| *differ)
-            .map(|(d, _)| d)
-        {
+        let mut unheld = self.differing(space, theirs);
+        for (d, open) in theirs.iter().zip(unheld.iter_mut()) {
+            if !*open {
+                continue;
+            }
             let doc = DocId(d.doc);
             let flying = in_flight.get(&doc);
             let known = |h: &ChangeHash| flying.is_some_and(|v| v.iter().any(|(x, _)| x == h));
-            let lacking = d
-                .heads
-                .iter()
-                .map(|h| ChangeHash::from(*h))
-                .any(|h| !known(&h) && !self.replica.holds(space, &doc, &h));
+            let (mut lacking, mut missing) = (false, false);
+            for h in d.heads.iter().map(|h| ChangeHash::from(*h)) {
+                if !self.replica.holds(space, &doc, &h) {
+                    missing = true;
+                    if !known(&h) {
+                        lacking = true;
+                        break;
+                    }
+                }
+            }
+            *open = missing;
             if !lacking {
                 continue;
             }
@@ -698,7 +716,7 @@ impl<R: Replica> Service<R> {
                 .collect();
             wants.push(DocHeads { doc: d.doc, heads });
         }
-        wants
+        (wants, unheld)
     }
 
     /// For each of the peer's documents, whether its heads may differ from ours (false only
@@ -706,6 +724,15 @@ impl<R: Replica> Service<R> {
     /// a `Heads` answer is: most documents of a space are usually the same on both sides.
     fn differing(&mut self, space: &SpaceId, theirs: &[DocHeads]) -> Vec<bool> {
         let mut differ = vec![true; theirs.len()];
+        if theirs.len() <= FEW_DOCS {
+            // A few documents (what an exchange still waits for): look each one up.
+            for (t, differ) in theirs.iter().zip(differ.iter_mut()) {
+                let ours = self.replica.heads(space, &DocId(t.doc));
+                *differ = !(t.heads.len() == ours.len()
+                    && t.heads.iter().zip(&ours).all(|(a, b)| a.0 == b.0));
+            }
+            return differ;
+        }
         if !theirs.is_sorted_by_key(|d| d.doc) {
             return differ;
         }
@@ -992,4 +1019,17 @@ impl<R: Replica> Service<R> {
             })
             .collect()
     }
+}
+
+/// Up to this many documents, [`Service::differing`] looks each one up instead of walking the
+/// space.
+const FEW_DOCS: usize = 256;
+
+/// The documents of `theirs` whose mark is set.
+fn keep_marked(theirs: Vec<DocHeads>, marks: &[bool]) -> Vec<DocHeads> {
+    theirs
+        .into_iter()
+        .zip(marks)
+        .filter_map(|(d, keep)| keep.then_some(d))
+        .collect()
 }
