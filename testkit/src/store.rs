@@ -3,13 +3,56 @@
 
 use agora_node::engine::{run_group, Clock, MAX_BATCH};
 use agora_node::service::{
-    Command, GossipIn, Input, NetAction, Output, PeerHandle, RequestId, Service, ServiceConfig,
-    Verdict,
+    AutomergeReplica, Command, GossipIn, Input, NetAction, Output, PeerHandle, RequestId, Service,
+    ServiceConfig, Verdict,
 };
+use agora_node::store::{SledStorage, Store};
 use agora_node::Config;
 use agora_protocol::{Identity, SpaceId};
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// A service on a sled store, as a node's engine holds it.
+pub type SledService = Service<AutomergeReplica<SledStorage>>;
+
+/// A service on `store` (a fixed identity and RNG seed) that has joined `space`, run as the
+/// engine runs it; with the storage the engine flushes.
+pub fn joined_service(
+    store: Store<SledStorage>,
+    space: SpaceId,
+    clock: &Clock,
+) -> (SledService, SledStorage) {
+    let storage = store.storage().clone();
+    let mut service = Service::open(
+        store,
+        Identity::from_seed([7; 32]),
+        ServiceConfig::default(),
+        [9; 32],
+    )
+    .expect("open the service");
+    let join = Input::Command {
+        id: RequestId(0),
+        command: Command::JoinSpace { space },
+    };
+    run_group(&mut service, &storage, vec![join], clock.now());
+    (service, storage)
+}
+
+/// One input of gossip: `contributions`, in order, on `space`'s topic, from one peer.
+pub fn gossip<'a>(space: SpaceId, contributions: impl IntoIterator<Item = &'a [u8]>) -> Input {
+    Input::Gossip(
+        contributions
+            .into_iter()
+            .enumerate()
+            .map(|(token, bytes)| GossipIn {
+                token: token as u64,
+                from: PeerHandle(1),
+                topic: Some(space),
+                bytes: bytes.to_vec(),
+            })
+            .collect(),
+    )
+}
 
 /// What preparing a data directory measured on the way.
 #[derive(Debug, Clone, Copy)]
@@ -26,42 +69,11 @@ pub fn prepare_data_dir(dir: &Path, space: SpaceId, contributions: &[Vec<u8>]) -
     let config = Config::ephemeral(dir.to_path_buf());
     config.ensure_data_dir().expect("data dir");
     let store = agora_node::open_store(&config).expect("open store");
-    let storage = store.storage().clone();
-    let mut service = Service::open(
-        store,
-        Identity::from_seed([7; 32]),
-        ServiceConfig::default(),
-        [9; 32],
-    )
-    .expect("open the service");
     let clock = Clock::new();
-    let command = |command| Input::Command {
-        id: RequestId(0),
-        command,
-    };
-    run_group(
-        &mut service,
-        &storage,
-        vec![command(Command::JoinSpace { space })],
-        clock.now(),
-    );
+    let (mut service, storage) = joined_service(store, space, &clock);
     for chunk in contributions.chunks(MAX_BATCH) {
-        let batch = chunk
-            .iter()
-            .enumerate()
-            .map(|(token, bytes)| GossipIn {
-                token: token as u64,
-                from: PeerHandle(0),
-                topic: Some(space),
-                bytes: bytes.clone(),
-            })
-            .collect();
-        let outputs = run_group(
-            &mut service,
-            &storage,
-            vec![Input::Gossip(batch)],
-            clock.now(),
-        );
+        let batch = gossip(space, chunk.iter().map(Vec::as_slice));
+        let outputs = run_group(&mut service, &storage, vec![batch], clock.now());
         let accepted = outputs
             .iter()
             .filter(|o| {
@@ -80,12 +92,11 @@ pub fn prepare_data_dir(dir: &Path, space: SpaceId, contributions: &[Vec<u8>]) -
             "every prepared contribution is accepted"
         );
     }
-    run_group(
-        &mut service,
-        &storage,
-        vec![command(Command::Checkpoint)],
-        clock.now(),
-    );
+    let checkpoint = Input::Command {
+        id: RequestId(0),
+        command: Command::Checkpoint,
+    };
+    run_group(&mut service, &storage, vec![checkpoint], clock.now());
     let t = Instant::now();
     service.digest(&space);
     Prepared {

@@ -200,14 +200,19 @@ impl<S: Storage> AutomergeReplica<S> {
         // document (and at least SNAPSHOT_EVERY), which keeps both amortised O(1) per change.
         let threshold = SNAPSHOT_EVERY.max(state.snapshot_seq / 4);
         if state.last_seq - state.snapshot_seq >= threshold {
-            writes.push(Write::snapshot(
-                space,
-                doc,
-                state.last_seq,
-                &state.doc.save(),
-            ));
-            state.snapshot_seq = state.last_seq;
+            Self::snapshot(state, space, doc, writes);
         }
+    }
+
+    /// Appends a snapshot of the document as it is now, covering its contributions so far.
+    fn snapshot(state: &mut DocState, space: &SpaceId, doc: &DocId, writes: &mut Vec<Write>) {
+        writes.push(Write::snapshot(
+            space,
+            doc,
+            state.last_seq,
+            &state.doc.save(),
+        ));
+        state.snapshot_seq = state.last_seq;
     }
 
     /// Applies one by one, after a batch apply failed, to a document rebuilt from the store, so
@@ -441,13 +446,7 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         for (space, docs) in &mut self.spaces {
             for (doc, state) in docs.iter_mut() {
                 if state.last_seq > state.snapshot_seq {
-                    writes.push(Write::snapshot(
-                        space,
-                        doc,
-                        state.last_seq,
-                        &state.doc.save(),
-                    ));
-                    state.snapshot_seq = state.last_seq;
+                    Self::snapshot(state, space, doc, writes);
                 }
             }
         }

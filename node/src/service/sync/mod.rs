@@ -727,9 +727,7 @@ impl<R: Replica> Service<R> {
         if theirs.len() <= FEW_DOCS {
             // A few documents (what an exchange still waits for): look each one up.
             for (t, differ) in theirs.iter().zip(differ.iter_mut()) {
-                let ours = self.replica.heads(space, &DocId(t.doc));
-                *differ = !(t.heads.len() == ours.len()
-                    && t.heads.iter().zip(&ours).all(|(a, b)| a.0 == b.0));
+                *differ = !same_heads(t, &self.replica.heads(space, &DocId(t.doc)));
             }
             return differ;
         }
@@ -742,8 +740,7 @@ impl<R: Replica> Service<R> {
                 i += 1;
             }
             if let Some(t) = theirs.get(i).filter(|t| t.doc == doc.0) {
-                differ[i] = !(t.heads.len() == ours.len()
-                    && t.heads.iter().zip(ours).all(|(a, b)| a.0 == b.0));
+                differ[i] = !same_heads(t, ours);
             }
         });
         differ
@@ -752,9 +749,6 @@ impl<R: Replica> Service<R> {
     /// Whether the peer lacks something we hold, given its heads (and that we lack nothing of
     /// it): some document of ours is missing from its list or has other heads.
     fn peer_lacks(&mut self, space: &SpaceId, theirs: &[DocHeads]) -> bool {
-        let same = |t: &DocHeads, ours: &[ChangeHash]| {
-            t.heads.len() == ours.len() && t.heads.iter().zip(ours).all(|(a, b)| a.0 == b.0)
-        };
         let mut lacks = false;
         if theirs.is_sorted_by_key(|d| d.doc) {
             // A `Heads` answer lists documents in id order, as we visit ours: walk both.
@@ -763,12 +757,12 @@ impl<R: Replica> Service<R> {
                 while rest.next_if(|t| t.doc < doc.0).is_some() {}
                 lacks |= !rest
                     .next_if(|t| t.doc == doc.0)
-                    .is_some_and(|t| same(t, ours));
+                    .is_some_and(|t| same_heads(t, ours));
             });
         } else {
             let theirs: BTreeMap<[u8; 16], &DocHeads> = theirs.iter().map(|d| (d.doc, d)).collect();
             self.replica.visit_heads(space, &mut |doc, ours| {
-                lacks |= !theirs.get(&doc.0).is_some_and(|t| same(t, ours));
+                lacks |= !theirs.get(&doc.0).is_some_and(|t| same_heads(t, ours));
             });
         }
         lacks
@@ -1024,6 +1018,11 @@ impl<R: Replica> Service<R> {
 /// Up to this many documents, [`Service::differing`] looks each one up instead of walking the
 /// space.
 const FEW_DOCS: usize = 256;
+
+/// Whether the peer's heads of a document are exactly `ours` (both sorted).
+fn same_heads(theirs: &DocHeads, ours: &[ChangeHash]) -> bool {
+    theirs.heads.len() == ours.len() && theirs.heads.iter().zip(ours).all(|(a, b)| a.0 == b.0)
+}
 
 /// The documents of `theirs` whose mark is set.
 fn keep_marked(theirs: Vec<DocHeads>, marks: &[bool]) -> Vec<DocHeads> {
