@@ -3,6 +3,8 @@
 //! `init` and `up` work on the data directory directly; every other command talks to the running
 //! node through its HTTP API, using the address and token the node wrote to `<data dir>/api.json`.
 
+mod term;
+
 use agora_node::config::{ApiFile, Config, API_FILE};
 use agora_node::{Node, NodeStatus, PeerInfo, SpaceInfo, SyncState};
 use agora_protocol::{AuthorId, DocId, Idea, IdeaDraft, SpaceId};
@@ -13,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use term::{json_safe, term_safe, term_safe_multiline};
 
 #[derive(Parser)]
 #[command(
@@ -290,13 +293,12 @@ struct InitOutput {
     created: bool,
 }
 
-/// Prints `v` as pretty JSON with its keys sorted, as the CLI always has.
+/// Prints `v` as pretty JSON with its keys sorted, as the CLI always has; characters that could
+/// drive the terminal are written as JSON escapes (see [`json_safe`]).
 fn print_json<T: Serialize>(v: &T) {
     let value = serde_json::to_value(v).unwrap_or_default();
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&value).unwrap_or_default()
-    );
+    let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    println!("{}", json_safe(&text));
 }
 
 /// Checks an id locally so that a typo gets a clear message without a round trip.
@@ -310,13 +312,25 @@ where
     Ok(s.trim().to_lowercase())
 }
 
-/// "Name (author id prefix)", or a longer prefix of the author id when the name is unknown.
+/// "Name (author id prefix)", or a longer prefix of the author id when the name is unknown. The
+/// name comes from the author's profile: escaped for the terminal.
 fn who(author: &AuthorId, name: Option<&str>) -> String {
     let id = author.to_string();
     match name {
-        Some(n) => format!("{n} ({})", &id[..id.len().min(8)]),
+        Some(n) => format!("{} ({})", term_safe(n), &id[..id.len().min(8)]),
         None => id[..id.len().min(16)].to_string(),
     }
+}
+
+/// The last `n` characters of `s` (a short form of a peer id).
+fn last_chars(s: &str, n: usize) -> &str {
+    let start = s
+        .char_indices()
+        .rev()
+        .take(n)
+        .last()
+        .map_or(s.len(), |(i, _)| i);
+    &s[start..]
 }
 
 async fn up(dir: PathBuf, args: UpArgs) -> Result<()> {
@@ -344,7 +358,7 @@ async fn up(dir: PathBuf, args: UpArgs) -> Result<()> {
     println!("  web UI:  http://{api}/#token={}", node.api_token());
     println!("  data:    {}", node.data_dir().display());
     for a in &status.listen_addrs {
-        println!("  listen:  {a}");
+        println!("  listen:  {}", term_safe(a));
     }
     println!("Press Ctrl-C to stop.");
     wait_for_signal().await;
@@ -423,15 +437,15 @@ async fn client_command(c: &Client, cmd: Command) -> Result<()> {
             } else {
                 println!("author:   {}", s.author);
                 if let Some(n) = &s.name {
-                    println!("name:     {n}");
+                    println!("name:     {}", term_safe(n));
                 }
-                println!("peer id:  {}", s.peer_id);
+                println!("peer id:  {}", term_safe(&s.peer_id));
                 for a in &s.listen_addrs {
-                    println!("listen:   {a}");
+                    println!("listen:   {}", term_safe(a));
                 }
                 println!("peers:    {}", s.peers.len());
                 for sy in &s.sync {
-                    let peer = sy.peer_id.as_str();
+                    let peer = term_safe(last_chars(&sy.peer_id, 8));
                     let state = match sy.state {
                         SyncState::InSync => "in sync".to_string(),
                         SyncState::PeerBehind => "in sync (the peer is catching up)".to_string(),
@@ -445,11 +459,7 @@ async fn client_command(c: &Client, cmd: Command) -> Result<()> {
                             "incomplete: {docs_left} documents still missing (retrying soon)"
                         ),
                     };
-                    println!(
-                        "  space {} with {}: {state}",
-                        sy.space,
-                        &peer[peer.len().saturating_sub(8)..]
-                    );
+                    println!("  space {} with {}: {state}", sy.space, peer);
                 }
                 println!("spaces:   {}", s.spaces);
                 println!("stored:   {} contributions", s.contributions);
@@ -458,7 +468,7 @@ async fn client_command(c: &Client, cmd: Command) -> Result<()> {
                     s.counters.accepted,
                     s.counters.duplicates,
                     s.counters.pending,
-                    serde_json::to_string(&s.counters.rejected).unwrap_or_default()
+                    json_safe(&serde_json::to_string(&s.counters.rejected).unwrap_or_default())
                 );
             }
         }
@@ -472,15 +482,15 @@ async fn client_command(c: &Client, cmd: Command) -> Result<()> {
                 for peer in &p {
                     println!(
                         "{}  {}",
-                        peer.peer_id,
-                        peer.addrs.first().map_or("", String::as_str)
+                        term_safe(&peer.peer_id),
+                        term_safe(peer.addrs.first().map_or("", String::as_str))
                     );
                 }
             }
         }
         Command::Dial { addr } => {
             let _: IgnoredAny = c.post("/peers", json!({ "addr": addr })).await?;
-            println!("dialing {addr}");
+            println!("dialing {}", term_safe(&addr));
         }
         Command::Name { name } => {
             let _: IgnoredAny = c
@@ -514,7 +524,7 @@ async fn client_command(c: &Client, cmd: Command) -> Result<()> {
                     println!(
                         "{}  {:<24} {} ideas",
                         s.id,
-                        s.name.as_deref().unwrap_or("(name unknown)"),
+                        term_safe(s.name.as_deref().unwrap_or("(name unknown)")),
                         s.ideas
                     );
                 }
@@ -556,7 +566,7 @@ async fn client_command(c: &Client, cmd: Command) -> Result<()> {
                         "{}  [{}] {}  (+{} -{}, {} comments) by {}",
                         i.id,
                         i.status.as_str(),
-                        i.title,
+                        term_safe(&i.title),
                         i.votes.up,
                         i.votes.down,
                         i.comments.len(),
@@ -571,22 +581,23 @@ async fn client_command(c: &Client, cmd: Command) -> Result<()> {
             if json {
                 print_json(&i);
             } else {
-                println!("{}", i.title);
+                println!("{}", term_safe(&i.title));
                 println!("  id:     {}", i.id);
                 println!("  by:     {}", who(&i.author, i.author_name.as_deref()));
                 println!("  status: {}", i.status.as_str());
                 if !i.tags.is_empty() {
-                    println!("  tags:   {}", i.tags.join(", "));
+                    let tags: Vec<_> = i.tags.iter().map(|t| term_safe(t)).collect();
+                    println!("  tags:   {}", tags.join(", "));
                 }
                 println!("  votes:  +{} -{}", i.votes.up, i.votes.down);
                 if !i.body.is_empty() {
-                    println!("\n{}\n", i.body);
+                    println!("\n{}\n", term_safe_multiline(&i.body));
                 }
                 for cm in &i.comments {
                     println!(
                         "  - {}: {}",
                         who(&cm.author, cm.author_name.as_deref()),
-                        cm.text
+                        term_safe_multiline(&cm.text)
                     );
                 }
             }
@@ -614,7 +625,7 @@ async fn client_command(c: &Client, cmd: Command) -> Result<()> {
             let _: IgnoredAny = c
                 .post(&format!("/ideas/{id}/status"), json!({ "status": status }))
                 .await?;
-            println!("status set to {status}");
+            println!("status set to {}", term_safe(&status));
         }
         Command::Init { .. } | Command::Up(_) => unreachable!("handled before connecting"),
     }
@@ -641,8 +652,33 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // The message may quote what a peer sent (or what the node answered).
+            eprintln!("error: {}", term_safe(&format!("{e:#}")));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_chars_counts_characters() {
+        assert_eq!(last_chars("12D3KooWabcdefgh", 8), "abcdefgh");
+        assert_eq!(last_chars("short", 8), "short");
+        assert_eq!(last_chars("", 8), "");
+        assert_eq!(last_chars("abc", 0), "");
+        assert_eq!(last_chars("xxüñïcödé", 8), "xüñïcödé");
+    }
+
+    #[test]
+    fn who_escapes_the_name() {
+        let author = AuthorId([0xab; 32]);
+        assert_eq!(
+            who(&author, Some("Mallory\u{202e}\x1b[2J")),
+            "Mallory\\u{202e}\\x1b[2J (abababab)"
+        );
+        assert_eq!(who(&author, None), "abababababababab");
     }
 }
