@@ -14,6 +14,97 @@ const HELD: usize = usize::MAX;
 /// One document's share of a batch: its key and its items with their input slots.
 type Group<I> = ((SpaceId, DocId), Vec<(usize, I)>);
 
+/// Contributions verified per chunk: large enough for batch verification to pay (ed25519
+/// batches gain little beyond a few hundred signatures), small enough that the first chunk, which
+/// nothing overlaps, is a small part of a large batch.
+const CHUNK: usize = 256;
+
+/// Batches smaller than this are verified on the calling thread: a second thread would cost
+/// more to start than it saves.
+const PARALLEL_FROM: usize = 2 * CHUNK;
+
+/// Splits contributions sorted by document into chunks of about [`CHUNK`] that never split a
+/// document (so that each document is still applied with one call per batch).
+fn chunks_by_doc<R: Replica>(sorted: Vec<(usize, R::Decoded)>) -> Vec<Vec<(usize, R::Decoded)>> {
+    let mut chunks: Vec<Vec<(usize, R::Decoded)>> = Vec::new();
+    let mut current: Vec<(usize, R::Decoded)> = Vec::new();
+    for (slot, d) in sorted {
+        if current.len() >= CHUNK
+            && current
+                .last()
+                .is_some_and(|(_, last)| R::place_of(last) != R::place_of(&d))
+        {
+            chunks.push(std::mem::take(&mut current));
+        }
+        current.push((slot, d));
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
+/// Verifies one chunk, keeping each result with its input slot.
+fn verify_chunk<R: Replica>(
+    chunk: Vec<(usize, R::Decoded)>,
+) -> Vec<(usize, Result<R::Item, Rejection>)> {
+    let (slots, decoded): (Vec<usize>, Vec<R::Decoded>) = chunk.into_iter().unzip();
+    slots.into_iter().zip(R::verify(decoded)).collect()
+}
+
+/// Runs `verify` over every chunk and `apply` over each result, in chunk order. In parallel,
+/// this thread verifies and applies the first chunk while a second thread verifies the others
+/// in order, so that from the second chunk on, verification overlaps application. The results
+/// are the same either way: `verify` is a pure function.
+fn pipeline<C: Send, V: Send>(
+    chunks: Vec<C>,
+    parallel: bool,
+    verify: fn(C) -> V,
+    mut apply: impl FnMut(V),
+) {
+    let mut chunks = std::collections::VecDeque::from(chunks);
+    if !parallel || chunks.len() < 2 {
+        for chunk in chunks {
+            apply(verify(chunk));
+        }
+        return;
+    }
+    let first = chunks.pop_front();
+    let rest = std::sync::Mutex::new(chunks);
+    let next = |rest: &std::sync::Mutex<std::collections::VecDeque<C>>| {
+        rest.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_front()
+    };
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let rest = &rest;
+        let worker = std::thread::Builder::new()
+            .name("agora-verify".into())
+            .spawn_scoped(scope, move || {
+                while let Some(chunk) = next(rest) {
+                    if tx.send(verify(chunk)).is_err() {
+                        break;
+                    }
+                }
+            });
+        if let Some(chunk) = first {
+            apply(verify(chunk));
+        }
+        if worker.is_err() {
+            // No thread to be had: verify the rest here.
+            while let Some(chunk) = next(rest) {
+                apply(verify(chunk));
+            }
+            return;
+        }
+        // Ends when the worker is done (or died: the scope then re-raises its panic).
+        for verified in rx {
+            apply(verified);
+        }
+    });
+}
+
 /// Which of a document's candidate changes can be applied now, and in which order (indices
 /// into `hashes`). `missing[i]` lists the dependencies of change `i` that the document lacks; a
 /// change is ready when each of them is another ready candidate.
@@ -92,36 +183,75 @@ impl<R: Replica> Service<R> {
         early: &mut Vec<(usize, DocId, ChangeHash)>,
     ) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
-        let mut decoded = Vec::new();
-        let mut slots = Vec::new();
+        let mut decoded: Vec<(usize, R::Decoded)> = Vec::with_capacity(items.len());
         for (i, (bytes, topic)) in items.into_iter().enumerate() {
             match self.replica.decode(bytes) {
                 Ok(d) => {
-                    let space = R::space_of(&d);
+                    let (space, _) = R::place_of(&d);
                     if topic.is_some_and(|t| t != space) {
                         outcomes[i] = Some(Outcome::Rejected(Rejection::WrongTopic));
                     } else if !self.spaces.contains_key(&space) {
                         outcomes[i] = Some(Outcome::Rejected(Rejection::UnknownSpace));
                     } else {
-                        decoded.push(d);
-                        slots.push(i);
+                        decoded.push((i, d));
                     }
                 }
                 Err(e) => outcomes[i] = Some(Outcome::Rejected(e)),
             }
         }
-        // Group the verified ones by document (in id order, so that runs are reproducible; in
-        // arrival order within a document), remembering which input each came from.
-        let mut verified: Vec<(usize, R::Item)> = Vec::with_capacity(slots.len());
-        for (slot, result) in slots.into_iter().zip(self.replica.verify(decoded)) {
-            match result {
-                Ok(item) => verified.push((slot, item)),
-                Err(e) => outcomes[slot] = Some(Outcome::Rejected(e)),
+        // By document (in id order, so that runs are reproducible; in arrival order within a
+        // document), in chunks that never split a document: verified on one thread while the
+        // chunk before is applied on this one.
+        decoded.sort_by_key(|(slot, d)| (R::place_of(d), *slot));
+        let parallel = self.config.verify_in_parallel && decoded.len() >= PARALLEL_FROM;
+        let chunks = chunks_by_doc::<R>(decoded);
+        pipeline(chunks, parallel, verify_chunk::<R>, |verified| {
+            self.apply_verified(verified, &mut outcomes, now, early)
+        });
+        let outcomes: Vec<Outcome> = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Outcome::Pending))
+            .collect();
+        for o in &outcomes {
+            match o {
+                Outcome::Accepted => self.counters.accepted += 1,
+                Outcome::Duplicate => self.counters.duplicates += 1,
+                Outcome::Pending => {}
+                Outcome::Rejected(r) => {
+                    *self
+                        .counters
+                        .rejected
+                        .entry(r.code().to_string())
+                        .or_default() += 1;
+                    tracing::info!(target: "agora::engine", reason = r.code(), detail = %r, "rejected a contribution");
+                    self.outbox.event(NodeEvent::Rejected {
+                        reason: r.code().to_string(),
+                    });
+                }
             }
         }
-        verified.sort_by_key(|(slot, item)| (item.space(), item.doc(), *slot));
+        outcomes
+    }
+
+    /// Applies one chunk of verified contributions (whole documents, in document order), each
+    /// with its input slot: the held ones of each document join it, the ready ones are applied
+    /// with one call per document, the early ones wait in the pending set.
+    fn apply_verified(
+        &mut self,
+        verified: Vec<(usize, Result<R::Item, Rejection>)>,
+        outcomes: &mut [Option<Outcome>],
+        now: Now,
+        early: &mut Vec<(usize, DocId, ChangeHash)>,
+    ) {
         let mut groups: Vec<Group<R::Item>> = Vec::new();
-        for (slot, item) in verified {
+        for (slot, result) in verified {
+            let item = match result {
+                Ok(item) => item,
+                Err(e) => {
+                    outcomes[slot] = Some(Outcome::Rejected(e));
+                    continue;
+                }
+            };
             let key = (item.space(), item.doc());
             match groups.last_mut() {
                 Some((k, v)) if *k == key => v.push((slot, item)),
@@ -225,29 +355,6 @@ impl<R: Replica> Service<R> {
                 self.changed(space, doc, kind);
             }
         }
-        let outcomes: Vec<Outcome> = outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or(Outcome::Pending))
-            .collect();
-        for o in &outcomes {
-            match o {
-                Outcome::Accepted => self.counters.accepted += 1,
-                Outcome::Duplicate => self.counters.duplicates += 1,
-                Outcome::Pending => {}
-                Outcome::Rejected(r) => {
-                    *self
-                        .counters
-                        .rejected
-                        .entry(r.code().to_string())
-                        .or_default() += 1;
-                    tracing::info!(target: "agora::engine", reason = r.code(), detail = %r, "rejected a contribution");
-                    self.outbox.event(NodeEvent::Rejected {
-                        reason: r.code().to_string(),
-                    });
-                }
-            }
-        }
-        outcomes
     }
 
     /// Bookkeeping after a document changed in memory (ingest or local edit).

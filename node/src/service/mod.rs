@@ -534,6 +534,9 @@ pub struct ServiceConfig {
     pub ban_for: Millis,
     /// Bounds of the pending set.
     pub pending: PendingLimits,
+    /// Whether a large batch of contributions is verified on a second thread while this one
+    /// applies what was verified before (the outcomes are the same either way).
+    pub verify_in_parallel: bool,
 }
 
 impl Default for ServiceConfig {
@@ -547,6 +550,7 @@ impl Default for ServiceConfig {
             fetch_bytes: 1024 * 1024,
             ban_for: 600_000,
             pending: PendingLimits::default(),
+            verify_in_parallel: true,
         }
     }
 }

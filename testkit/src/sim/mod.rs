@@ -413,12 +413,16 @@ struct Sim<R: Replica> {
 impl<R: SimReplica> Sim<R> {
     fn new(config: SimConfig, boot: Boot) -> Sim<R> {
         let params = GossipParams::of_node(Duration::from_millis(config.heartbeat_ms));
-        let service_config = agora_node::Config {
-            sync_ms: config.sync_ms,
-            heartbeat_ms: config.heartbeat_ms,
-            ..agora_node::Config::default()
-        }
-        .service_config();
+        let service_config = ServiceConfig {
+            // A thousand nodes share one thread: a second one per batch would not pay.
+            verify_in_parallel: false,
+            ..agora_node::Config {
+                sync_ms: config.sync_ms,
+                heartbeat_ms: config.heartbeat_ms,
+                ..agora_node::Config::default()
+            }
+            .service_config()
+        };
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let mut nodes = Vec::with_capacity(config.nodes);
         for _ in 0..config.nodes {

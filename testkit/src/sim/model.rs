@@ -21,6 +21,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasherDefault;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use super::gossip::IdHasher;
 
@@ -44,7 +45,7 @@ pub struct ModelChange {
 /// Every contribution made in a simulation.
 #[derive(Default)]
 pub struct World {
-    changes: Vec<Rc<ModelChange>>,
+    changes: Vec<Arc<ModelChange>>,
     by_hash: HashMap<ChangeHash, u32, BuildHasherDefault<IdHasher>>,
     /// Every document, numbered in the order it was created (nodes keep their documents in a
     /// vector by this number: a thousand nodes' maps of ten thousand documents are slow).
@@ -95,7 +96,7 @@ pub type SharedWorld = Rc<RefCell<World>>;
 /// A verified model contribution.
 pub struct ModelItem {
     index: u32,
-    change: Rc<ModelChange>,
+    change: Arc<ModelChange>,
 }
 
 impl Item for ModelItem {
@@ -239,7 +240,7 @@ impl ModelReplica {
 }
 
 impl Replica for ModelReplica {
-    type Decoded = (u32, Rc<ModelChange>);
+    type Decoded = (u32, Arc<ModelChange>);
     type Item = ModelItem;
 
     fn author(&self) -> AuthorId {
@@ -258,11 +259,11 @@ impl Replica for ModelReplica {
         Ok((i, world.changes[i as usize].clone()))
     }
 
-    fn space_of(decoded: &Self::Decoded) -> SpaceId {
-        decoded.1.space
+    fn place_of(decoded: &Self::Decoded) -> (SpaceId, DocId) {
+        (decoded.1.space, decoded.1.doc)
     }
 
-    fn verify(&mut self, batch: Vec<Self::Decoded>) -> Vec<Result<ModelItem, Rejection>> {
+    fn verify(batch: Vec<Self::Decoded>) -> Vec<Result<ModelItem, Rejection>> {
         // Each signature was checked once, when the contribution was made.
         batch
             .into_iter()
@@ -333,7 +334,7 @@ impl Replica for ModelReplica {
             .expect("our own signature verifies");
         let mut world = self.world.borrow_mut();
         let deps = heads;
-        let change = Rc::new(ModelChange {
+        let change = Arc::new(ModelChange {
             space,
             doc,
             kind,

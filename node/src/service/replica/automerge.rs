@@ -269,11 +269,11 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         })
     }
 
-    fn space_of(decoded: &Decoded) -> SpaceId {
-        decoded.contribution.space
+    fn place_of(decoded: &Decoded) -> (SpaceId, DocId) {
+        (decoded.contribution.space, decoded.contribution.doc)
     }
 
-    fn verify(&mut self, batch: Vec<Decoded>) -> Vec<Result<Verified, Rejection>> {
+    fn verify(batch: Vec<Decoded>) -> Vec<Result<Verified, Rejection>> {
         let (contributions, bytes): (Vec<Contribution>, Vec<Vec<u8>>) =
             batch.into_iter().map(|d| (d.contribution, d.bytes)).unzip();
         verify_batch(contributions)

@@ -75,9 +75,9 @@ pub enum Edit {
 pub trait Replica {
     /// A contribution that decoded (its bounds, shape and canonical form hold), not yet
     /// verified.
-    type Decoded;
+    type Decoded: Send;
     /// A verified contribution.
-    type Item: Item;
+    type Item: Item + Send;
 
     /// This replica's author (who signs local edits).
     fn author(&self) -> AuthorId;
@@ -87,10 +87,13 @@ pub trait Replica {
 
     /// Decodes untrusted bytes (size, shape, version, canonical form).
     fn decode(&self, bytes: Vec<u8>) -> Result<Self::Decoded, Rejection>;
-    /// The space a decoded contribution names.
-    fn space_of(decoded: &Self::Decoded) -> SpaceId;
+    /// The space and document a decoded contribution names.
+    fn place_of(decoded: &Self::Decoded) -> (SpaceId, DocId);
     /// Verifies a batch (signatures, actor = signer, write rules). Results in input order.
-    fn verify(&mut self, batch: Vec<Self::Decoded>) -> Vec<Result<Self::Item, Rejection>>;
+    ///
+    /// A pure function of its input (it sees no replica state), so that the service can run it
+    /// on another thread while it applies what was verified before (see `ingest`).
+    fn verify(batch: Vec<Self::Decoded>) -> Vec<Result<Self::Item, Rejection>>;
     /// The document, hash and dependencies named by encoded contribution bytes, read without
     /// verifying anything (to plan the next sync request before a batch is ingested).
     fn preview(&self, bytes: &[u8]) -> Option<(DocId, ChangeHash, Vec<ChangeHash>)>;
