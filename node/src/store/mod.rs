@@ -141,9 +141,13 @@ pub trait Storage: Clone + Send + 'static {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Entries with `from <= key` and (when `to` is given) `key < to`, in key order.
     fn range(&self, tree: Tree, from: &[u8], to: Option<&[u8]>) -> Result<Entries, StoreError>;
-    /// Applies writes in order (each tree's writes atomically). Durable after [`Storage::flush`].
+    /// Applies writes in order. Reads see them at once; they are durable after
+    /// [`Storage::flush`]. A crash before the flush keeps all or none of one call's writes
+    /// (sled: all or none of the writes since the last read or flush). An implementation may
+    /// report a failure here or at the next read or flush; the flush reports it in any case.
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError>;
-    /// Makes every write so far durable; returns only after the data is on disk.
+    /// Makes every write so far durable; returns only after the data is on disk. Fails if
+    /// any write since the last flush failed.
     fn flush(&self) -> Result<(), StoreError>;
 }
 
@@ -485,6 +489,49 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let storage = SledStorage::open(dir.path(), 1 << 20).unwrap();
         round_trip(storage);
+    }
+
+    /// sled queues writes until the next read or flush: every clone reads them at once, a
+    /// removal after an insert in the same queue wins, and a flush makes them durable.
+    #[test]
+    fn sled_reads_see_queued_writes_and_a_flush_makes_them_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = SledStorage::open(dir.path(), 1 << 20).unwrap();
+            let reader = engine.clone();
+            engine
+                .apply(&[
+                    Write::put(Tree::Meta, b"gone", b"1".to_vec()),
+                    Write::put(Tree::Spaces, b"s", b"2".to_vec()),
+                ])
+                .unwrap();
+            assert_eq!(
+                reader.get(Tree::Meta, b"gone").unwrap(),
+                Some(b"1".to_vec())
+            );
+            assert_eq!(reader.range(Tree::Spaces, b"", None).unwrap().len(), 1);
+            engine
+                .apply(&[Write::put(Tree::Meta, b"kept", b"3".to_vec())])
+                .unwrap();
+            engine
+                .apply(&[Write {
+                    tree: Tree::Meta,
+                    key: b"gone".to_vec(),
+                    value: None,
+                }])
+                .unwrap();
+            engine.flush().unwrap();
+        }
+        let reopened = SledStorage::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(reopened.get(Tree::Meta, b"gone").unwrap(), None);
+        assert_eq!(
+            reopened.get(Tree::Meta, b"kept").unwrap(),
+            Some(b"3".to_vec())
+        );
+        assert_eq!(
+            reopened.get(Tree::Spaces, b"s").unwrap(),
+            Some(b"2".to_vec())
+        );
     }
 
     #[test]
