@@ -6,7 +6,8 @@ use super::replica::{Item, Replica};
 use super::{NodeEvent, Now, Outcome, Service};
 use agora_protocol::automerge::ChangeHash;
 use agora_protocol::{DocId, DocKind, Rejection, SpaceId};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
 
 /// The input slot of contributions held in the pending set since an earlier batch.
 const HELD: usize = usize::MAX;
@@ -15,8 +16,8 @@ const HELD: usize = usize::MAX;
 type Group<I> = ((SpaceId, DocId), Vec<(usize, I)>);
 
 /// Contributions verified per chunk: large enough for batch verification to pay (ed25519
-/// batches gain little beyond a few hundred signatures), small enough that the first chunk, which
-/// nothing overlaps, is a small part of a large batch.
+/// batches gain little beyond a few hundred signatures), small enough that the two threads share
+/// the work of a large batch evenly.
 const CHUNK: usize = 256;
 
 /// Batches smaller than this are verified on the calling thread: a second thread would cost
@@ -52,55 +53,61 @@ fn verify_chunk<R: Replica>(
     slots.into_iter().zip(R::verify(decoded)).collect()
 }
 
-/// Runs `verify` over every chunk and `apply` over each result, in chunk order. In parallel,
-/// this thread verifies and applies the first chunk while a second thread verifies the others
-/// in order, so that from the second chunk on, verification overlaps application. The results
-/// are the same either way: `verify` is a pure function.
+/// Runs `verify` over every chunk and `apply` over each result, in chunk order. In parallel, a
+/// second thread verifies chunks while this one applies them in order; whenever the next result
+/// is not ready, this thread verifies the earliest chunk nobody has taken yet instead of
+/// waiting, so both cores stay busy until the last chunk. The results are the same either way:
+/// `verify` is a pure function.
 fn pipeline<C: Send, V: Send>(
     chunks: Vec<C>,
     parallel: bool,
     verify: fn(C) -> V,
     mut apply: impl FnMut(V),
 ) {
-    let mut chunks = std::collections::VecDeque::from(chunks);
     if !parallel || chunks.len() < 2 {
         for chunk in chunks {
             apply(verify(chunk));
         }
         return;
     }
-    let first = chunks.pop_front();
-    let rest = std::sync::Mutex::new(chunks);
-    let next = |rest: &std::sync::Mutex<std::collections::VecDeque<C>>| {
-        rest.lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    let n = chunks.len();
+    let queue = Mutex::new(chunks.into_iter().enumerate().collect::<VecDeque<_>>());
+    let take = || {
+        queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .pop_front()
     };
     std::thread::scope(|scope| {
         let (tx, rx) = std::sync::mpsc::channel();
-        let rest = &rest;
-        let worker = std::thread::Builder::new()
+        // If no thread can be had, this one takes every chunk itself below.
+        let _worker = std::thread::Builder::new()
             .name("agora-verify".into())
             .spawn_scoped(scope, move || {
-                while let Some(chunk) = next(rest) {
-                    if tx.send(verify(chunk)).is_err() {
+                while let Some((i, chunk)) = take() {
+                    if tx.send((i, verify(chunk))).is_err() {
                         break;
                     }
                 }
             });
-        if let Some(chunk) = first {
-            apply(verify(chunk));
-        }
-        if worker.is_err() {
-            // No thread to be had: verify the rest here.
-            while let Some(chunk) = next(rest) {
-                apply(verify(chunk));
+        let mut done: Vec<Option<V>> = (0..n).map(|_| None).collect();
+        let mut next = 0;
+        while next < n {
+            if let Some(verified) = done[next].take() {
+                apply(verified);
+                next += 1;
+            } else if let Ok((i, verified)) = rx.try_recv() {
+                done[i] = Some(verified);
+            } else if let Some((i, chunk)) = take() {
+                done[i] = Some(verify(chunk));
+            } else {
+                // The next chunk is being verified by the other thread. If it died, the scope
+                // re-raises its panic.
+                match rx.recv() {
+                    Ok((i, verified)) => done[i] = Some(verified),
+                    Err(_) => break,
+                }
             }
-            return;
-        }
-        // Ends when the worker is done (or died: the scope then re-raises its panic).
-        for verified in rx {
-            apply(verified);
         }
     });
 }

@@ -142,8 +142,9 @@ pub trait Storage: Clone + Send + 'static {
     /// Entries with `from <= key` and (when `to` is given) `key < to`, in key order.
     fn range(&self, tree: Tree, from: &[u8], to: Option<&[u8]>) -> Result<Entries, StoreError>;
     /// Applies writes in order. Reads see them at once; they are durable after
-    /// [`Storage::flush`]. A crash before the flush keeps all or none of one call's writes
-    /// (sled: all or none of the writes since the last read or flush). An implementation may
+    /// [`Storage::flush`]. A crash before the flush keeps all or none of each tree's writes of
+    /// one call (sled: of the writes since the last read or flush, and across trees when they
+    /// are few; see `SledStorage`). An implementation may
     /// report a failure here or at the next read or flush; the flush reports it in any case.
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError>;
     /// Makes every write so far durable; returns only after the data is on disk. Fails if
@@ -492,7 +493,8 @@ mod tests {
     }
 
     /// sled queues writes until the next read or flush: every clone reads them at once, a
-    /// removal after an insert in the same queue wins, and a flush makes them durable.
+    /// removal after an insert in the same queue wins, a large queue goes in as well as a small
+    /// one, and a flush makes them durable.
     #[test]
     fn sled_reads_see_queued_writes_and_a_flush_makes_them_durable() {
         let dir = tempfile::tempdir().unwrap();
@@ -520,9 +522,16 @@ mod tests {
                     value: None,
                 }])
                 .unwrap();
+            // More than one transaction takes: applied as one batch per tree.
+            let many: Vec<Write> = (0..600u32)
+                .map(|i| Write::put(Tree::Hashes, &i.to_be_bytes(), vec![1]))
+                .collect();
+            engine.apply(&many).unwrap();
+            assert_eq!(reader.range(Tree::Hashes, b"", None).unwrap().len(), 600);
             engine.flush().unwrap();
         }
         let reopened = SledStorage::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(reopened.range(Tree::Hashes, b"", None).unwrap().len(), 600);
         assert_eq!(reopened.get(Tree::Meta, b"gone").unwrap(), None);
         assert_eq!(
             reopened.get(Tree::Meta, b"kept").unwrap(),

@@ -9,11 +9,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 /// A sled database. Clones share it (and its queue of writes).
 ///
-/// Writes are queued and handed to sled as **one transaction** at the next read or flush. So
-/// the writes of several inputs of an engine group, up to the group's flush, are atomic across
-/// every tree and cost sled one log reservation: each sled batch or transaction seals and
-/// writes the log buffer twice, and every such write wakes all of sled's idle I/O threads
-/// (about a tenth of a millisecond of CPU each time). Reads see every write applied before them.
+/// Writes are queued and handed to sled at the next read or flush, so that the writes of the
+/// inputs of an engine group, up to the group's flush, cost sled few log reservations: each
+/// sled batch or transaction seals and writes the log buffer twice, and every such write wakes
+/// all of sled's idle I/O threads (about a tenth of a millisecond of CPU each time). Up to
+/// [`ONE_TRANSACTION`] queued writes go in as one transaction over every tree (all or none of
+/// them survive a crash); more (a large ingest) go in as one batch per tree (all or none of each
+/// tree's), because a transaction first reads the old value of every key it writes. Reads see
+/// every write applied before them.
 #[derive(Clone)]
 pub struct SledStorage {
     db: ::sled::Db,
@@ -21,6 +24,9 @@ pub struct SledStorage {
     path: String,
     queued: Arc<Mutex<Queued>>,
 }
+
+/// Most queued writes handed to sled as one transaction (see [`SledStorage`]).
+const ONE_TRANSACTION: usize = 512;
 
 /// Writes not yet handed to sled, and a failure to hand them over that the next flush reports.
 #[derive(Default)]
@@ -81,16 +87,29 @@ impl SledStorage {
         &self.trees[tree.index()]
     }
 
-    /// Hands the queued writes to sled, in one transaction. A failure is returned here and kept
-    /// for the next flush, which must not report those writes durable.
+    /// Hands the queued writes to sled (see [`SledStorage`]). A failure is returned here and
+    /// kept for the next flush, which must not report those writes durable.
     fn apply_queued(&self) -> Result<(), StoreError> {
         let mut queued = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
         if queued.writes.is_empty() {
             return Ok(());
         }
         let writes = std::mem::take(&mut queued.writes);
+        let result = if writes.len() <= ONE_TRANSACTION {
+            self.transact(&writes)
+        } else {
+            self.batch_per_tree(&writes)
+        };
+        result.map_err(|error| {
+            queued.failed.get_or_insert_with(|| error.clone());
+            self.err(error)
+        })
+    }
+
+    /// Applies writes as one transaction over every tree.
+    fn transact(&self, writes: &[Write]) -> Result<(), ::sled::Error> {
         let result: TransactionResult<(), ()> = self.trees[..].transaction(|trees| {
-            for w in &writes {
+            for w in writes {
                 let tree = &trees[w.tree.index()];
                 match &w.value {
                     Some(v) => tree.insert(w.key.as_slice(), v.as_slice())?,
@@ -99,14 +118,35 @@ impl SledStorage {
             }
             Ok(())
         });
-        let error = match result {
-            Ok(()) => return Ok(()),
-            Err(TransactionError::Storage(e)) => e,
+        match result {
+            Ok(()) => Ok(()),
+            Err(TransactionError::Storage(e)) => Err(e),
             // The closure never aborts.
-            Err(TransactionError::Abort(())) => ::sled::Error::Unsupported("aborted".into()),
-        };
-        queued.failed.get_or_insert_with(|| error.clone());
-        Err(self.err(error))
+            Err(TransactionError::Abort(())) => Err(::sled::Error::Unsupported("aborted".into())),
+        }
+    }
+
+    /// Applies writes as one batch per tree, in the order the writes first name the trees (so
+    /// that a hash index entry goes before its contribution; see `Write::contribution`).
+    fn batch_per_tree(&self, writes: &[Write]) -> Result<(), ::sled::Error> {
+        let mut batches: [Option<::sled::Batch>; 6] = Default::default();
+        let mut order: Vec<Tree> = Vec::new();
+        for w in writes {
+            let batch = batches[w.tree.index()].get_or_insert_with(|| {
+                order.push(w.tree);
+                ::sled::Batch::default()
+            });
+            match &w.value {
+                Some(v) => batch.insert(w.key.as_slice(), v.as_slice()),
+                None => batch.remove(w.key.as_slice()),
+            }
+        }
+        for tree in order {
+            if let Some(batch) = batches[tree.index()].take() {
+                self.tree(tree).apply_batch(batch)?;
+            }
+        }
+        Ok(())
     }
 }
 
