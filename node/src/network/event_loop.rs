@@ -8,7 +8,7 @@ use super::{
 };
 use crate::engine::{EngineHandle, EngineInput};
 use crate::service::{
-    ExchangeId, GossipIn, InboundId, Input, NetAction, PeerHandle, SyncFailure, Verdict,
+    Checked, ExchangeId, GossipIn, InboundId, Input, NetAction, PeerHandle, SyncFailure, Verdict,
 };
 use crate::status::PeerInfo;
 use agora_protocol::sync::{SyncDecodeError, SyncResponse};
@@ -43,7 +43,16 @@ pub struct EventLoop {
     outbound: HashMap<OutboundRequestId, (PeerHandle, ExchangeId)>,
     /// Peer and sync events that did not fit into the engine's queue, in order.
     backlog: VecDeque<Input>,
+    /// Sync answers whose contributions are being verified off this task (see `Checked`), and
+    /// where they come back when done.
+    checked_tx: mpsc::UnboundedSender<Input>,
+    checked_rx: mpsc::UnboundedReceiver<Input>,
 }
+
+/// Sync answers with at least this many contributions are verified as they arrive, on a
+/// blocking thread, so that the work overlaps what the engine is doing meanwhile (usually
+/// ingesting the batch before). Smaller ones are not worth a thread.
+const CHECK_ON_ARRIVAL_FROM: usize = 256;
 
 impl EventLoop {
     pub(super) fn new(
@@ -54,6 +63,7 @@ impl EventLoop {
         commands: mpsc::Receiver<NetCommand>,
     ) -> Result<EventLoop, NetworkError> {
         let mut swarm = build_swarm(seed, &config)?;
+        let (checked_tx, checked_rx) = mpsc::unbounded_channel();
         for addr in &config.listen {
             let parsed = parse_addr(addr)?;
             swarm.listen_on(parsed).map_err(|e| NetworkError::Listen {
@@ -76,6 +86,8 @@ impl EventLoop {
             next_inbound: 0,
             outbound: HashMap::new(),
             backlog: VecDeque::new(),
+            checked_tx,
+            checked_rx,
         })
     }
 
@@ -115,6 +127,7 @@ impl EventLoop {
                     }
                     None => break,
                 },
+                Some(input) = self.checked_rx.recv() => self.send_to_engine(input),
                 _ = redial.tick() => self.redial(),
                 _ = shutdown.changed() => break,
             }
@@ -225,6 +238,7 @@ impl EventLoop {
                     peer,
                     exchange,
                     result: Err(SyncFailure::Unavailable("the peer is not connected".into())),
+                    checked: None,
                 }),
             },
             NetAction::SyncResponse {
@@ -535,12 +549,32 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if let Some((peer, exchange)) = self.outbound.remove(&request_id) {
-                    self.send_to_engine(Input::SyncResponse {
+                let Some((peer, exchange)) = self.outbound.remove(&request_id) else {
+                    return;
+                };
+                match response {
+                    SyncResponse::Contributions { items, more }
+                        if items.len() >= CHECK_ON_ARRIVAL_FROM =>
+                    {
+                        // The answer and what became of it travel together, later.
+                        let done = self.checked_tx.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let checked = Some(Checked::of(&items));
+                            let result = Ok(SyncResponse::Contributions { items, more });
+                            let _ = done.send(Input::SyncResponse {
+                                peer,
+                                exchange,
+                                result,
+                                checked,
+                            });
+                        });
+                    }
+                    response => self.send_to_engine(Input::SyncResponse {
                         peer,
                         exchange,
                         result: Ok(response),
-                    });
+                        checked: None,
+                    }),
                 }
             }
             request_response::Event::OutboundFailure {
@@ -566,6 +600,7 @@ impl EventLoop {
                     peer: handle,
                     exchange,
                     result: Err(failure),
+                    checked: None,
                 });
             }
             request_response::Event::InboundFailure { peer, error, .. } => {

@@ -3,7 +3,7 @@
 //! the engine's single flush. Early arrivals wait in the pending set.
 
 use super::replica::{Item, Replica};
-use super::{NodeEvent, Now, Outcome, Service};
+use super::{Checked, NodeEvent, Now, Outcome, Service};
 use agora_protocol::automerge::ChangeHash;
 use agora_protocol::{DocId, DocKind, Rejection, SpaceId};
 use std::collections::{HashMap, VecDeque};
@@ -170,26 +170,76 @@ pub(crate) fn ready_order(hashes: &[ChangeHash], missing: &[Vec<ChangeHash>]) ->
 
 impl<R: Replica> Service<R> {
     /// Ingests untrusted encoded contributions, each with the space of the topic or exchange it
-    /// came on (`None` when the transport names no space). Verifies them in one batch, applies
-    /// them with one call per document, and queues their writes. Returns one outcome per input,
-    /// in order. `Accepted` holds only once the engine's flush succeeds.
+    /// came on (`None` when the transport names no space), and their verification if the shell
+    /// did it already (see [`Checked`]). Verifies the rest in batches, applies them with one
+    /// call per document, and queues their writes. Returns one outcome per input, in order.
+    /// `Accepted` holds only once the engine's flush succeeds. Also notes each input that went
+    /// to the pending set: its slot, its document and its hash.
     pub(crate) fn ingest(
         &mut self,
         items: Vec<(Vec<u8>, Option<SpaceId>)>,
-        now: Now,
-    ) -> Vec<Outcome> {
-        self.ingest_noting_early(items, now, &mut Vec::new())
-    }
-
-    /// [`Service::ingest`], also noting each input that went to the pending set: its slot, its
-    /// document and its hash.
-    pub(crate) fn ingest_noting_early(
-        &mut self,
-        items: Vec<(Vec<u8>, Option<SpaceId>)>,
+        checked: Option<Checked>,
         now: Now,
         early: &mut Vec<(usize, DocId, ChangeHash)>,
     ) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
+        match checked {
+            Some(checked) if checked.len() == items.len() && R::ADOPTS => {
+                self.apply_checked(items, checked, &mut outcomes, now, early)
+            }
+            _ => self.verify_and_apply(items, &mut outcomes, now, early),
+        }
+        self.count(outcomes)
+    }
+
+    /// The checks [`Service::ingest`] makes before verification (topic, space),
+    /// in the same order, on contributions the shell already decoded and verified; then the
+    /// verified ones are applied.
+    fn apply_checked(
+        &mut self,
+        items: Vec<(Vec<u8>, Option<SpaceId>)>,
+        checked: Checked,
+        outcomes: &mut [Option<Outcome>],
+        now: Now,
+        early: &mut Vec<(usize, DocId, ChangeHash)>,
+    ) {
+        let mut verified: Vec<(usize, Result<R::Item, Rejection>)> = Vec::new();
+        for (i, ((bytes, topic), (space, result))) in
+            items.into_iter().zip(checked.into_results()).enumerate()
+        {
+            match space {
+                None => outcomes[i] = result.err().map(Outcome::Rejected),
+                Some(space) if topic.is_some_and(|t| t != space) => {
+                    outcomes[i] = Some(Outcome::Rejected(Rejection::WrongTopic))
+                }
+                Some(space) if !self.spaces.contains_key(&space) => {
+                    outcomes[i] = Some(Outcome::Rejected(Rejection::UnknownSpace))
+                }
+                Some(_) => match result {
+                    Ok(v) => match R::adopt(v, bytes) {
+                        Some(item) => verified.push((i, Ok(item))),
+                        None => unreachable!("R::ADOPTS"),
+                    },
+                    Err(e) => verified.push((i, Err(e))),
+                },
+            }
+        }
+        verified.sort_by_key(|(slot, r)| match r {
+            Ok(item) => (Some((item.space(), item.doc())), *slot),
+            Err(_) => (None, *slot),
+        });
+        self.apply_verified(verified, outcomes, now, early);
+    }
+
+    /// Decodes, checks topic and space, verifies (on two threads for a large batch) and
+    /// applies.
+    fn verify_and_apply(
+        &mut self,
+        items: Vec<(Vec<u8>, Option<SpaceId>)>,
+        outcomes: &mut [Option<Outcome>],
+        now: Now,
+        early: &mut Vec<(usize, DocId, ChangeHash)>,
+    ) {
         let mut decoded: Vec<(usize, R::Decoded)> = Vec::with_capacity(items.len());
         for (i, (bytes, topic)) in items.into_iter().enumerate() {
             match self.replica.decode(bytes) {
@@ -213,8 +263,12 @@ impl<R: Replica> Service<R> {
         let parallel = self.config.verify_in_parallel && decoded.len() >= PARALLEL_FROM;
         let chunks = chunks_by_doc::<R>(decoded);
         pipeline(chunks, parallel, verify_chunk::<R>, |verified| {
-            self.apply_verified(verified, &mut outcomes, now, early)
+            self.apply_verified(verified, outcomes, now, early)
         });
+    }
+
+    /// The outcomes of a batch (a missing one is `Pending`), counted and logged.
+    fn count(&mut self, outcomes: Vec<Option<Outcome>>) -> Vec<Outcome> {
         let outcomes: Vec<Outcome> = outcomes
             .into_iter()
             .map(|o| o.unwrap_or(Outcome::Pending))

@@ -37,9 +37,10 @@ pub use self::sync::{PairStatus, SyncState};
 use self::outbox::{Outbox, When};
 use crate::store::{SpaceRecord, Storage, Store, StoreError, Write};
 use agora_protocol::automerge::ChangeHash;
+use agora_protocol::contribution::{verify_batch, VerifiedContribution};
 use agora_protocol::idea::{Idea, IdeaDraft, SchemaError, Status, Vote};
 use agora_protocol::sync::{SyncRequest, SyncResponse};
-use agora_protocol::{DocId, Identity, Rejection, SpaceId};
+use agora_protocol::{Contribution, DocId, Identity, Rejection, SpaceId};
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -223,7 +224,81 @@ pub struct SyncBatch {
     pub exchange: ExchangeId,
     /// Encoded contributions.
     pub items: Vec<Vec<u8>>,
+    /// The same contributions decoded and verified where they arrived, if they were.
+    pub checked: Option<Checked>,
 }
+
+/// Encoded contributions decoded and verified by the shell as they arrived, on a core the
+/// engine is not using, so that the work overlaps what the engine does meanwhile. One result
+/// per contribution, in order: the space it names (if it decoded) and the protocol's verdict.
+/// Only [`Checked::of`] makes one, from the very bytes it travels with; the service still
+/// makes every decision (topic, space, duplicates, dependencies) and gives the outcomes it
+/// would give had it verified them itself.
+#[derive(Debug, Clone)]
+pub struct Checked(Vec<(Option<SpaceId>, Result<VerifiedContribution, Rejection>)>);
+
+impl Checked {
+    /// Decodes and verifies `items` (a pure function of the bytes; any thread).
+    pub fn of<B: AsRef<[u8]>>(items: &[B]) -> Checked {
+        let mut out: Vec<(Option<SpaceId>, Result<VerifiedContribution, Rejection>)> =
+            Vec::with_capacity(items.len());
+        let mut decoded = Vec::new();
+        let mut slots = Vec::new();
+        for bytes in items {
+            match Contribution::decode(bytes.as_ref()) {
+                Ok(c) => {
+                    slots.push(out.len());
+                    out.push((Some(c.space), Err(Rejection::BadSignature)));
+                    decoded.push(c);
+                }
+                Err(e) => out.push((None, Err(e))),
+            }
+        }
+        for (slot, result) in slots.into_iter().zip(verify_batch(decoded)) {
+            out[slot].1 = result;
+        }
+        Checked(out)
+    }
+
+    /// How many contributions it covers.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether it covers none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The document, hash and dependencies of contribution `i`, if it verified (what
+    /// `Replica::preview` reads from the bytes).
+    pub(crate) fn preview(&self, i: usize) -> Option<(DocId, ChangeHash, Vec<ChangeHash>)> {
+        let v = self.0.get(i)?.1.as_ref().ok()?;
+        Some((v.contribution().doc, v.hash(), v.change().deps().to_vec()))
+    }
+
+    pub(crate) fn into_results(
+        self,
+    ) -> Vec<(Option<SpaceId>, Result<VerifiedContribution, Rejection>)> {
+        self.0
+    }
+
+    /// What equality compares: spaces, and change hashes or rejections.
+    fn key(&self) -> Vec<(Option<SpaceId>, Result<ChangeHash, &Rejection>)> {
+        self.0
+            .iter()
+            .map(|(space, r)| (*space, r.as_ref().map(VerifiedContribution::hash)))
+            .collect()
+    }
+}
+
+impl PartialEq for Checked {
+    fn eq(&self, other: &Checked) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Checked {}
 
 /// Why an outbound sync request got no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -297,6 +372,8 @@ pub enum Input {
         exchange: ExchangeId,
         /// The answer.
         result: Result<SyncResponse, SyncFailure>,
+        /// The answer's contributions, decoded and verified where they arrived (optional).
+        checked: Option<Checked>,
     },
     /// A sync batch handed out earlier as [`Output::Ingest`].
     Ingest(SyncBatch),
@@ -684,7 +761,8 @@ impl<R: Replica> Service<R> {
                 peer,
                 exchange,
                 result,
-            } => self.on_sync_response(peer, exchange, result, now),
+                checked,
+            } => self.on_sync_response(peer, exchange, result, checked, now),
             Input::Ingest(batch) => self.on_sync_batch(batch, now),
             Input::Tick => self.tick(now),
         }
@@ -744,8 +822,9 @@ impl<R: Replica> Service<R> {
         let meta: Vec<(u64, PeerHandle, Option<SpaceId>)> =
             batch.iter().map(|g| (g.token, g.from, g.topic)).collect();
         let mut early = Vec::new();
-        let outcomes = self.ingest_noting_early(
+        let outcomes = self.ingest(
             batch.into_iter().map(|g| (g.bytes, g.topic)).collect(),
+            None,
             now,
             &mut early,
         );

@@ -149,6 +149,7 @@ impl Node {
                 peer,
                 exchange,
                 result,
+                checked: None,
             },
             now,
         )
@@ -394,6 +395,7 @@ fn relay(
                             peer: names[from],
                             exchange: ExchangeId(id),
                             result: Ok(response),
+                            checked: None,
                         },
                     )),
                     Output::Ingest(batch) => Some((from, Input::Ingest(batch))),
@@ -571,6 +573,7 @@ fn failed_answers_ban_only_when_the_answer_is_the_peers_fault() {
                 peer,
                 exchange,
                 result,
+                checked: None,
             },
             t,
         );
@@ -981,5 +984,68 @@ fn verifying_on_a_second_thread_changes_no_outcome() {
     assert!(held > items.len() / 2 && held < items.len(), "{held}");
     for code in ["bad_signature", "wrong_topic"] {
         assert!(inline.1.contains(code), "{code}: {}", inline.1);
+    }
+}
+
+/// A sync answer whose contributions the shell verified as they arrived ([`Checked`]) gives
+/// the same outputs, verdicts, ban and stored contributions as the same answer verified by the
+/// service: forged signatures, duplicates, early arrivals, garbage, each rejection in the same
+/// order of precedence.
+#[test]
+fn verification_on_arrival_changes_no_outcome() {
+    let (mut a, space) = seeded(config(), 40, 30);
+    let items = contributions(&mut a, space);
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    for window in items.chunks(7) {
+        batch.extend(window.iter().rev().cloned());
+    }
+    let clean = batch.clone();
+    let mut faulty = batch;
+    faulty[700] = forge(&faulty[700]);
+    faulty[900] = b"not a contribution".to_vec();
+    let dup = faulty[10].clone();
+    faulty.insert(20, dup);
+    for (case, batch) in [("clean", clean), ("faulty", faulty)] {
+        let run = |on_arrival: bool| {
+            let mut b = joined(space, config());
+            let peer = PeerHandle(30);
+            let exchange = to_fetch(&mut b, peer, space, at(0));
+            let checked = on_arrival.then(|| Checked::of(&batch));
+            let response = SyncResponse::Contributions {
+                items: batch
+                    .iter()
+                    .cloned()
+                    .map(serde_bytes::ByteBuf::from)
+                    .collect(),
+                more: false,
+            };
+            let out = b.step(
+                Input::SyncResponse {
+                    peer,
+                    exchange,
+                    result: Ok(response),
+                    checked,
+                },
+                at(1_000),
+            );
+            let mut sent = batches(&out);
+            assert_eq!(sent.len(), 1, "{case}");
+            let batch = sent.remove(0);
+            assert_eq!(batch.checked.is_some(), on_arrival, "{case}");
+            let out = b.step(Input::Ingest(batch), at(1_000));
+            let status = format!("{:?}", b.service.status());
+            let held: Vec<bool> = items.iter().map(|c| b.holds(c, at(1_000))).collect();
+            (format!("{out:?}"), status, held)
+        };
+        let (inline, arrival) = (run(false), run(true));
+        assert_eq!(inline, arrival, "{case}");
+        if case == "clean" {
+            assert!(
+                inline.2.iter().all(|h| *h),
+                "a clean catch-up stores everything"
+            );
+        } else {
+            assert!(inline.0.contains("Ban"), "{}", inline.0);
+        }
     }
 }

@@ -893,6 +893,8 @@ impl<R: SimReplica> Sim<R> {
                         peer,
                         exchange,
                         result,
+                        // The simulated network verifies nothing on arrival: the service does.
+                        checked: None,
                     }],
                 );
             }

@@ -6,7 +6,9 @@ use crate::store::{Storage, Store, StoreError, Write};
 use agora_protocol::automerge::{AutoCommit, Change, ChangeHash};
 use agora_protocol::contribution::{change_preview, verify_batch};
 use agora_protocol::idea::{self, Idea};
-use agora_protocol::{AuthorId, Contribution, DocId, DocKind, Identity, Rejection, SpaceId};
+use agora_protocol::{
+    AuthorId, Contribution, DocId, DocKind, Identity, Rejection, SpaceId, VerifiedContribution,
+};
 use std::collections::{BTreeMap, HashMap};
 
 /// A document gets a fresh snapshot once this many contributions were added since the last one
@@ -279,17 +281,21 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         verify_batch(contributions)
             .into_iter()
             .zip(bytes)
-            .map(|(result, bytes)| {
-                let (c, change) = result?.into_parts();
-                Ok(Verified {
-                    space: c.space,
-                    doc: c.doc,
-                    kind: c.kind,
-                    change,
-                    bytes,
-                })
-            })
+            .map(|(result, bytes)| Ok(Self::adopt(result?, bytes).expect("adopts")))
             .collect()
+    }
+
+    const ADOPTS: bool = true;
+
+    fn adopt(verified: VerifiedContribution, bytes: Vec<u8>) -> Option<Verified> {
+        let (c, change) = verified.into_parts();
+        Some(Verified {
+            space: c.space,
+            doc: c.doc,
+            kind: c.kind,
+            change,
+            bytes,
+        })
     }
 
     fn preview(&self, bytes: &[u8]) -> Option<(DocId, ChangeHash, Vec<ChangeHash>)> {

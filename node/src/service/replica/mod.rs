@@ -20,7 +20,7 @@ use super::ServiceError;
 use crate::store::{StoreError, Write};
 use agora_protocol::automerge::ChangeHash;
 use agora_protocol::idea::{Idea, IdeaDraft, Status, Vote};
-use agora_protocol::{AuthorId, DocId, DocKind, Rejection, SpaceId};
+use agora_protocol::{AuthorId, DocId, DocKind, Rejection, SpaceId, VerifiedContribution};
 use std::collections::BTreeMap;
 
 /// A verified contribution, ready to be applied.
@@ -94,6 +94,14 @@ pub trait Replica {
     /// A pure function of its input (it sees no replica state), so that the service can run it
     /// on another thread while it applies what was verified before (see `ingest`).
     fn verify(batch: Vec<Self::Decoded>) -> Vec<Result<Self::Item, Rejection>>;
+    /// Whether [`Replica::adopt`] takes contributions the shell verified (see `Checked`).
+    const ADOPTS: bool = false;
+    /// The item for a contribution verified elsewhere, with its encoded bytes (`None`: this
+    /// replica verifies everything itself).
+    fn adopt(verified: VerifiedContribution, bytes: Vec<u8>) -> Option<Self::Item> {
+        let _ = (verified, bytes);
+        None
+    }
     /// The document, hash and dependencies named by encoded contribution bytes, read without
     /// verifying anything (to plan the next sync request before a batch is ingested).
     fn preview(&self, bytes: &[u8]) -> Option<(DocId, ChangeHash, Vec<ChangeHash>)>;

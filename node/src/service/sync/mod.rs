@@ -19,8 +19,8 @@ use self::exchange::{Exchange, InFlight, Phase};
 use super::outbox::When;
 use super::replica::Replica;
 use super::{
-    ExchangeId, InboundId, Millis, NetAction, Now, Outcome, Output, PeerHandle, Service, SyncBatch,
-    SyncFailure,
+    Checked, ExchangeId, InboundId, Millis, NetAction, Now, Outcome, Output, PeerHandle, Service,
+    SyncBatch, SyncFailure,
 };
 use agora_protocol::automerge::ChangeHash;
 use agora_protocol::sync::{
@@ -434,6 +434,7 @@ impl<R: Replica> Service<R> {
         peer: PeerHandle,
         exchange: ExchangeId,
         result: Result<SyncResponse, SyncFailure>,
+        checked: Option<Checked>,
         now: Now,
     ) {
         self.sync.wakeup.set(None);
@@ -471,7 +472,10 @@ impl<R: Replica> Service<R> {
             }
             (Phase::Summary, SyncResponse::Heads { docs }) => self.on_heads(pair, docs, now),
             (Phase::Fetch, SyncResponse::Contributions { items, .. }) => {
-                self.on_contributions(pair, items, now)
+                // Verification done where the answer arrived counts only if it covers exactly
+                // these items (it was made from them; a mismatch means a shell bug: verify here).
+                let checked = checked.filter(|c| c.len() == items.len());
+                self.on_contributions(pair, items, checked, now)
             }
             (_, SyncResponse::Refused { reason }) => {
                 self.sync.failures += 1;
@@ -508,7 +512,13 @@ impl<R: Replica> Service<R> {
         self.send_fetch(pair, wants, now);
     }
 
-    fn on_contributions(&mut self, pair: Pair, items: Vec<serde_bytes::ByteBuf>, now: Now) {
+    fn on_contributions(
+        &mut self,
+        pair: Pair,
+        items: Vec<serde_bytes::ByteBuf>,
+        checked: Option<Checked>,
+        now: Now,
+    ) {
         self.sync.wakeup.set(None);
         let (peer, space) = pair;
         let Service {
@@ -522,8 +532,9 @@ impl<R: Replica> Service<R> {
         // Plan the next request from what this batch will add, before it is ingested, so that
         // the peer prepares the next batch while this one is verified and applied.
         let mut new = 0;
-        for bytes in &items {
-            let Some((doc, hash, deps)) = replica.preview(bytes) else {
+        for (i, bytes) in items.iter().enumerate() {
+            let preview = checked.as_ref().and_then(|c| c.preview(i));
+            let Some((doc, hash, deps)) = preview.or_else(|| replica.preview(bytes)) else {
                 continue;
             };
             if !ex.holds(&doc, &hash) && !replica.missing(&space, &doc, &[hash]).is_empty() {
@@ -543,6 +554,7 @@ impl<R: Replica> Service<R> {
                         .into_iter()
                         .map(serde_bytes::ByteBuf::into_vec)
                         .collect(),
+                    checked,
                 }),
                 When::Now,
             );
@@ -589,6 +601,7 @@ impl<R: Replica> Service<R> {
             space,
             exchange,
             items,
+            checked,
         } = batch;
         let pair = (peer, space);
         if self
@@ -602,10 +615,17 @@ impl<R: Replica> Service<R> {
         }
         let done: Vec<(DocId, ChangeHash)> = items
             .iter()
-            .filter_map(|b| self.replica.preview(b).map(|(d, h, _)| (d, h)))
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let preview = checked.as_ref().and_then(|c| c.preview(i));
+                preview
+                    .or_else(|| self.replica.preview(b))
+                    .map(|(d, h, _)| (d, h))
+            })
             .collect();
         let n = items.len();
-        let outcomes = self.ingest(items.into_iter().map(|b| (b, Some(space))).collect(), now);
+        let items = items.into_iter().map(|b| (b, Some(space))).collect();
+        let outcomes = self.ingest(items, checked, now, &mut Vec::new());
         let invalid = outcomes.iter().find_map(|o| match o {
             Outcome::Rejected(r) if !matches!(r, Rejection::UnknownSpace) => Some(r.code()),
             _ => None,
