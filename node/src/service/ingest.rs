@@ -207,15 +207,13 @@ impl<R: Replica> Service<R> {
         for (i, ((bytes, topic), (space, result))) in
             items.into_iter().zip(checked.into_results()).enumerate()
         {
-            match space {
-                None => outcomes[i] = result.err().map(Outcome::Rejected),
-                Some(space) if topic.is_some_and(|t| t != space) => {
-                    outcomes[i] = Some(Outcome::Rejected(Rejection::WrongTopic))
-                }
-                Some(space) if !self.spaces.contains_key(&space) => {
-                    outcomes[i] = Some(Outcome::Rejected(Rejection::UnknownSpace))
-                }
-                Some(_) => match result {
+            let Some(space) = space else {
+                outcomes[i] = result.err().map(Outcome::Rejected);
+                continue;
+            };
+            match self.admit(space, topic) {
+                Some(refused) => outcomes[i] = Some(Outcome::Rejected(refused)),
+                None => match result {
                     Ok(v) => match R::adopt(v, bytes) {
                         Some(item) => verified.push((i, Ok(item))),
                         None => unreachable!("R::ADOPTS"),
@@ -231,6 +229,18 @@ impl<R: Replica> Service<R> {
         self.apply_verified(verified, outcomes, now, early);
     }
 
+    /// Why a decoded contribution naming `space`, received on `topic`, is refused before
+    /// verification (a topic of another space, a space not joined), if it is.
+    fn admit(&self, space: SpaceId, topic: Option<SpaceId>) -> Option<Rejection> {
+        if topic.is_some_and(|t| t != space) {
+            Some(Rejection::WrongTopic)
+        } else if !self.spaces.contains_key(&space) {
+            Some(Rejection::UnknownSpace)
+        } else {
+            None
+        }
+    }
+
     /// Decodes, checks topic and space, verifies (on two threads for a large batch) and
     /// applies.
     fn verify_and_apply(
@@ -243,16 +253,10 @@ impl<R: Replica> Service<R> {
         let mut decoded: Vec<(usize, R::Decoded)> = Vec::with_capacity(items.len());
         for (i, (bytes, topic)) in items.into_iter().enumerate() {
             match self.replica.decode(bytes) {
-                Ok(d) => {
-                    let (space, _) = R::place_of(&d);
-                    if topic.is_some_and(|t| t != space) {
-                        outcomes[i] = Some(Outcome::Rejected(Rejection::WrongTopic));
-                    } else if !self.spaces.contains_key(&space) {
-                        outcomes[i] = Some(Outcome::Rejected(Rejection::UnknownSpace));
-                    } else {
-                        decoded.push((i, d));
-                    }
-                }
+                Ok(d) => match self.admit(R::place_of(&d).0, topic) {
+                    Some(refused) => outcomes[i] = Some(Outcome::Rejected(refused)),
+                    None => decoded.push((i, d)),
+                },
                 Err(e) => outcomes[i] = Some(Outcome::Rejected(e)),
             }
         }

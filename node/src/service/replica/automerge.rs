@@ -31,6 +31,20 @@ pub struct Verified {
     bytes: Vec<u8>,
 }
 
+impl Verified {
+    /// A protocol-verified contribution with its encoded bytes.
+    fn new(verified: VerifiedContribution, bytes: Vec<u8>) -> Verified {
+        let (c, change) = verified.into_parts();
+        Verified {
+            space: c.space,
+            doc: c.doc,
+            kind: c.kind,
+            change,
+            bytes,
+        }
+    }
+}
+
 impl Item for Verified {
     fn space(&self) -> SpaceId {
         self.space
@@ -281,21 +295,14 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         verify_batch(contributions)
             .into_iter()
             .zip(bytes)
-            .map(|(result, bytes)| Ok(Self::adopt(result?, bytes).expect("adopts")))
+            .map(|(result, bytes)| Ok(Verified::new(result?, bytes)))
             .collect()
     }
 
     const ADOPTS: bool = true;
 
     fn adopt(verified: VerifiedContribution, bytes: Vec<u8>) -> Option<Verified> {
-        let (c, change) = verified.into_parts();
-        Some(Verified {
-            space: c.space,
-            doc: c.doc,
-            kind: c.kind,
-            change,
-            bytes,
-        })
+        Some(Verified::new(verified, bytes))
     }
 
     fn preview(&self, bytes: &[u8]) -> Option<(DocId, ChangeHash, Vec<ChangeHash>)> {

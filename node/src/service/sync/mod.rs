@@ -110,6 +110,19 @@ pub struct PairStatus {
     pub state: SyncState,
 }
 
+/// The document, hash and dependencies of item `i` of a sync answer: from its verification on
+/// arrival if it has one, else read from its bytes.
+fn preview<R: Replica>(
+    replica: &R,
+    checked: Option<&Checked>,
+    i: usize,
+    bytes: &[u8],
+) -> Option<(DocId, ChangeHash, Vec<ChangeHash>)> {
+    checked
+        .and_then(|c| c.preview(i))
+        .or_else(|| replica.preview(bytes))
+}
+
 impl<R: Replica> Service<R> {
     // ----- peers -----
 
@@ -533,8 +546,7 @@ impl<R: Replica> Service<R> {
         // the peer prepares the next batch while this one is verified and applied.
         let mut new = 0;
         for (i, bytes) in items.iter().enumerate() {
-            let preview = checked.as_ref().and_then(|c| c.preview(i));
-            let Some((doc, hash, deps)) = preview.or_else(|| replica.preview(bytes)) else {
+            let Some((doc, hash, deps)) = preview(&*replica, checked.as_ref(), i, bytes) else {
                 continue;
             };
             if !ex.holds(&doc, &hash) && !replica.missing(&space, &doc, &[hash]).is_empty() {
@@ -617,10 +629,7 @@ impl<R: Replica> Service<R> {
             .iter()
             .enumerate()
             .filter_map(|(i, b)| {
-                let preview = checked.as_ref().and_then(|c| c.preview(i));
-                preview
-                    .or_else(|| self.replica.preview(b))
-                    .map(|(d, h, _)| (d, h))
+                preview(&self.replica, checked.as_ref(), i, b).map(|(d, h, _)| (d, h))
             })
             .collect();
         let n = items.len();
