@@ -558,15 +558,18 @@ impl EventLoop {
                     {
                         // The answer and what became of it travel together, later.
                         let done = self.checked_tx.clone();
+                        // The headers first, so that the next request leaves at once; the
+                        // verification follows on this thread while the engine goes on.
                         tokio::task::spawn_blocking(move || {
-                            let checked = Some(Checked::of(&items));
+                            let (checked, verifier) = Checked::arrive(&items);
                             let result = Ok(SyncResponse::Contributions { items, more });
                             let _ = done.send(Input::SyncResponse {
                                 peer,
                                 exchange,
                                 result,
-                                checked,
+                                checked: Some(checked),
                             });
+                            verifier.run();
                         });
                     }
                     response => self.send_to_engine(Input::SyncResponse {

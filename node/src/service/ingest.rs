@@ -2,6 +2,7 @@
 //! contributions out, in batches: one verification batch, one apply per document, writes for
 //! the engine's single flush. Early arrivals wait in the pending set.
 
+use super::checked::Verdict;
 use super::replica::{Item, Replica};
 use super::{Checked, NodeEvent, Now, Outcome, Service};
 use agora_protocol::automerge::ChangeHash;
@@ -183,11 +184,12 @@ impl<R: Replica> Service<R> {
         early: &mut Vec<(usize, DocId, ChangeHash)>,
     ) -> Vec<Outcome> {
         let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
-        match checked {
-            Some(checked) if checked.len() == items.len() && R::ADOPTS => {
-                self.apply_checked(items, checked, &mut outcomes, now, early)
-            }
-            _ => self.verify_and_apply(items, &mut outcomes, now, early),
+        let verdicts = checked
+            .filter(|c| c.len() == items.len() && R::ADOPTS)
+            .and_then(Checked::verdicts);
+        match verdicts {
+            Some(verdicts) => self.apply_checked(items, verdicts, &mut outcomes, now, early),
+            None => self.verify_and_apply(items, &mut outcomes, now, early),
         }
         self.count(outcomes)
     }
@@ -198,15 +200,13 @@ impl<R: Replica> Service<R> {
     fn apply_checked(
         &mut self,
         items: Vec<(Vec<u8>, Option<SpaceId>)>,
-        checked: Checked,
+        verdicts: Vec<Verdict>,
         outcomes: &mut [Option<Outcome>],
         now: Now,
         early: &mut Vec<(usize, DocId, ChangeHash)>,
     ) {
         let mut verified: Vec<(usize, Result<R::Item, Rejection>)> = Vec::new();
-        for (i, ((bytes, topic), (space, result))) in
-            items.into_iter().zip(checked.into_results()).enumerate()
-        {
+        for (i, ((bytes, topic), (space, result))) in items.into_iter().zip(verdicts).enumerate() {
             let Some(space) = space else {
                 outcomes[i] = result.err().map(Outcome::Rejected);
                 continue;

@@ -19,6 +19,7 @@
 //! - [`sync`]: the anti-entropy scheduler, the per-exchange state machine, the responder, bans;
 //! - `outbox`: what a group asks for, and what survives a failed flush.
 
+mod checked;
 mod edits;
 mod ingest;
 mod outbox;
@@ -30,6 +31,7 @@ mod views;
 #[cfg(test)]
 mod tests;
 
+pub use self::checked::{Checked, Verifier};
 pub use self::pending::{PendingLimits, PendingSet};
 pub use self::replica::{AutomergeReplica, Edit, Item, Replica};
 pub use self::sync::{PairStatus, SyncState};
@@ -37,10 +39,9 @@ pub use self::sync::{PairStatus, SyncState};
 use self::outbox::{Outbox, When};
 use crate::store::{SpaceRecord, Storage, Store, StoreError, Write};
 use agora_protocol::automerge::ChangeHash;
-use agora_protocol::contribution::{verify_batch, VerifiedContribution};
 use agora_protocol::idea::{Idea, IdeaDraft, SchemaError, Status, Vote};
 use agora_protocol::sync::{SyncRequest, SyncResponse};
-use agora_protocol::{Contribution, DocId, Identity, Rejection, SpaceId};
+use agora_protocol::{DocId, Identity, Rejection, SpaceId};
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -227,78 +228,6 @@ pub struct SyncBatch {
     /// The same contributions decoded and verified where they arrived, if they were.
     pub checked: Option<Checked>,
 }
-
-/// Encoded contributions decoded and verified by the shell as they arrived, on a core the
-/// engine is not using, so that the work overlaps what the engine does meanwhile. One result
-/// per contribution, in order: the space it names (if it decoded) and the protocol's verdict.
-/// Only [`Checked::of`] makes one, from the very bytes it travels with; the service still
-/// makes every decision (topic, space, duplicates, dependencies) and gives the outcomes it
-/// would give had it verified them itself.
-#[derive(Debug, Clone)]
-pub struct Checked(Vec<(Option<SpaceId>, Result<VerifiedContribution, Rejection>)>);
-
-impl Checked {
-    /// Decodes and verifies `items` (a pure function of the bytes; any thread).
-    pub fn of<B: AsRef<[u8]>>(items: &[B]) -> Checked {
-        let mut out: Vec<(Option<SpaceId>, Result<VerifiedContribution, Rejection>)> =
-            Vec::with_capacity(items.len());
-        let mut decoded = Vec::new();
-        let mut slots = Vec::new();
-        for bytes in items {
-            match Contribution::decode(bytes.as_ref()) {
-                Ok(c) => {
-                    slots.push(out.len());
-                    out.push((Some(c.space), Err(Rejection::BadSignature)));
-                    decoded.push(c);
-                }
-                Err(e) => out.push((None, Err(e))),
-            }
-        }
-        for (slot, result) in slots.into_iter().zip(verify_batch(decoded)) {
-            out[slot].1 = result;
-        }
-        Checked(out)
-    }
-
-    /// How many contributions it covers.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether it covers none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// The document, hash and dependencies of contribution `i`, if it verified (what
-    /// `Replica::preview` reads from the bytes).
-    pub(crate) fn preview(&self, i: usize) -> Option<(DocId, ChangeHash, Vec<ChangeHash>)> {
-        let v = self.0.get(i)?.1.as_ref().ok()?;
-        Some((v.contribution().doc, v.hash(), v.change().deps().to_vec()))
-    }
-
-    pub(crate) fn into_results(
-        self,
-    ) -> Vec<(Option<SpaceId>, Result<VerifiedContribution, Rejection>)> {
-        self.0
-    }
-
-    /// What equality compares: spaces, and change hashes or rejections.
-    fn key(&self) -> Vec<(Option<SpaceId>, Result<ChangeHash, &Rejection>)> {
-        self.0
-            .iter()
-            .map(|(space, r)| (*space, r.as_ref().map(VerifiedContribution::hash)))
-            .collect()
-    }
-}
-
-impl PartialEq for Checked {
-    fn eq(&self, other: &Checked) -> bool {
-        self.key() == other.key()
-    }
-}
-
-impl Eq for Checked {}
 
 /// Why an outbound sync request got no usable answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

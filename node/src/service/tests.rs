@@ -990,7 +990,8 @@ fn verifying_on_a_second_thread_changes_no_outcome() {
 /// A sync answer whose contributions the shell verified as they arrived ([`Checked`]) gives
 /// the same outputs, verdicts, ban and stored contributions as the same answer verified by the
 /// service: forged signatures, duplicates, early arrivals, garbage, each rejection in the same
-/// order of precedence.
+/// order of precedence; whether the shell's verifier finished before ingest, runs during it
+/// (the service verifies the chunks it has not taken), or never runs.
 #[test]
 fn verification_on_arrival_changes_no_outcome() {
     let (mut a, space) = seeded(config(), 40, 30);
@@ -1005,12 +1006,30 @@ fn verification_on_arrival_changes_no_outcome() {
     faulty[900] = b"not a contribution".to_vec();
     let dup = faulty[10].clone();
     faulty.insert(20, dup);
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Arrival {
+        /// Not verified on arrival.
+        None,
+        /// Verified before the service sees it.
+        Verified,
+        /// Headers read; the verifier runs on another thread while the service ingests.
+        Racing,
+        /// Headers read; the verifier is dropped unrun.
+        Dropped,
+    }
     for (case, batch) in [("clean", clean), ("faulty", faulty)] {
-        let run = |on_arrival: bool| {
+        let run = |arrival: Arrival| {
             let mut b = joined(space, config());
             let peer = PeerHandle(30);
             let exchange = to_fetch(&mut b, peer, space, at(0));
-            let checked = on_arrival.then(|| Checked::of(&batch));
+            let (checked, verifier) = match arrival {
+                Arrival::None => (None, None),
+                Arrival::Verified => (Some(Checked::of(&batch)), None),
+                Arrival::Racing | Arrival::Dropped => {
+                    let (checked, verifier) = Checked::arrive(&batch);
+                    (Some(checked), Some(verifier))
+                }
+            };
             let response = SyncResponse::Contributions {
                 items: batch
                     .iter()
@@ -1031,14 +1050,23 @@ fn verification_on_arrival_changes_no_outcome() {
             let mut sent = batches(&out);
             assert_eq!(sent.len(), 1, "{case}");
             let batch = sent.remove(0);
-            assert_eq!(batch.checked.is_some(), on_arrival, "{case}");
+            assert_eq!(batch.checked.is_some(), arrival != Arrival::None, "{case}");
+            let racing = match (arrival, verifier) {
+                (Arrival::Racing, Some(v)) => Some(std::thread::spawn(move || v.run())),
+                _ => None,
+            };
             let out = b.step(Input::Ingest(batch), at(1_000));
+            if let Some(racing) = racing {
+                racing.join().expect("the verifier finishes");
+            }
             let status = format!("{:?}", b.service.status());
             let held: Vec<bool> = items.iter().map(|c| b.holds(c, at(1_000))).collect();
             (format!("{out:?}"), status, held)
         };
-        let (inline, arrival) = (run(false), run(true));
-        assert_eq!(inline, arrival, "{case}");
+        let inline = run(Arrival::None);
+        for arrival in [Arrival::Verified, Arrival::Racing, Arrival::Dropped] {
+            assert_eq!(inline, run(arrival), "{case}, {arrival:?}");
+        }
         if case == "clean" {
             assert!(
                 inline.2.iter().all(|h| *h),
@@ -1047,5 +1075,70 @@ fn verification_on_arrival_changes_no_outcome() {
         } else {
             assert!(inline.0.contains("Ban"), "{}", inline.0);
         }
+    }
+}
+
+/// A document asked for with no heads is answered from one range read, in the order its
+/// changes were applied: the same contributions as a lookup per change, in a causal order, even
+/// when they arrived in reverse.
+#[test]
+fn a_whole_document_answer_is_complete_and_causal() {
+    let (mut a, space) = seeded(config(), 6, 40);
+    let items = contributions(&mut a, space);
+    let mut b = joined(space, config());
+    let peer = PeerHandle(30);
+    let exchange = to_fetch(&mut b, peer, space, at(0));
+    let response = SyncResponse::Contributions {
+        items: items
+            .iter()
+            .rev()
+            .cloned()
+            .map(serde_bytes::ByteBuf::from)
+            .collect(),
+        more: false,
+    };
+    let out = b.step(
+        Input::SyncResponse {
+            peer,
+            exchange,
+            result: Ok(response),
+            checked: None,
+        },
+        at(1_000),
+    );
+    for batch in batches(&out) {
+        b.step(Input::Ingest(batch), at(1_000));
+    }
+    let answer = contributions(&mut b, space);
+    let (mut sent, mut held) = (answer.clone(), items.clone());
+    sent.sort();
+    held.sort();
+    assert_eq!(sent, held, "every contribution, once");
+    let mut seen: BTreeMap<DocId, Vec<ChangeHash>> = BTreeMap::new();
+    for bytes in &answer {
+        let c = Contribution::decode(bytes).expect("stored contributions decode");
+        let (hash, deps) =
+            agora_protocol::contribution::change_preview(&c.change).expect("a change header");
+        let before = seen.entry(c.doc).or_default();
+        assert!(
+            deps.iter().all(|d| before.contains(d)),
+            "a change comes after its dependencies"
+        );
+        before.push(hash);
+    }
+    for (doc, hashes) in &seen {
+        let whole = b
+            .service
+            .replica
+            .stored_after(&space, doc, &[], usize::MAX)
+            .expect("read");
+        let mut by_hash =
+            super::replica::stored_by_hash(&mut b.service.replica, &space, doc, &[], usize::MAX)
+                .expect("read");
+        assert_eq!(whole.len(), hashes.len());
+        let mut whole_sorted = whole.clone();
+        whole_sorted.sort();
+        by_hash.sort();
+        assert_eq!(whole_sorted, by_hash, "the same contributions either way");
     }
 }
