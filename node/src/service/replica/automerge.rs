@@ -14,6 +14,9 @@ use std::collections::{BTreeMap, HashMap};
 /// A document gets a fresh snapshot once this many contributions were added since the last one
 /// (or a quarter of the document, whichever is more).
 pub const SNAPSHOT_EVERY: u64 = 256;
+/// Most contributions of a document that a sync answer reads in one range (about 2 MB); the
+/// changes of a larger document are read one by one, only as many as the answer takes.
+const WHOLE_READ_MAX: u64 = 4096;
 
 /// A contribution that decoded, with the bytes it came in (stored as they are: `decode` accepts
 /// only the canonical encoding, so they are what `encode()` would produce).
@@ -516,6 +519,28 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         hash: &ChangeHash,
     ) -> Result<Option<Vec<u8>>, StoreError> {
         self.store.contribution_by_hash(space, doc, &hash.0)
+    }
+
+    fn stored_after(
+        &mut self,
+        space: &SpaceId,
+        doc: &DocId,
+        have: &[ChangeHash],
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let held = self.state_mut(space, doc).map_or(0, |s| s.last_seq);
+        if !have.is_empty() || held > WHOLE_READ_MAX {
+            return super::stored_by_hash(self, space, doc, have, max_bytes);
+        }
+        // Everything of a document that is not large: its contributions in the order they
+        // were applied (a causal order: ingest applies a change only after its dependencies),
+        // in one range read instead of a hash lookup and a read per change.
+        Ok(self
+            .store
+            .contributions_of(space, doc, 0)?
+            .into_iter()
+            .map(|(_, bytes)| bytes)
+            .collect())
     }
 
     fn contributions(&self) -> u64 {

@@ -170,6 +170,18 @@ pub trait Replica {
         doc: &DocId,
         hash: &ChangeHash,
     ) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The stored encoded contributions of the changes held that are not in `have` nor
+    /// ancestors of it, in causal order (what a sync answer sends for a document), up to the
+    /// first one that takes their total past `max_bytes`.
+    fn stored_after(
+        &mut self,
+        space: &SpaceId,
+        doc: &DocId,
+        have: &[ChangeHash],
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        stored_by_hash(self, space, doc, have, max_bytes)
+    }
     /// Contributions held, in all spaces.
     fn contributions(&self) -> u64;
     /// Whether the store holds a contribution with exactly these bytes (tests; a full scan).
@@ -186,4 +198,26 @@ pub trait Replica {
     fn ideas(&self, space: &SpaceId) -> Vec<Idea>;
     /// The display names of a space's members, from their profile documents.
     fn display_names(&self, space: &SpaceId) -> BTreeMap<AuthorId, String>;
+}
+
+/// [`Replica::stored_after`] by a hash lookup per change.
+pub(crate) fn stored_by_hash<R: Replica + ?Sized>(
+    replica: &mut R,
+    space: &SpaceId,
+    doc: &DocId,
+    have: &[ChangeHash],
+    max_bytes: usize,
+) -> Result<Vec<Vec<u8>>, StoreError> {
+    let mut out = Vec::new();
+    let mut used = 0;
+    for hash in replica.changes_after(space, doc, have) {
+        if used > max_bytes {
+            break;
+        }
+        if let Some(bytes) = replica.stored(space, doc, &hash)? {
+            used += bytes.len();
+            out.push(bytes);
+        }
+    }
+    Ok(out)
 }

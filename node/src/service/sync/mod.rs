@@ -36,6 +36,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 const MAX_SPACES_PER_PEER: usize = 128;
 /// Most documents remembered per pair for a targeted fetch after early gossip.
 const MAX_EARLY_PER_PAIR: usize = 64;
+/// The first `Fetch` of a round asks for `fetch_bytes` divided by this.
+const FIRST_FETCH_DIVISOR: u32 = 4;
 
 /// Where sync with one peer in one space stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -374,6 +376,13 @@ impl<R: Replica> Service<R> {
         let Some(ex) = self.sync.exchanges.get_mut(&pair) else {
             return;
         };
+        // The first answer of a round is smaller, so that the pipeline (this answer ingested
+        // while the next one is prepared and sent) starts sooner.
+        let max_bytes = if ex.phase == Phase::Fetch {
+            self.config.fetch_bytes
+        } else {
+            (self.config.fetch_bytes / FIRST_FETCH_DIVISOR).max(1)
+        };
         ex.phase = Phase::Fetch;
         ex.outstanding = Some((id, now.mono + self.config.sync_timeout));
         self.sync.outstanding.insert(id, pair);
@@ -384,7 +393,7 @@ impl<R: Replica> Service<R> {
                 v: 1,
                 space: pair.1 .0,
                 wants,
-                max_bytes: self.config.fetch_bytes,
+                max_bytes,
             },
         });
     }
@@ -879,21 +888,25 @@ impl<R: Replica> Service<R> {
                         .map(|h| ChangeHash::from(*h))
                         .filter(|h| self.replica.missing(&space, &doc, &[*h]).is_empty())
                         .collect();
-                    for hash in self.replica.changes_after(&space, &doc, &have) {
-                        match self.replica.stored(&space, &doc, &hash) {
-                            Ok(Some(bytes)) => {
-                                if used + bytes.len() > budget && !items.is_empty() {
-                                    more = true;
-                                    break 'docs;
-                                }
-                                used += bytes.len();
-                                items.push(serde_bytes::ByteBuf::from(bytes));
-                            }
-                            Ok(None) => {}
-                            Err(e) => {
-                                tracing::warn!(target: "agora::engine", %e, "store read failed while answering sync");
-                            }
+                    let stored = match self.replica.stored_after(
+                        &space,
+                        &doc,
+                        &have,
+                        budget.saturating_sub(used),
+                    ) {
+                        Ok(stored) => stored,
+                        Err(e) => {
+                            tracing::warn!(target: "agora::engine", %e, "store read failed while answering sync");
+                            continue;
                         }
+                    };
+                    for bytes in stored {
+                        if used + bytes.len() > budget && !items.is_empty() {
+                            more = true;
+                            break 'docs;
+                        }
+                        used += bytes.len();
+                        items.push(serde_bytes::ByteBuf::from(bytes));
                     }
                 }
                 SyncResponse::Contributions { items, more }
