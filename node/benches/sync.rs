@@ -38,8 +38,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Ceiling measurements run this many times; the median is reported.
+/// Measurements run this many times; the median is reported.
 const REPEATS: usize = 3;
+/// Catch-up runs, each paired with a ceiling measured just before it.
+const PAIRS: usize = 5;
 /// Contributions per idea in the generated spaces.
 const PER_IDEA: usize = 100;
 /// Sync period of the nodes in the idle measurement.
@@ -150,10 +152,11 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// The ceiling time for `items`: the sum of the three unavoidable costs (median of each).
-fn ceiling(items: &[Item], docs: usize) -> (Duration, [Duration; 3]) {
+/// The ceiling time for `items`: the sum of the three unavoidable costs (median of each over
+/// `repeats` measurements).
+fn ceiling(items: &[Item], docs: usize, repeats: usize) -> (Duration, [Duration; 3]) {
     let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..REPEATS {
+    for _ in 0..repeats {
         a.push(time_verify(items));
         b.push(time_apply(items, docs));
         c.push(time_sled(items));
@@ -671,17 +674,28 @@ fn main() {
     let a_dir = tempfile::tempdir().expect("tempdir");
     prepare_data_dir(a_dir.path(), space.id, &contributions);
     let items = items_of(&space, ideas);
-    let (ceil, parts) = ceiling(&items, ideas);
-    drop(items);
-    let mut runs: Vec<CatchUp> = (0..REPEATS)
-        .map(|_| rt.block_on(catch_up(rec, a_dir.path(), space.id, contributions.len())))
+    // Each run is paired with a ceiling measured just before it, so that both see the machine
+    // in the same state (its speed drifts by a quarter over seconds); the pair with the median
+    // ratio is reported.
+    let mut runs: Vec<(Duration, [Duration; 3], CatchUp)> = (0..PAIRS)
+        .map(|_| {
+            let (ceil, parts) = ceiling(&items, ideas, 1);
+            let run = rt.block_on(catch_up(rec, a_dir.path(), space.id, contributions.len()));
+            (ceil, parts, run)
+        })
         .collect();
-    runs.sort_by_key(|r| r.transfer);
-    let c = &runs[runs.len() / 2];
+    drop(items);
+    let ratio = |(ceil, _, r): &(Duration, [Duration; 3], CatchUp)| {
+        r.transfer.as_secs_f64() / ceil.as_secs_f64()
+    };
+    runs.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+    let (ceil, parts, c) = &runs[runs.len() / 2];
+    let (ceil, parts) = (*ceil, *parts);
     println!();
     println!(
         "(a) catch-up: B joins a space A holds: {} contributions in {ideas} ideas, {raw} bytes \
-         (avg {:.0} B, generated in {:.1} s); median of {REPEATS} runs by transfer time",
+         (avg {:.0} B, generated in {:.1} s); {PAIRS} runs, each after its own ceiling; the \
+         run with the median transfer / ceiling",
         contributions.len(),
         raw as f64 / contributions.len() as f64,
         gen_a.as_secs_f64()
@@ -735,10 +749,13 @@ fn main() {
     println!("batches ingested by B at: {}", tl.join(", "));
     let all: Vec<String> = runs
         .iter()
-        .map(|r| {
+        .map(|pair| {
+            let (ceil, _, r) = pair;
             format!(
-                "transfer {} / total {} / {} B / {} req",
+                "transfer {} / ceiling {} = {:.2}x, total {} / {} B / {} req",
                 ms(r.transfer),
+                ms(*ceil),
+                ratio(pair),
                 ms(r.join_to_done),
                 r.wire,
                 r.b_requests
