@@ -13,6 +13,7 @@
 //! - [`replica`]: the documents held (the [`Replica`] trait; [`AutomergeReplica`] is the
 //!   node's) and snapshots;
 //! - `ingest`: untrusted contributions in, verified and applied in batches;
+//! - `checked`: a sync answer read and verified where it arrived ([`Checked`]);
 //! - [`pending`]: early arrivals waiting for their dependencies;
 //! - `edits`: local edits, spaces and the display name;
 //! - `views`: reads;

@@ -433,6 +433,29 @@ fn to_fetch(node: &mut Node, peer: PeerHandle, space: SpaceId, now: Now) -> Exch
     fetch
 }
 
+/// Delivers `items` as the (last) `Contributions` answer to `exchange`, at 1 s.
+fn deliver(
+    node: &mut Node,
+    peer: PeerHandle,
+    exchange: ExchangeId,
+    items: impl Iterator<Item = Vec<u8>>,
+    checked: Option<Checked>,
+) -> Vec<Output> {
+    let response = SyncResponse::Contributions {
+        items: items.map(serde_bytes::ByteBuf::from).collect(),
+        more: false,
+    };
+    node.step(
+        Input::SyncResponse {
+            peer,
+            exchange,
+            result: Ok(response),
+            checked,
+        },
+        at(1_000),
+    )
+}
+
 // ----- timeouts -----
 
 /// A silent peer: the Summary fails at exactly `sync_timeout` (no ban), a late answer to it is
@@ -1030,23 +1053,7 @@ fn verification_on_arrival_changes_no_outcome() {
                     (Some(checked), Some(verifier))
                 }
             };
-            let response = SyncResponse::Contributions {
-                items: batch
-                    .iter()
-                    .cloned()
-                    .map(serde_bytes::ByteBuf::from)
-                    .collect(),
-                more: false,
-            };
-            let out = b.step(
-                Input::SyncResponse {
-                    peer,
-                    exchange,
-                    result: Ok(response),
-                    checked,
-                },
-                at(1_000),
-            );
+            let out = deliver(&mut b, peer, exchange, batch.iter().cloned(), checked);
             let mut sent = batches(&out);
             assert_eq!(sent.len(), 1, "{case}");
             let batch = sent.remove(0);
@@ -1088,24 +1095,7 @@ fn a_whole_document_answer_is_complete_and_causal() {
     let mut b = joined(space, config());
     let peer = PeerHandle(30);
     let exchange = to_fetch(&mut b, peer, space, at(0));
-    let response = SyncResponse::Contributions {
-        items: items
-            .iter()
-            .rev()
-            .cloned()
-            .map(serde_bytes::ByteBuf::from)
-            .collect(),
-        more: false,
-    };
-    let out = b.step(
-        Input::SyncResponse {
-            peer,
-            exchange,
-            result: Ok(response),
-            checked: None,
-        },
-        at(1_000),
-    );
+    let out = deliver(&mut b, peer, exchange, items.iter().rev().cloned(), None);
     for batch in batches(&out) {
         b.step(Input::Ingest(batch), at(1_000));
     }
