@@ -1132,3 +1132,49 @@ fn a_whole_document_answer_is_complete_and_causal() {
         assert_eq!(whole_sorted, by_hash, "the same contributions either way");
     }
 }
+
+/// A validly signed change that Automerge refuses (its author reused a sequence number on a
+/// fork) is rejected, and so is a change that depends on it: Automerge queues that one and
+/// reports success, but it is not in the document, so it must not be stored (and then sent to
+/// peers) as if it were.
+#[test]
+fn a_change_on_a_refused_change_is_not_stored() {
+    use agora_protocol::automerge::{AutoCommit, Change};
+    use agora_protocol::{idea, DocKind};
+    let identity = Identity::from_seed([9; 32]);
+    let author = identity.author();
+    let space = SpaceId([7; 16]);
+    let salt = [3; 16];
+    let doc = DocId::idea(&space, &author, &salt);
+    let mut main = AutoCommit::new().with_actor(idea::actor_for(&author, &[1; 16]));
+    let draft = IdeaDraft {
+        title: "forked".into(),
+        ..IdeaDraft::default()
+    };
+    let t = 1_800_000_000_000;
+    let created = idea::create_idea(&mut main, &draft, &author, &salt, t).expect("create");
+    let mut fork = main.fork().with_actor(idea::actor_for(&author, &[1; 16]));
+    let kept = idea::add_comment(&mut main, &author, "kept", t).expect("comment");
+    let reused = idea::add_comment(&mut fork, &author, "same seq, other change", t).expect("c");
+    let after = idea::add_comment(&mut fork, &author, "built on the reused one", t).expect("c");
+    let sign =
+        |change: &Change| Contribution::sign(&identity, space, doc, DocKind::Idea, change).encode();
+    let [created, kept, reused, after] = [&created, &kept, &reused, &after].map(sign);
+    let mut b = joined(space, config());
+    let peer = PeerHandle(30);
+    let exchange = to_fetch(&mut b, peer, space, at(0));
+    let batch = vec![created.clone(), kept.clone(), reused.clone(), after.clone()];
+    let out = deliver(&mut b, peer, exchange, batch.into_iter(), None);
+    for batch in batches(&out) {
+        b.step(Input::Ingest(batch), at(1_000));
+    }
+    assert!(b.holds(&created, at(1_000)) && b.holds(&kept, at(1_000)));
+    assert!(
+        !b.holds(&reused, at(1_000)),
+        "Automerge refuses the reused sequence number"
+    );
+    assert!(
+        !b.holds(&after, at(1_000)),
+        "nor is what depends on it stored"
+    );
+}

@@ -133,6 +133,19 @@ pub struct Write {
 /// Key-value entries, in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// How many of `entries` [`Storage::range_upto`] keeps: up to the first whose value takes the
+/// total past `max_bytes`.
+pub(crate) fn entries_upto(entries: &[(Vec<u8>, Vec<u8>)], max_bytes: usize) -> usize {
+    let mut used = 0usize;
+    for (i, (_, v)) in entries.iter().enumerate() {
+        if used > max_bytes {
+            return i;
+        }
+        used += v.len();
+    }
+    entries.len()
+}
+
 /// An ordered key-value store with trees, ranges, and a batch of writes made durable by a flush.
 /// Methods take `&self`: implementations share their state between clones (the service reads
 /// through one clone while the engine applies writes through another, on the same thread).
@@ -141,6 +154,20 @@ pub trait Storage: Clone + Send + 'static {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Entries with `from <= key` and (when `to` is given) `key < to`, in key order.
     fn range(&self, tree: Tree, from: &[u8], to: Option<&[u8]>) -> Result<Entries, StoreError>;
+    /// [`Storage::range`], stopping after the first entry that takes the total size of the
+    /// values read past `max_bytes` (so at least one entry when there is one). This default
+    /// reads the whole range first; an implementation that can stop early should.
+    fn range_upto(
+        &self,
+        tree: Tree,
+        from: &[u8],
+        to: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<Entries, StoreError> {
+        let mut entries = self.range(tree, from, to)?;
+        entries.truncate(entries_upto(&entries, max_bytes));
+        Ok(entries)
+    }
     /// Applies writes in order. Reads see them at once; they are durable after
     /// [`Storage::flush`]. A crash before the flush keeps all or none of each tree's writes of
     /// one call (sled: of the writes since the last read or flush, and across trees when they
@@ -362,17 +389,47 @@ impl<S: Storage> Store<S> {
         doc: &DocId,
         after_seq: u64,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        self.contributions_in(space, doc, after_seq, None)
+    }
+
+    /// The first contributions of one document, in seq order, up to the first that takes their
+    /// total size past `max_bytes`.
+    pub fn contributions_upto(
+        &self,
+        space: &SpaceId,
+        doc: &DocId,
+        max_bytes: usize,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        Ok(self
+            .contributions_in(space, doc, 0, Some(max_bytes))?
+            .into_iter()
+            .map(|(_, bytes)| bytes)
+            .collect())
+    }
+
+    fn contributions_in(
+        &self,
+        space: &SpaceId,
+        doc: &DocId,
+        after_seq: u64,
+        max_bytes: Option<usize>,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let Some(first) = after_seq.checked_add(1) else {
             return Ok(Vec::new());
         };
         let start = contribution_key(space, doc, first);
         // Exclusive upper bound: seq u64::MAX is never reached.
         let end = contribution_key(space, doc, u64::MAX);
-        let mut out = Vec::new();
-        for (k, v) in self
-            .storage
-            .range(Tree::Contributions, &start, Some(&end))?
-        {
+        let entries = match max_bytes {
+            Some(max) => self
+                .storage
+                .range_upto(Tree::Contributions, &start, Some(&end), max)?,
+            None => self
+                .storage
+                .range(Tree::Contributions, &start, Some(&end))?,
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for (k, v) in entries {
             if k.len() != 40 {
                 return Err(StoreError::Corrupt {
                     tree: "contributions",
@@ -481,6 +538,13 @@ mod tests {
             Some(vec![4; 3])
         );
         assert_eq!(store.contribution_by_hash(&s, &d, &[9; 32]).unwrap(), None);
+        // A bounded read stops after the first contribution that takes the total past the
+        // budget (3 bytes each here), and stays inside the document.
+        let upto = |max| store.contributions_upto(&s, &d, max).unwrap();
+        assert_eq!(upto(0), vec![vec![1; 3]]);
+        assert_eq!(upto(3), vec![vec![1; 3], vec![2; 3]]);
+        assert_eq!(upto(4), vec![vec![1; 3], vec![2; 3]]);
+        assert_eq!(upto(usize::MAX).len(), 5);
         assert!(store.contains_bytes(&[7]).unwrap());
         assert!(!store.contains_bytes(&[8]).unwrap());
     }

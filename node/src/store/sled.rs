@@ -161,17 +161,33 @@ impl Storage for SledStorage {
     }
 
     fn range(&self, tree: Tree, from: &[u8], to: Option<&[u8]>) -> Result<Entries, StoreError> {
+        self.range_upto(tree, from, to, usize::MAX)
+    }
+
+    fn range_upto(
+        &self,
+        tree: Tree,
+        from: &[u8],
+        to: Option<&[u8]>,
+        max_bytes: usize,
+    ) -> Result<Entries, StoreError> {
         self.apply_queued()?;
         let t = self.tree(tree);
         let iter = match to {
             Some(to) => t.range(from..to),
             None => t.range(from..),
         };
-        iter.map(|item| {
-            item.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(|e| self.err(e))
-        })
-        .collect()
+        let mut out = Vec::new();
+        let mut used = 0usize;
+        for item in iter {
+            if used > max_bytes {
+                break;
+            }
+            let (k, v) = item.map_err(|e| self.err(e))?;
+            used = used.saturating_add(v.len());
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
     }
 
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {

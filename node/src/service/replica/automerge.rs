@@ -14,9 +14,6 @@ use std::collections::{BTreeMap, HashMap};
 /// A document gets a fresh snapshot once this many contributions were added since the last one
 /// (or a quarter of the document, whichever is more).
 pub const SNAPSHOT_EVERY: u64 = 256;
-/// Most contributions of a document that a sync answer reads in one range (about 2 MB); the
-/// changes of a larger document are read one by one, only as many as the answer takes.
-const WHOLE_READ_MAX: u64 = 4096;
 
 /// A contribution that decoded, with the bytes it came in (stored as they are: `decode` accepts
 /// only the canonical encoding, so they are what `encode()` would produce).
@@ -252,12 +249,19 @@ impl<S: Storage> AutomergeReplica<S> {
         let _ = fresh.apply_changes(stored);
         let results = items
             .iter()
-            .map(|(_, bytes)| {
+            .map(|(hash, bytes)| {
                 // These bytes decoded and their change parsed when they were verified.
                 Contribution::decode(bytes)
                     .map_err(|e| e.to_string())
                     .and_then(|c| Change::from_bytes(c.change).map_err(|e| e.to_string()))
                     .and_then(|ch| fresh.apply_changes([ch]).map_err(|e| e.to_string()))
+                    // Automerge queues a change whose dependencies it lacks and reports
+                    // success: one that depends on a change refused just before is not in the
+                    // document, and must not be stored as if it were.
+                    .and_then(|()| match fresh.get_change_meta_by_hash(hash) {
+                        Some(_) => Ok(()),
+                        None => Err("it depends on a change that was refused".to_string()),
+                    })
                     .map_err(Rejection::Inapplicable)
             })
             .collect();
@@ -528,19 +532,13 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         have: &[ChangeHash],
         max_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        let held = self.state_mut(space, doc).map_or(0, |s| s.last_seq);
-        if !have.is_empty() || held > WHOLE_READ_MAX {
+        if !have.is_empty() {
             return super::stored_by_hash(self, space, doc, have, max_bytes);
         }
-        // Everything of a document that is not large: its contributions in the order they
-        // were applied (a causal order: ingest applies a change only after its dependencies),
-        // in one range read instead of a hash lookup and a read per change.
-        Ok(self
-            .store
-            .contributions_of(space, doc, 0)?
-            .into_iter()
-            .map(|(_, bytes)| bytes)
-            .collect())
+        // Everything: the document's contributions in the order they were applied (a causal
+        // order: ingest applies a change only after its dependencies), read as one range,
+        // only as far as the budget goes, instead of a hash lookup and a read per change.
+        self.store.contributions_upto(space, doc, max_bytes)
     }
 
     fn contributions(&self) -> u64 {
