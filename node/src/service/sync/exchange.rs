@@ -48,6 +48,9 @@ pub(crate) struct Exchange {
     /// The peer's heads, from its `Heads` answer (bounded when they arrived).
     pub theirs: Vec<DocHeads>,
     pub in_flight: InFlight,
+    /// The documents the outstanding `Fetch` asks for (other exchanges of the space ask for
+    /// them last until it is answered).
+    pub asked: Vec<DocId>,
     /// Batches handed to ingest and not yet ingested.
     pub batches: u32,
     /// Documents still wanted, as of the last answer.
@@ -68,6 +71,7 @@ impl Exchange {
             phase: Phase::Summary,
             theirs: Vec::new(),
             in_flight: BTreeMap::new(),
+            asked: Vec::new(),
             batches: 0,
             docs_left: 0,
             accepted: 0,

@@ -384,6 +384,7 @@ impl<R: Replica> Service<R> {
             (self.config.fetch_bytes / FIRST_FETCH_DIVISOR).max(1)
         };
         ex.phase = Phase::Fetch;
+        ex.asked = wants.iter().map(|w| DocId(w.doc)).collect();
         ex.outstanding = Some((id, now.mono + self.config.sync_timeout));
         self.sync.outstanding.insert(id, pair);
         self.outbox.net(NetAction::SyncRequest {
@@ -477,6 +478,7 @@ impl<R: Replica> Service<R> {
             return;
         };
         ex.outstanding = None;
+        ex.asked.clear();
         let phase = ex.phase;
         let response = match result {
             Ok(r) => r,
@@ -518,7 +520,13 @@ impl<R: Replica> Service<R> {
         for d in &mut docs {
             d.heads.truncate(MAX_HEADS_PER_DOC);
         }
-        let (wants, unheld) = self.wants_marking(&pair.1, &docs, &InFlight::new());
+        let (flying, asked) = self.elsewhere(pair, InFlight::new());
+        let (wants, unheld) = self.wants_marking(&pair.1, &docs, &flying, &asked);
+        if wants.is_empty() && unheld.iter().any(|u| *u) {
+            // What we lack is on its way from other peers: no verdict on this pair yet.
+            let docs_left = unheld.iter().filter(|u| **u).count();
+            return self.end_exchange(pair, Some(SyncState::Incomplete { docs_left }), now);
+        }
         if wants.is_empty() {
             let verdict = if self.peer_lacks(&pair.1, &docs) {
                 SyncState::PeerBehind
@@ -594,7 +602,8 @@ impl<R: Replica> Service<R> {
         let (wants, theirs) = if new == 0 {
             (Vec::new(), theirs)
         } else {
-            let (wants, unheld) = self.wants_marking(&space, &theirs, &in_flight);
+            let (all, asked) = self.elsewhere(pair, in_flight.clone());
+            let (wants, unheld) = self.wants_marking(&space, &theirs, &all, &asked);
             (wants, keep_marked(theirs, &unheld))
         };
         let Some(ex) = self.sync.exchanges.get_mut(&pair) else {
@@ -699,20 +708,43 @@ impl<R: Replica> Service<R> {
         theirs: &[DocHeads],
         in_flight: &InFlight,
     ) -> Vec<DocHeads> {
-        self.wants_marking(space, theirs, in_flight).0
+        self.wants_marking(space, theirs, in_flight, &BTreeSet::new())
+            .0
+    }
+
+    /// What the space's other exchanges have received and not yet ingested, added to `ours`,
+    /// and the documents their outstanding requests ask for: so that two peers catching us up
+    /// at once are not both asked for the same changes first.
+    fn elsewhere(&self, pair: Pair, mut ours: InFlight) -> (InFlight, BTreeSet<DocId>) {
+        let mut asked = BTreeSet::new();
+        for ((peer, space), ex) in &self.sync.exchanges {
+            if *space != pair.1 || *peer == pair.0 {
+                continue;
+            }
+            for (doc, changes) in &ex.in_flight {
+                ours.entry(*doc)
+                    .or_default()
+                    .extend(changes.iter().cloned());
+            }
+            asked.extend(ex.asked.iter().copied());
+        }
+        (ours, asked)
     }
 
     /// [`Self::wants`], and for each of the peer's documents whether some of its heads are not
     /// yet held (in flight or not). A document whose heads are all held stays so (a replica only
     /// grows), so an exchange keeps only the marked ones: each later batch then re-checks the
-    /// documents still open rather than the whole space.
+    /// documents still open rather than the whole space. Documents in `asked` (another
+    /// exchange's outstanding request) come last: an answer is cut at its byte budget, so two
+    /// exchanges of a space fetch different documents first, and none waits for another.
     fn wants_marking(
         &mut self,
         space: &SpaceId,
         theirs: &[DocHeads],
         in_flight: &InFlight,
+        asked: &BTreeSet<DocId>,
     ) -> (Vec<DocHeads>, Vec<bool>) {
-        let mut wants = Vec::new();
+        let (mut wants, mut later) = (Vec::new(), Vec::new());
         let mut unheld = self.differing(space, theirs);
         for (d, open) in theirs.iter().zip(unheld.iter_mut()) {
             if !*open {
@@ -752,8 +784,14 @@ impl<R: Replica> Service<R> {
                 .take(MAX_HEADS_PER_DOC)
                 .map(Into::into)
                 .collect();
-            wants.push(DocHeads { doc: d.doc, heads });
+            let want = DocHeads { doc: d.doc, heads };
+            if asked.contains(&doc) {
+                later.push(want);
+            } else {
+                wants.push(want);
+            }
         }
+        wants.extend(later);
         (wants, unheld)
     }
 
