@@ -11,7 +11,10 @@
 //! (on its own thread, as if it had received the answer unverified) and then waits only for
 //! the chunks the verifier is working on; a verifier dropped unrun leaves it every chunk.
 //! Either way the verdicts are those of the protocol's `verify_batch` on these very bytes, so
-//! the outcomes do not depend on which thread computed them or when.
+//! the outcomes do not depend on which thread computed them or when. (One known exception,
+//! shared by every batched path: ed25519 batch verification accepts a signature with a
+//! small-order R that strict verification refuses, so such a contribution, which only its
+//! author's key can make, passes or fails with the rest of its batch.)
 
 use agora_protocol::automerge::ChangeHash;
 use agora_protocol::contribution::{change_preview, verify_batch, VerifiedContribution};
