@@ -141,41 +141,25 @@ impl Checked {
     /// verifier is working on. `None` if a worker stopped in the middle of a chunk, or a clone
     /// of this `Checked` took the verdicts already.
     pub(crate) fn verdicts(self) -> Option<Vec<Verdict>> {
-        let work = &*self.work;
-        work.run();
-        let mut outputs = work.wait();
-        if outputs.lost {
-            return None;
-        }
-        let mut all = Vec::with_capacity(self.headers.len());
-        for chunk in &mut outputs.chunks {
-            all.extend(chunk.take()?);
-        }
-        Some(all)
+        let mut outputs = self.work.finish()?;
+        let chunks: Option<Vec<Vec<Verdict>>> =
+            outputs.chunks.iter_mut().map(Option::take).collect();
+        chunks.map(|chunks| chunks.into_iter().flatten().collect())
     }
 
     /// What equality compares: headers, and spaces with change hashes or rejections.
     fn key(&self) -> Key {
-        self.work.run();
-        let outputs = self.work.wait();
-        let verdicts = (!outputs.lost)
-            .then(|| {
-                outputs
-                    .chunks
-                    .iter()
-                    .map(|c| {
-                        c.as_ref().map(|c| {
-                            c.iter()
-                                .map(|(space, r)| {
-                                    (*space, r.as_ref().map(|v| v.hash()).map_err(Clone::clone))
-                                })
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                    .collect::<Option<Vec<_>>>()
+        let verdicts = self.work.finish().and_then(|outputs| {
+            let chunks: Option<Vec<&[Verdict]>> =
+                outputs.chunks.iter().map(Option::as_deref).collect();
+            chunks.map(|chunks| {
+                chunks
+                    .into_iter()
+                    .flatten()
+                    .map(|(space, r)| (*space, r.as_ref().map(|v| v.hash()).map_err(Clone::clone)))
+                    .collect()
             })
-            .flatten()
-            .map(|chunks| chunks.concat());
+        });
         (self.headers.clone(), verdicts)
     }
 }
@@ -207,12 +191,9 @@ impl Work {
         for (i, input) in self.inputs.iter().enumerate() {
             let taken = input.lock().unwrap_or_else(PoisonError::into_inner).take();
             if let Some(chunk) = taken {
-                let guard = Lost {
-                    work: self,
-                    armed: true,
-                };
+                let guard = Lost(self);
                 let verdicts = verify_chunk(chunk);
-                guard.disarm();
+                std::mem::forget(guard);
                 let mut outputs = self.outputs.lock().unwrap_or_else(PoisonError::into_inner);
                 outputs.chunks[i] = Some(verdicts);
                 outputs.finished += 1;
@@ -221,8 +202,10 @@ impl Work {
         }
     }
 
-    /// The outputs once every chunk is done or lost.
-    fn wait(&self) -> MutexGuard<'_, Outputs> {
+    /// Verifies the chunks nobody took yet, then waits for the others: the outputs once every
+    /// chunk is done, or `None` if one was lost.
+    fn finish(&self) -> Option<MutexGuard<'_, Outputs>> {
+        self.run();
         let mut outputs = self.outputs.lock().unwrap_or_else(PoisonError::into_inner);
         while outputs.finished < self.inputs.len() {
             outputs = self
@@ -230,35 +213,24 @@ impl Work {
                 .wait(outputs)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        outputs
+        (!outputs.lost).then_some(outputs)
     }
 }
 
 /// Marks its chunk lost if the worker unwinds before the verdicts are in (a panic), so that
 /// nobody waits for them forever.
-struct Lost<'a> {
-    work: &'a Work,
-    armed: bool,
-}
-
-impl Lost<'_> {
-    fn disarm(mut self) {
-        self.armed = false;
-    }
-}
+struct Lost<'a>(&'a Work);
 
 impl Drop for Lost<'_> {
     fn drop(&mut self) {
-        if self.armed {
-            let mut outputs = self
-                .work
-                .outputs
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            outputs.finished += 1;
-            outputs.lost = true;
-            self.work.done.notify_all();
-        }
+        let mut outputs = self
+            .0
+            .outputs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        outputs.finished += 1;
+        outputs.lost = true;
+        self.0.done.notify_all();
     }
 }
 

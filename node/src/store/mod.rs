@@ -133,17 +133,25 @@ pub struct Write {
 /// Key-value entries, in key order.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// How many of `entries` [`Storage::range_upto`] keeps: up to the first whose value takes the
-/// total past `max_bytes`.
-pub(crate) fn entries_upto(entries: &[(Vec<u8>, Vec<u8>)], max_bytes: usize) -> usize {
+/// The budget rule of every bounded read: the items in order, up to and including the first
+/// whose size takes the total past `max_bytes` (so at least one item when there is one). Stops
+/// at the first error, and reads nothing past what it keeps.
+pub(crate) fn take_upto<T, E>(
+    items: impl IntoIterator<Item = Result<T, E>>,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Result<Vec<T>, E> {
+    let mut out = Vec::new();
     let mut used = 0usize;
-    for (i, (_, v)) in entries.iter().enumerate() {
+    for item in items {
         if used > max_bytes {
-            return i;
+            break;
         }
-        used += v.len();
+        let item = item?;
+        used = used.saturating_add(size(&item));
+        out.push(item);
     }
-    entries.len()
+    Ok(out)
 }
 
 /// An ordered key-value store with trees, ranges, and a batch of writes made durable by a flush.
@@ -164,9 +172,8 @@ pub trait Storage: Clone + Send + 'static {
         to: Option<&[u8]>,
         max_bytes: usize,
     ) -> Result<Entries, StoreError> {
-        let mut entries = self.range(tree, from, to)?;
-        entries.truncate(entries_upto(&entries, max_bytes));
-        Ok(entries)
+        let entries = self.range(tree, from, to)?;
+        take_upto(entries.into_iter().map(Ok), max_bytes, |(_, v)| v.len())
     }
     /// Applies writes in order. Reads see them at once; they are durable after
     /// [`Storage::flush`]. A crash before the flush keeps all or none of each tree's writes of
@@ -389,7 +396,7 @@ impl<S: Storage> Store<S> {
         doc: &DocId,
         after_seq: u64,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        self.contributions_in(space, doc, after_seq, None)
+        self.contributions_in(space, doc, after_seq, usize::MAX)
     }
 
     /// The first contributions of one document, in seq order, up to the first that takes their
@@ -401,7 +408,7 @@ impl<S: Storage> Store<S> {
         max_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
         Ok(self
-            .contributions_in(space, doc, 0, Some(max_bytes))?
+            .contributions_in(space, doc, 0, max_bytes)?
             .into_iter()
             .map(|(_, bytes)| bytes)
             .collect())
@@ -412,7 +419,7 @@ impl<S: Storage> Store<S> {
         space: &SpaceId,
         doc: &DocId,
         after_seq: u64,
-        max_bytes: Option<usize>,
+        max_bytes: usize,
     ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let Some(first) = after_seq.checked_add(1) else {
             return Ok(Vec::new());
@@ -420,14 +427,9 @@ impl<S: Storage> Store<S> {
         let start = contribution_key(space, doc, first);
         // Exclusive upper bound: seq u64::MAX is never reached.
         let end = contribution_key(space, doc, u64::MAX);
-        let entries = match max_bytes {
-            Some(max) => self
-                .storage
-                .range_upto(Tree::Contributions, &start, Some(&end), max)?,
-            None => self
-                .storage
-                .range(Tree::Contributions, &start, Some(&end))?,
-        };
+        let entries =
+            self.storage
+                .range_upto(Tree::Contributions, &start, Some(&end), max_bytes)?;
         let mut out = Vec::with_capacity(entries.len());
         for (k, v) in entries {
             if k.len() != 40 {

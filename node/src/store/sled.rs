@@ -177,17 +177,11 @@ impl Storage for SledStorage {
             Some(to) => t.range(from..to),
             None => t.range(from..),
         };
-        let mut out = Vec::new();
-        let mut used = 0usize;
-        for item in iter {
-            if used > max_bytes {
-                break;
-            }
-            let (k, v) = item.map_err(|e| self.err(e))?;
-            used = used.saturating_add(v.len());
-            out.push((k.to_vec(), v.to_vec()));
-        }
-        Ok(out)
+        let entries = iter.map(|item| {
+            item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+                .map_err(|e| self.err(e))
+        });
+        super::take_upto(entries, max_bytes, |(_, v)| v.len())
     }
 
     fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {

@@ -208,16 +208,9 @@ pub(crate) fn stored_by_hash<R: Replica + ?Sized>(
     have: &[ChangeHash],
     max_bytes: usize,
 ) -> Result<Vec<Vec<u8>>, StoreError> {
-    let mut out = Vec::new();
-    let mut used = 0;
-    for hash in replica.changes_after(space, doc, have) {
-        if used > max_bytes {
-            break;
-        }
-        if let Some(bytes) = replica.stored(space, doc, &hash)? {
-            used += bytes.len();
-            out.push(bytes);
-        }
-    }
-    Ok(out)
+    let hashes = replica.changes_after(space, doc, have);
+    let stored = hashes
+        .iter()
+        .filter_map(|hash| replica.stored(space, doc, hash).transpose());
+    crate::store::take_upto(stored, max_bytes, Vec::len)
 }

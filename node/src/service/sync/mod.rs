@@ -30,6 +30,7 @@ use agora_protocol::sync::{
 use agora_protocol::{DocId, Rejection, SpaceId};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Most spaces remembered per peer (gossipsub refuses more than 100 subscriptions anyway).
@@ -520,7 +521,8 @@ impl<R: Replica> Service<R> {
         for d in &mut docs {
             d.heads.truncate(MAX_HEADS_PER_DOC);
         }
-        let (flying, asked) = self.elsewhere(pair, InFlight::new());
+        let none = InFlight::new();
+        let (flying, asked) = self.elsewhere(pair, &none);
         let (wants, unheld) = self.wants_marking(&pair.1, &docs, &flying, &asked);
         if wants.is_empty() && unheld.iter().any(|u| *u) {
             // What we lack is on its way from other peers: no verdict on this pair yet.
@@ -602,7 +604,7 @@ impl<R: Replica> Service<R> {
         let (wants, theirs) = if new == 0 {
             (Vec::new(), theirs)
         } else {
-            let (all, asked) = self.elsewhere(pair, in_flight.clone());
+            let (all, asked) = self.elsewhere(pair, &in_flight);
             let (wants, unheld) = self.wants_marking(&space, &theirs, &all, &asked);
             (wants, keep_marked(theirs, &unheld))
         };
@@ -715,20 +717,26 @@ impl<R: Replica> Service<R> {
     /// What the space's other exchanges have received and not yet ingested, added to `ours`,
     /// and the documents their outstanding requests ask for: so that two peers catching us up
     /// at once are not both asked for the same changes first.
-    fn elsewhere(&self, pair: Pair, mut ours: InFlight) -> (InFlight, BTreeSet<DocId>) {
+    fn elsewhere<'a>(
+        &self,
+        pair: Pair,
+        ours: &'a InFlight,
+    ) -> (Cow<'a, InFlight>, BTreeSet<DocId>) {
+        let mut all = Cow::Borrowed(ours);
         let mut asked = BTreeSet::new();
         for ((peer, space), ex) in &self.sync.exchanges {
             if *space != pair.1 || *peer == pair.0 {
                 continue;
             }
             for (doc, changes) in &ex.in_flight {
-                ours.entry(*doc)
+                all.to_mut()
+                    .entry(*doc)
                     .or_default()
                     .extend(changes.iter().cloned());
             }
             asked.extend(ex.asked.iter().copied());
         }
-        (ours, asked)
+        (all, asked)
     }
 
     /// [`Self::wants`], and for each of the peer's documents whether some of its heads are not
