@@ -596,7 +596,20 @@ mod tests {
             assert_eq!(reader.range(Tree::Hashes, b"", None).unwrap().len(), 600);
             engine.flush().unwrap();
         }
-        let reopened = SledStorage::open(dir.path(), 1 << 20).unwrap();
+        // sled's background flusher may hold the directory's lock a moment after the last
+        // handle is dropped: retry the reopen while it is locked, for at most 10 s.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let reopened = loop {
+            match SledStorage::open(dir.path(), 1 << 20) {
+                Err(e)
+                    if format!("{e:?}").contains("Locked")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.unwrap(),
+            }
+        };
         assert_eq!(reopened.range(Tree::Hashes, b"", None).unwrap().len(), 600);
         assert_eq!(reopened.get(Tree::Meta, b"gone").unwrap(), None);
         assert_eq!(
