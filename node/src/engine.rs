@@ -199,7 +199,7 @@ pub fn run_group<R: Replica, S: Storage>(
             return;
         }
         wrote = true;
-        if let Err(e) = storage.apply(&writes) {
+        if let Err(e) = storage.apply(writes) {
             failed = Some(e);
         }
     };
@@ -366,7 +366,7 @@ impl<R: Replica, S: Storage> Engine<R, S> {
             let writes = self.service.take_writes();
             if !writes.is_empty() && self.failed.is_none() {
                 self.wrote = true;
-                if let Err(e) = self.storage.apply(&writes) {
+                if let Err(e) = self.storage.apply(writes) {
                     self.failed = Some(e);
                 }
             }

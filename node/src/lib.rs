@@ -101,7 +101,7 @@ pub fn init(config: &Config, name: Option<&str>) -> Result<(Identity, bool), Nod
     let store = open_store(config)?;
     if let Some(name) = name {
         let name = agora_protocol::idea::validate_name(name).map_err(ServiceError::from)?;
-        store.apply(&[Write::display_name(&name)])?;
+        store.apply(vec![Write::display_name(&name)])?;
     }
     store.flush()?;
     Ok((identity, created))

@@ -1133,6 +1133,53 @@ fn a_whole_document_answer_is_complete_and_causal() {
     }
 }
 
+/// A document asked for from known heads is answered by a lookup per change hash: through an
+/// index made from the store the first time, kept up to date as later contributions are
+/// stored, and made again from the store after a restart.
+#[test]
+fn a_delta_answer_finds_each_change_by_its_hash() {
+    let (mut a, space) = seeded(config(), 1, 20);
+    let doc = *a.service.heads(&space).keys().next().expect("one idea");
+    let read = |service: &mut Service<AutomergeReplica<MemoryStorage>>, have: &[ChangeHash]| {
+        service
+            .replica
+            .stored_after(&space, &doc, have, usize::MAX)
+            .expect("read")
+    };
+    let hash_of = |bytes: &Vec<u8>| {
+        let c = Contribution::decode(bytes).expect("stored contributions decode");
+        agora_protocol::contribution::change_preview(&c.change)
+            .expect("a change header")
+            .0
+    };
+    // One author's idea and its comments: a chain, so "after the tenth" is the rest in order.
+    let all = read(&mut a.service, &[]);
+    assert_eq!(all.len(), 21);
+    assert_eq!(read(&mut a.service, &[hash_of(&all[9])]), all[10..]);
+    let before = a.service.heads(&space)[&doc].clone();
+    assert!(read(&mut a.service, &before).is_empty());
+    let idea = doc;
+    let more = (0..3)
+        .map(|c| Command::Comment {
+            idea,
+            text: format!("later {c}"),
+        })
+        .collect();
+    a.commands(more, at(1));
+    let all = read(&mut a.service, &[]);
+    assert_eq!(all.len(), 24);
+    assert_eq!(
+        read(&mut a.service, &before),
+        all[21..],
+        "the index saw them"
+    );
+    let store = Store::new(a.storage.clone()).expect("memory store");
+    let mut restarted =
+        Service::open(store, Identity::from_seed([1; 32]), config(), [1; 32]).expect("service");
+    assert_eq!(read(&mut restarted, &before), all[21..], "made again");
+    assert_eq!(read(&mut restarted, &[hash_of(&all[9])]), all[10..]);
+}
+
 /// A validly signed change that Automerge refuses (its author reused a sequence number on a
 /// fork) is rejected, and so is a change that depends on it: Automerge queues that one and
 /// reports success, but it is not in the document, so it must not be stored (and then sent to

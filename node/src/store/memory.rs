@@ -5,7 +5,7 @@ use super::{Entries, Storage, StoreError, Tree, Write};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-type Maps = [BTreeMap<Vec<u8>, Vec<u8>>; 6];
+type Maps = [BTreeMap<Vec<u8>, Vec<u8>>; Tree::ALL.len()];
 
 #[derive(Default)]
 struct Inner {
@@ -79,16 +79,16 @@ impl Storage for MemoryStorage {
             .collect())
     }
 
-    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+    fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         let mut inner = self.lock();
         if inner.failing {
             return Err(MemoryStorage::failed("write"));
         }
         for w in writes {
             let map = &mut inner.maps[w.tree.index()];
-            match &w.value {
+            match w.value {
                 Some(v) => {
-                    map.insert(w.key.clone(), v.clone());
+                    map.insert(w.key, v);
                 }
                 None => {
                     map.remove(&w.key);
@@ -104,6 +104,11 @@ impl Storage for MemoryStorage {
             return Err(MemoryStorage::failed("flush"));
         }
         inner.flushes += 1;
+        Ok(())
+    }
+
+    fn remove_former_tree(&self, _name: &str) -> Result<(), StoreError> {
+        // A memory store starts empty, at the current schema: it holds no former tree.
         Ok(())
     }
 }

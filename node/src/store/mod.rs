@@ -12,8 +12,12 @@
 //!   document's contributions in the order this node applied them, so a saved snapshot can say
 //!   "everything up to seq N is inside me" and start-up replays only the tail.
 //! - `snapshots`: space ‖ doc → upto seq (u64 BE) ‖ `Automerge::save()` bytes.
-//! - `hashes`: space ‖ doc ‖ change hash (32) → seq (u64 BE): finds a stored contribution by its
-//!   change hash, for anti-entropy sync.
+//!
+//! Schema history: version 1 also kept a `hashes` tree (space ‖ doc ‖ change hash → seq) to
+//! find a stored contribution by its change hash. Its keys are random within a document, so
+//! writing one cost sled as much as writing the contribution itself; version 2 drops it (the
+//! replica indexes a document's hashes in memory when a sync answer first needs them), and
+//! [`Store::new`] migrates a version 1 store by removing the tree.
 //!
 //! Durability: writes become durable only on [`Storage::flush`]. The service never writes: it
 //! hands [`Write`]s to the engine, which applies them and flushes once per group of inputs before
@@ -29,7 +33,10 @@ use agora_protocol::{DocId, DocKind, SpaceId};
 use serde::{Deserialize, Serialize};
 
 /// The on-disk schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Trees that former schema versions kept and a migration removes.
+const FORMER_TREES: [&str; 1] = ["hashes"];
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -86,19 +93,16 @@ pub enum Tree {
     Contributions,
     /// Saved documents.
     Snapshots,
-    /// Change hash → seq.
-    Hashes,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 6] = [
+    pub const ALL: [Tree; 5] = [
         Tree::Meta,
         Tree::Spaces,
         Tree::Docs,
         Tree::Contributions,
         Tree::Snapshots,
-        Tree::Hashes,
     ];
 
     /// The tree's name on disk.
@@ -109,7 +113,6 @@ impl Tree {
             Tree::Docs => "docs",
             Tree::Contributions => "contributions",
             Tree::Snapshots => "snapshots",
-            Tree::Hashes => "hashes",
         }
     }
 
@@ -180,10 +183,13 @@ pub trait Storage: Clone + Send + 'static {
     /// one call (sled: of the writes since the last read or flush, and across trees when they
     /// are few; see `SledStorage`). An implementation may
     /// report a failure here or at the next read or flush; the flush reports it in any case.
-    fn apply(&self, writes: &[Write]) -> Result<(), StoreError>;
+    fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError>;
     /// Makes every write so far durable; returns only after the data is on disk. Fails if
     /// any write since the last flush failed.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Removes a tree that is not one of [`Tree::ALL`] (one a former schema version kept), with
+    /// everything in it; nothing happens if there is none. Durable after the next flush.
+    fn remove_former_tree(&self, name: &str) -> Result<(), StoreError>;
 }
 
 /// What the node remembers about a space it joined.
@@ -223,13 +229,6 @@ fn contribution_key(space: &SpaceId, doc: &DocId, seq: u64) -> [u8; 40] {
     k
 }
 
-fn hash_key(space: &SpaceId, doc: &DocId, hash: &[u8; 32]) -> [u8; 64] {
-    let mut k = [0u8; 64];
-    k[..32].copy_from_slice(&doc_key(space, doc));
-    k[32..].copy_from_slice(hash);
-    k
-}
-
 const SCHEMA_KEY: &[u8] = b"schema_version";
 const NAME_KEY: &[u8] = b"display_name";
 
@@ -258,28 +257,13 @@ impl Write {
         Write::put(Tree::Docs, &doc_key(space, doc), vec![kind.code()])
     }
 
-    /// Appends a contribution with its hash index entry. The index entry comes first: an index
-    /// entry without its contribution (a crash between the two trees) is harmless, because
-    /// lookups go through to the contribution and miss.
-    pub fn contribution(
-        space: &SpaceId,
-        doc: &DocId,
-        seq: u64,
-        hash: &[u8; 32],
-        bytes: &[u8],
-    ) -> [Write; 2] {
-        [
-            Write::put(
-                Tree::Hashes,
-                &hash_key(space, doc, hash),
-                seq.to_be_bytes().to_vec(),
-            ),
-            Write::put(
-                Tree::Contributions,
-                &contribution_key(space, doc, seq),
-                bytes.to_vec(),
-            ),
-        ]
+    /// Appends a document's contribution number `seq`.
+    pub fn contribution(space: &SpaceId, doc: &DocId, seq: u64, bytes: Vec<u8>) -> Write {
+        Write::put(
+            Tree::Contributions,
+            &contribution_key(space, doc, seq),
+            bytes,
+        )
     }
 
     /// Saves a snapshot of a document that covers its contributions up to `upto_seq`.
@@ -309,15 +293,16 @@ pub struct Store<S> {
 impl<S: Storage> Store<S> {
     /// Wraps a storage: records the schema version in a fresh store, refuses a newer one.
     pub fn new(storage: S) -> Result<Store<S>, StoreError> {
+        let record_version = |storage: &S| {
+            storage.apply(vec![Write::put(
+                Tree::Meta,
+                SCHEMA_KEY,
+                SCHEMA_VERSION.to_be_bytes().to_vec(),
+            )])?;
+            storage.flush()
+        };
         match storage.get(Tree::Meta, SCHEMA_KEY)? {
-            None => {
-                storage.apply(&[Write::put(
-                    Tree::Meta,
-                    SCHEMA_KEY,
-                    SCHEMA_VERSION.to_be_bytes().to_vec(),
-                )])?;
-                storage.flush()?;
-            }
+            None => record_version(&storage)?,
             Some(v) => {
                 let found = <[u8; 4]>::try_from(v.as_slice())
                     .map(u32::from_be_bytes)
@@ -328,8 +313,15 @@ impl<S: Storage> Store<S> {
                 if found > SCHEMA_VERSION {
                     return Err(StoreError::NewerSchema { found });
                 }
-                // Version 1 is the first: no migrations yet. A future version migrates here,
-                // step by step, before anything else reads the trees.
+                if found < SCHEMA_VERSION {
+                    // 1 -> 2: the `hashes` tree is no longer kept. Removing it is idempotent, so
+                    // a crash before the new version is recorded only repeats this step.
+                    for name in FORMER_TREES {
+                        storage.remove_former_tree(name)?;
+                    }
+                    storage.flush()?;
+                    record_version(&storage)?;
+                }
             }
         }
         Ok(Store { storage })
@@ -341,7 +333,7 @@ impl<S: Storage> Store<S> {
     }
 
     /// Applies writes (durable after [`Store::flush`]).
-    pub fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
+    pub fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         self.storage.apply(writes)
     }
 
@@ -371,20 +363,13 @@ impl<S: Storage> Store<S> {
         Ok(out)
     }
 
-    /// The stored contribution whose change has this hash, if any.
-    pub fn contribution_by_hash(
+    /// A document's contribution number `seq`, if it is stored.
+    pub fn contribution(
         &self,
         space: &SpaceId,
         doc: &DocId,
-        hash: &[u8; 32],
+        seq: u64,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some(seq) = self
-            .storage
-            .get(Tree::Hashes, &hash_key(space, doc, hash))?
-        else {
-            return Ok(None);
-        };
-        let seq = seq_of(&seq, "hashes")?;
         self.storage
             .get(Tree::Contributions, &contribution_key(space, doc, seq))
     }
@@ -507,25 +492,13 @@ mod tests {
                 Write::doc(&s, &last, DocKind::Idea),
             ];
             for i in 1..=5u64 {
-                writes.extend(Write::contribution(
-                    &s,
-                    &d,
-                    i,
-                    &[i as u8; 32],
-                    &[i as u8; 3],
-                ));
-                writes.extend(Write::contribution(
-                    &s,
-                    &last,
-                    i,
-                    &[0x80 | i as u8; 32],
-                    &[9; 2],
-                ));
+                writes.push(Write::contribution(&s, &d, i, vec![i as u8; 3]));
+                writes.push(Write::contribution(&s, &last, i, vec![9; 2]));
             }
             // A neighbour document's contributions must not leak into `d`'s range.
-            writes.extend(Write::contribution(&s, &DocId([3; 16]), 1, &[7; 32], &[7]));
+            writes.push(Write::contribution(&s, &DocId([3; 16]), 1, vec![7]));
             writes.push(Write::snapshot(&s, &d, 3, b"snap"));
-            store.apply(&writes).unwrap();
+            store.apply(writes).unwrap();
             store.flush().unwrap();
         }
         let store = Store::new(storage).unwrap();
@@ -535,11 +508,8 @@ mod tests {
         let seqs: Vec<u64> = docs[0].tail.iter().map(|(s, _)| *s).collect();
         assert_eq!(seqs, vec![4, 5]);
         assert_eq!(docs[1].tail.len(), 5);
-        assert_eq!(
-            store.contribution_by_hash(&s, &d, &[4; 32]).unwrap(),
-            Some(vec![4; 3])
-        );
-        assert_eq!(store.contribution_by_hash(&s, &d, &[9; 32]).unwrap(), None);
+        assert_eq!(store.contribution(&s, &d, 4).unwrap(), Some(vec![4; 3]));
+        assert_eq!(store.contribution(&s, &d, 6).unwrap(), None);
         // A bounded read stops after the first contribution that takes the total past the
         // budget (3 bytes each here), and stays inside the document.
         let upto = |max| store.contributions_upto(&s, &d, max).unwrap();
@@ -549,6 +519,21 @@ mod tests {
         assert_eq!(upto(usize::MAX).len(), 5);
         assert!(store.contains_bytes(&[7]).unwrap());
         assert!(!store.contains_bytes(&[8]).unwrap());
+    }
+
+    /// Opens the sled store in `dir` again. sled's background flusher may hold the directory's
+    /// lock a moment after the last handle is dropped: retry while it is locked, for at most
+    /// 10 s.
+    fn reopen_sled(dir: &std::path::Path) -> SledStorage {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStorage::open(dir, 1 << 20) {
+                Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.unwrap(),
+            }
+        }
     }
 
     #[test]
@@ -568,7 +553,7 @@ mod tests {
             let engine = SledStorage::open(dir.path(), 1 << 20).unwrap();
             let reader = engine.clone();
             engine
-                .apply(&[
+                .apply(vec![
                     Write::put(Tree::Meta, b"gone", b"1".to_vec()),
                     Write::put(Tree::Spaces, b"s", b"2".to_vec()),
                 ])
@@ -579,10 +564,10 @@ mod tests {
             );
             assert_eq!(reader.range(Tree::Spaces, b"", None).unwrap().len(), 1);
             engine
-                .apply(&[Write::put(Tree::Meta, b"kept", b"3".to_vec())])
+                .apply(vec![Write::put(Tree::Meta, b"kept", b"3".to_vec())])
                 .unwrap();
             engine
-                .apply(&[Write {
+                .apply(vec![Write {
                     tree: Tree::Meta,
                     key: b"gone".to_vec(),
                     value: None,
@@ -590,27 +575,14 @@ mod tests {
                 .unwrap();
             // More than one transaction takes: applied as one batch per tree.
             let many: Vec<Write> = (0..600u32)
-                .map(|i| Write::put(Tree::Hashes, &i.to_be_bytes(), vec![1]))
+                .map(|i| Write::put(Tree::Docs, &i.to_be_bytes(), vec![1]))
                 .collect();
-            engine.apply(&many).unwrap();
-            assert_eq!(reader.range(Tree::Hashes, b"", None).unwrap().len(), 600);
+            engine.apply(many).unwrap();
+            assert_eq!(reader.range(Tree::Docs, b"", None).unwrap().len(), 600);
             engine.flush().unwrap();
         }
-        // sled's background flusher may hold the directory's lock a moment after the last
-        // handle is dropped: retry the reopen while it is locked, for at most 10 s.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let reopened = loop {
-            match SledStorage::open(dir.path(), 1 << 20) {
-                Err(e)
-                    if format!("{e:?}").contains("Locked")
-                        && std::time::Instant::now() < deadline =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                other => break other.unwrap(),
-            }
-        };
-        assert_eq!(reopened.range(Tree::Hashes, b"", None).unwrap().len(), 600);
+        let reopened = reopen_sled(dir.path());
+        assert_eq!(reopened.range(Tree::Docs, b"", None).unwrap().len(), 600);
         assert_eq!(reopened.get(Tree::Meta, b"gone").unwrap(), None);
         assert_eq!(
             reopened.get(Tree::Meta, b"kept").unwrap(),
@@ -630,7 +602,7 @@ mod tests {
     #[test]
     fn a_newer_schema_is_refused() {
         let m = MemoryStorage::new();
-        m.apply(&[Write::put(
+        m.apply(vec![Write::put(
             Tree::Meta,
             SCHEMA_KEY,
             9u32.to_be_bytes().to_vec(),
@@ -640,5 +612,44 @@ mod tests {
             Store::new(m),
             Err(StoreError::NewerSchema { found: 9 })
         ));
+    }
+
+    /// A version 1 store (as a former build wrote it, with its `hashes` tree) opens: the tree
+    /// is removed, the version becomes 2, and everything else is kept, across a reopen.
+    #[test]
+    fn a_version_1_store_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, d) = (SpaceId([1; 16]), DocId([2; 16]));
+        {
+            let db = ::sled::open(dir.path()).unwrap();
+            let meta = db.open_tree("meta").unwrap();
+            meta.insert(SCHEMA_KEY, &1u32.to_be_bytes()).unwrap();
+            let hashes = db.open_tree("hashes").unwrap();
+            hashes.insert([7u8; 64], &1u64.to_be_bytes()).unwrap();
+            let contributions = db.open_tree("contributions").unwrap();
+            contributions
+                .insert(contribution_key(&s, &d, 1), b"one".as_slice())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = Store::new(reopen_sled(dir.path())).unwrap();
+        assert_eq!(
+            store.contribution(&s, &d, 1).unwrap(),
+            Some(b"one".to_vec())
+        );
+        drop(store);
+        let storage = reopen_sled(dir.path());
+        assert_eq!(
+            storage.get(Tree::Meta, SCHEMA_KEY).unwrap(),
+            Some(SCHEMA_VERSION.to_be_bytes().to_vec())
+        );
+        let names = storage.tree_names();
+        assert!(names.iter().all(|n| n.as_slice() != b"hashes"), "{names:?}");
+        // Opening a migrated store again changes nothing.
+        let store = Store::new(storage).unwrap();
+        assert_eq!(
+            store.contribution(&s, &d, 1).unwrap(),
+            Some(b"one".to_vec())
+        );
     }
 }

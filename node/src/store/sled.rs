@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 #[derive(Clone)]
 pub struct SledStorage {
     db: ::sled::Db,
-    trees: [::sled::Tree; 6],
+    trees: [::sled::Tree; Tree::ALL.len()],
     path: String,
     queued: Arc<Mutex<Queued>>,
 }
@@ -66,7 +66,6 @@ impl SledStorage {
             open(Tree::ALL[2])?,
             open(Tree::ALL[3])?,
             open(Tree::ALL[4])?,
-            open(Tree::ALL[5])?,
         ];
         Ok(SledStorage {
             db,
@@ -98,7 +97,7 @@ impl SledStorage {
         let result = if writes.len() <= ONE_TRANSACTION {
             self.transact(&writes)
         } else {
-            self.batch_per_tree(&writes)
+            self.batch_per_tree(writes)
         };
         result.map_err(|error| {
             queued.failed.get_or_insert_with(|| error.clone());
@@ -126,19 +125,18 @@ impl SledStorage {
         }
     }
 
-    /// Applies writes as one batch per tree, in the order the writes first name the trees (so
-    /// that a hash index entry goes before its contribution; see `Write::contribution`).
-    fn batch_per_tree(&self, writes: &[Write]) -> Result<(), ::sled::Error> {
-        let mut batches: [Option<::sled::Batch>; 6] = Default::default();
+    /// Applies writes as one batch per tree, in the order the writes first name the trees.
+    fn batch_per_tree(&self, writes: Vec<Write>) -> Result<(), ::sled::Error> {
+        let mut batches: [Option<::sled::Batch>; Tree::ALL.len()] = Default::default();
         let mut order: Vec<Tree> = Vec::new();
         for w in writes {
             let batch = batches[w.tree.index()].get_or_insert_with(|| {
                 order.push(w.tree);
                 ::sled::Batch::default()
             });
-            match &w.value {
-                Some(v) => batch.insert(w.key.as_slice(), v.as_slice()),
-                None => batch.remove(w.key.as_slice()),
+            match w.value {
+                Some(v) => batch.insert(w.key, v),
+                None => batch.remove(w.key),
             }
         }
         for tree in order {
@@ -184,12 +182,13 @@ impl Storage for SledStorage {
         super::take_upto(entries, max_bytes, |(_, v)| v.len())
     }
 
-    fn apply(&self, writes: &[Write]) -> Result<(), StoreError> {
-        self.queued
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .writes
-            .extend_from_slice(writes);
+    fn apply(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let mut queued = self.queued.lock().unwrap_or_else(PoisonError::into_inner);
+        if queued.writes.is_empty() {
+            queued.writes = writes;
+        } else {
+            queued.writes.extend(writes);
+        }
         Ok(())
     }
 
@@ -206,5 +205,22 @@ impl Storage for SledStorage {
         }
         applied?;
         self.db.flush().map(|_| ()).map_err(|e| self.err(e))
+    }
+
+    fn remove_former_tree(&self, name: &str) -> Result<(), StoreError> {
+        debug_assert!(Tree::ALL.iter().all(|t| t.name() != name));
+        self.db.drop_tree(name).map(|_| ()).map_err(|e| self.err(e))
+    }
+}
+
+#[cfg(test)]
+impl SledStorage {
+    /// The names of the trees in the database (sled's default tree included).
+    pub(crate) fn tree_names(&self) -> Vec<Vec<u8>> {
+        self.db
+            .tree_names()
+            .into_iter()
+            .map(|n| n.to_vec())
+            .collect()
     }
 }

@@ -451,7 +451,7 @@ impl Replica for ModelReplica {
     }
 
     fn stored(
-        &self,
+        &mut self,
         space: &SpaceId,
         doc: &DocId,
         hash: &ChangeHash,

@@ -74,6 +74,51 @@ struct DocState {
     last_seq: u64,
     /// Seq covered by the latest snapshot.
     snapshot_seq: u64,
+    /// The seq of every contribution held, by change hash: made from the store the first time
+    /// a sync answer needs a contribution by its hash, then kept up to date (see
+    /// [`hash_index`]).
+    index: Option<HashMap<ChangeHash, u64>>,
+}
+
+impl DocState {
+    fn new(kind: DocKind, doc: AutoCommit, last_seq: u64, snapshot_seq: u64) -> DocState {
+        DocState {
+            kind,
+            doc,
+            last_seq,
+            snapshot_seq,
+            index: None,
+        }
+    }
+
+    /// Counts a contribution just stored (its write queued) as the next seq.
+    fn push(&mut self, hash: ChangeHash) -> u64 {
+        self.last_seq += 1;
+        if let Some(index) = &mut self.index {
+            index.insert(hash, self.last_seq);
+        }
+        self.last_seq
+    }
+}
+
+/// The seq of each of a document's stored contributions, by change hash. Costs a read of the
+/// document's contributions and a hash of each change header; a node builds it only for the
+/// documents peers ask about by hash, once.
+fn hash_index<S: Storage>(
+    store: &Store<S>,
+    space: &SpaceId,
+    doc: &DocId,
+) -> Result<HashMap<ChangeHash, u64>, StoreError> {
+    store
+        .contributions_of(space, doc, 0)?
+        .into_iter()
+        .map(|(seq, bytes)| {
+            let c = Contribution::decode(&bytes).map_err(corrupt)?;
+            let (hash, _) = change_preview(&c.change)
+                .ok_or_else(|| corrupt("a change header does not parse"))?;
+            Ok((hash, seq))
+        })
+        .collect()
 }
 
 /// A store record that does not decode or apply: the disk is corrupt.
@@ -151,12 +196,7 @@ impl<S: Storage> AutomergeReplica<S> {
             r.contributions += last_seq;
             docs.insert(
                 stored.doc,
-                DocState {
-                    kind: stored.kind,
-                    doc,
-                    last_seq,
-                    snapshot_seq,
-                },
+                DocState::new(stored.kind, doc, last_seq, snapshot_seq),
             );
         }
         Ok(r)
@@ -200,12 +240,7 @@ impl<S: Storage> AutomergeReplica<S> {
         self.contributions += last_seq;
         docs.insert(
             doc,
-            DocState {
-                kind: kind.unwrap_or(DocKind::Idea),
-                doc: d,
-                last_seq,
-                snapshot_seq: 0,
-            },
+            DocState::new(kind.unwrap_or(DocKind::Idea), d, last_seq, 0),
         );
         Ok(())
     }
@@ -331,12 +366,9 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
             return items.iter().map(|_| Err(Rejection::UnknownSpace)).collect();
         };
         let is_new = !docs.contains_key(&doc);
-        let state = docs.entry(doc).or_insert_with(|| DocState {
-            kind,
-            doc: fresh,
-            last_seq: 0,
-            snapshot_seq: 0,
-        });
+        let state = docs
+            .entry(doc)
+            .or_insert_with(|| DocState::new(kind, fresh, 0, 0));
         let mut metas: Vec<(ChangeHash, Vec<u8>)> = Vec::with_capacity(items.len());
         let mut changes = Vec::with_capacity(items.len());
         for it in items {
@@ -360,17 +392,11 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         if is_new {
             writes.push(Write::doc(&space, &doc, kind));
         }
-        for ((hash, bytes), r) in metas.iter().zip(&results) {
+        for ((hash, bytes), r) in metas.into_iter().zip(&results) {
             if r.is_ok() {
-                state.last_seq += 1;
                 accepted += 1;
-                writes.extend(Write::contribution(
-                    &space,
-                    &doc,
-                    state.last_seq,
-                    &hash.0,
-                    bytes,
-                ));
+                let seq = state.push(hash);
+                writes.push(Write::contribution(&space, &doc, seq, bytes));
             }
         }
         if accepted == 0 && is_new {
@@ -406,12 +432,9 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
             .get_mut(&space)
             .ok_or(ServiceError::UnknownSpace(space))?;
         let is_new = !docs.contains_key(&doc);
-        let state = docs.entry(doc).or_insert_with(|| DocState {
-            kind,
-            doc: fresh,
-            last_seq: 0,
-            snapshot_seq: 0,
-        });
+        let state = docs
+            .entry(doc)
+            .or_insert_with(|| DocState::new(kind, fresh, 0, 0));
         let d = &mut state.doc;
         let made = match edit {
             Edit::CreateIdea { draft, salt } => idea::create_idea(d, draft, &author, salt, now_ms),
@@ -436,17 +459,11 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         };
         let contribution = Contribution::sign(&self.identity, space, doc, kind, &change);
         let bytes = contribution.encode();
-        state.last_seq += 1;
+        let seq = state.push(change.hash());
         if is_new {
             writes.push(Write::doc(&space, &doc, kind));
         }
-        writes.extend(Write::contribution(
-            &space,
-            &doc,
-            state.last_seq,
-            &change.hash().0,
-            &bytes,
-        ));
+        writes.push(Write::contribution(&space, &doc, seq, bytes.clone()));
         Self::maybe_snapshot(state, &space, &doc, writes);
         self.contributions += 1;
         if is_new && kind == DocKind::Idea {
@@ -517,12 +534,32 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
     }
 
     fn stored(
-        &self,
+        &mut self,
         space: &SpaceId,
         doc: &DocId,
         hash: &ChangeHash,
     ) -> Result<Option<Vec<u8>>, StoreError> {
-        self.store.contribution_by_hash(space, doc, &hash.0)
+        let Some(state) = self.spaces.get_mut(space).and_then(|d| d.get_mut(doc)) else {
+            return Ok(None);
+        };
+        let seq = match &state.index {
+            Some(index) => index.get(hash).copied(),
+            None => {
+                let index = hash_index(&self.store, space, doc)?;
+                let seq = index.get(hash).copied();
+                // Kept only if it covers every contribution held: one whose write is still
+                // queued in the service's outbox (not yet in the store) would be missing from
+                // it for good.
+                if index.len() as u64 == state.last_seq {
+                    state.index = Some(index);
+                }
+                seq
+            }
+        };
+        match seq {
+            Some(seq) => self.store.contribution(space, doc, seq),
+            None => Ok(None),
+        }
     }
 
     fn stored_after(

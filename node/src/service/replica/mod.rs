@@ -165,7 +165,7 @@ pub trait Replica {
     ) -> Vec<ChangeHash>;
     /// The stored encoded contribution of a change held.
     fn stored(
-        &self,
+        &mut self,
         space: &SpaceId,
         doc: &DocId,
         hash: &ChangeHash,
