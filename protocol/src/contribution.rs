@@ -102,6 +102,11 @@ pub enum Rejection {
     /// A change writes an author-keyed entry (a vote) under another author's key.
     #[error("change writes an entry keyed by another author")]
     ForeignKey,
+    /// A change writes a field whose Automerge type the schema fixes with another type: a text
+    /// object where a scalar string belongs (what Automerge's JavaScript binding makes of a plain
+    /// string), a string where a text object belongs, and so on.
+    #[error("change writes the field {0:?} with the wrong Automerge type")]
+    WrongKind(String),
     /// The ed25519 signature does not verify (or the key is not a valid, non-weak public key).
     #[error("signature does not verify")]
     BadSignature,
@@ -131,6 +136,7 @@ impl Rejection {
             Rejection::NotIdeaCreator => "not_idea_creator",
             Rejection::ProtectedField(_) => "protected_field",
             Rejection::ForeignKey => "foreign_key",
+            Rejection::WrongKind(_) => "wrong_kind",
             Rejection::BadSignature => "bad_signature",
             Rejection::UnknownSpace => "unknown_space",
             Rejection::WrongTopic => "wrong_topic",
@@ -339,7 +345,7 @@ impl Contribution {
             DocKind::Idea => {
                 crate::idea::check_idea_change(&self.space, &self.doc, &self.author, &change)?
             }
-            DocKind::Profile => {}
+            DocKind::Profile => crate::idea::check_profile_change(&change)?,
         }
         let message = signing_message(&self.space, &self.doc, self.kind, &change.hash());
         Ok((change, message))

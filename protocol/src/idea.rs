@@ -264,6 +264,74 @@ fn is_author_key(key: &str) -> bool {
     key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// The Automerge type the schema gives a field (PROTOCOL 4.3, 4.4): what an operation under
+/// that key may write. Deleting the key is never a wrong type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldKind {
+    /// A scalar string (not a text object).
+    Str,
+    /// A timestamp (or an integer, which readers take as one).
+    Time,
+    /// A text object.
+    Text,
+    /// A map object.
+    Map,
+    /// A list object.
+    List,
+}
+
+impl FieldKind {
+    fn admits(self, action: &automerge::legacy::OpType) -> bool {
+        use automerge::legacy::OpType;
+        matches!(
+            (self, action),
+            (_, OpType::Delete)
+                | (FieldKind::Str, OpType::Put(ScalarValue::Str(_)))
+                | (
+                    FieldKind::Time,
+                    OpType::Put(ScalarValue::Timestamp(_) | ScalarValue::Int(_))
+                )
+                | (FieldKind::Text, OpType::Make(ObjType::Text))
+                | (FieldKind::Map, OpType::Make(ObjType::Map))
+                | (FieldKind::List, OpType::Make(ObjType::List))
+        )
+    }
+
+    /// The type of a root key of an idea.
+    fn of_idea_root(key: &str) -> Option<FieldKind> {
+        Some(match key {
+            "type" | "salt" | "title" | "author" | "status" => FieldKind::Str,
+            "created" => FieldKind::Time,
+            "body" => FieldKind::Text,
+            "tags" | "votes" => FieldKind::Map,
+            "comments" => FieldKind::List,
+            _ => return None,
+        })
+    }
+
+    /// The type of a key of a comment (a map inserted into a list).
+    fn of_comment(key: &str) -> Option<FieldKind> {
+        Some(match key {
+            "author" | "text" => FieldKind::Str,
+            "time" => FieldKind::Time,
+            _ => return None,
+        })
+    }
+
+    /// The type of a root key of a profile.
+    fn of_profile_root(key: &str) -> Option<FieldKind> {
+        matches!(key, "type" | "name").then_some(FieldKind::Str)
+    }
+}
+
+/// Decodes a change's operations. automerge's decoder panics on some malformed changes that
+/// `Change::from_bytes` accepts (an op naming an actor index past the change's actor list): a
+/// remote peer must not be able to crash us with one, so a panic here is a refusal.
+fn decode_ops(change: &Change) -> Result<automerge::legacy::Change, crate::Rejection> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change.decode()))
+        .map_err(|_| crate::Rejection::BadChange("change operations do not decode".into()))
+}
+
 /// The write rules of an idea document, checked on each change on its own (so the verdict does
 /// not depend on arrival order):
 /// 1. A change without dependencies creates the idea: its message is
@@ -273,6 +341,8 @@ fn is_author_key(key: &str) -> bool {
 ///    (type, author, created, salt, and the body/tags/comments/votes containers).
 /// 3. A map key that looks like an author id (64 hex characters) may be written only by that
 ///    author, spelled in lowercase: no one votes under someone else's name.
+/// 4. A field the schema types is written with that type: at the root, and in a comment this
+///    change creates (a map it inserts into a list); a vote is a scalar string.
 pub fn check_idea_change(
     space: &SpaceId,
     doc_id: &DocId,
@@ -280,7 +350,7 @@ pub fn check_idea_change(
     change: &Change,
 ) -> Result<(), crate::Rejection> {
     use crate::Rejection;
-    use automerge::legacy::{Key, ObjectId};
+    use automerge::legacy::{Key, ObjectId, OpId, OpType};
     let creation = change.deps().is_empty();
     if creation {
         let salt = change
@@ -297,23 +367,55 @@ pub fn check_idea_change(
         }
     }
     let own_key = author.to_hex();
-    // automerge's decoder panics on some malformed changes that `Change::from_bytes` accepts
-    // (an op naming an actor index past the change's actor list): a remote peer must not be able
-    // to crash us with one, so a panic here is a refusal.
-    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| change.decode()))
-        .map_err(|_| Rejection::BadChange("change operations do not decode".into()))?;
-    for op in decoded.operations {
+    let decoded = decode_ops(change)?;
+    let actor = &decoded.actor_id;
+    // The op counters of the maps this change inserts into a list: its new comments (the
+    // idea's only list is `comments`, and a comment is a map).
+    let mut comments = BTreeSet::new();
+    for (counter, op) in (decoded.start_op.get()..).zip(&decoded.operations) {
+        if op.insert && matches!(op.action, OpType::Make(ObjType::Map)) {
+            comments.insert(counter);
+        }
         let Key::Map(key) = &op.key else { continue };
-        if !creation && op.obj == ObjectId::Root && !EDITABLE_ROOT_KEYS.contains(&key.as_str()) {
-            let shown = if PROTECTED_ROOT_KEYS.contains(&key.as_str()) {
+        let key = key.as_str();
+        if !creation && op.obj == ObjectId::Root && !EDITABLE_ROOT_KEYS.contains(&key) {
+            let shown = if PROTECTED_ROOT_KEYS.contains(&key) {
                 key.to_string()
             } else {
                 key.chars().take(40).collect()
             };
             return Err(Rejection::ProtectedField(shown));
         }
-        if is_author_key(key) && key.as_str() != own_key {
+        let author_key = is_author_key(key);
+        if author_key && key != own_key {
             return Err(Rejection::ForeignKey);
+        }
+        let kind = match &op.obj {
+            ObjectId::Root => FieldKind::of_idea_root(key),
+            ObjectId::Id(OpId(counter, a)) if a == actor && comments.contains(counter) => {
+                FieldKind::of_comment(key)
+            }
+            ObjectId::Id(_) => None,
+        }
+        .or(author_key.then_some(FieldKind::Str));
+        if kind.is_some_and(|kind| !kind.admits(&op.action)) {
+            return Err(Rejection::WrongKind(key.chars().take(40).collect()));
+        }
+    }
+    Ok(())
+}
+
+/// The write rule of a profile document's content, checked on each change on its own (who may
+/// write it is checked by the contribution, PROTOCOL 6.2 step 10a): `type` and `name` at the
+/// root are scalar strings.
+pub fn check_profile_change(change: &Change) -> Result<(), crate::Rejection> {
+    use automerge::legacy::{Key, ObjectId};
+    for op in decode_ops(change)?.operations {
+        let Key::Map(key) = &op.key else { continue };
+        if op.obj == ObjectId::Root
+            && FieldKind::of_profile_root(key).is_some_and(|kind| !kind.admits(&op.action))
+        {
+            return Err(crate::Rejection::WrongKind(key.chars().take(40).collect()));
         }
     }
     Ok(())
@@ -722,6 +824,136 @@ mod tests {
             check_idea_change(&space, &id, &bob, &bad),
             Err(Rejection::ForeignKey)
         );
+    }
+
+    /// What Automerge's JavaScript binding makes of a plain string (a text object) where the
+    /// schema has a scalar string, and the other wrong types, are refused; the right types,
+    /// tags named like typed fields, and deletions pass.
+    #[test]
+    fn typed_fields_refuse_the_wrong_automerge_type() {
+        use crate::Rejection;
+        let space = SpaceId([3; 16]);
+        let alice = AuthorId([1; 32]);
+        let salt = [7u8; 16];
+        let id = DocId::idea(&space, &alice, &salt);
+        let wrong = |field: &str| Err(Rejection::WrongKind(field.into()));
+        let check = |change: &Change| check_idea_change(&space, &id, &alice, change);
+        // A creation written field by field, as another implementation might, with `title`
+        // as a text object: refused; the same with a scalar title (and a tag named `title`,
+        // whose value is a boolean) passes.
+        let creation = |title_as_text: bool, body_as_text: bool| {
+            let mut d = doc_for(&alice, 1);
+            d.put(ROOT, "type", "idea").unwrap();
+            if title_as_text {
+                let t = d.put_object(ROOT, "title", ObjType::Text).unwrap();
+                d.splice_text(&t, 0, 0, "from JavaScript").unwrap();
+            } else {
+                d.put(ROOT, "title", "from Rust").unwrap();
+            }
+            if body_as_text {
+                d.put_object(ROOT, "body", ObjType::Text).unwrap();
+            } else {
+                d.put(ROOT, "body", "a plain string").unwrap();
+            }
+            d.put(ROOT, "created", ScalarValue::Timestamp(1)).unwrap();
+            let tags = d.put_object(ROOT, "tags", ObjType::Map).unwrap();
+            d.put(&tags, "title", true).unwrap();
+            d.put(&tags, "text", true).unwrap();
+            d.put_object(ROOT, "comments", ObjType::List).unwrap();
+            d.put_object(ROOT, "votes", ObjType::Map).unwrap();
+            let message = format!("{IDEA_CREATION_MESSAGE}{}", hex::encode(salt));
+            d.commit_with(CommitOptions::default().with_message(message));
+            (d.get_last_local_change().unwrap(), d)
+        };
+        assert_eq!(check(&creation(true, true).0), wrong("title"));
+        assert_eq!(check(&creation(false, false).0), wrong("body"));
+        let (ok, mut d) = creation(false, true);
+        assert_eq!(check(&ok), Ok(()));
+        // Later changes: a title made a text object, a comment whose text is a text object, a
+        // vote that is not a scalar string, and a status that is a number are refused.
+        let title = d.put_object(ROOT, "title", ObjType::Text).unwrap();
+        d.splice_text(&title, 0, 0, "renamed").unwrap();
+        d.commit();
+        assert_eq!(check(&d.get_last_local_change().unwrap()), wrong("title"));
+        d.put(ROOT, "status", 3).unwrap();
+        d.commit();
+        assert_eq!(check(&d.get_last_local_change().unwrap()), wrong("status"));
+        let comments = object(&d, "comments").unwrap();
+        let c = d.insert_object(&comments, 0, ObjType::Map).unwrap();
+        d.put(&c, "author", alice.to_hex()).unwrap();
+        let text = d.put_object(&c, "text", ObjType::Text).unwrap();
+        d.splice_text(&text, 0, 0, "an empty comment to a reader")
+            .unwrap();
+        d.put(&c, "time", ScalarValue::Timestamp(2)).unwrap();
+        d.commit();
+        assert_eq!(check(&d.get_last_local_change().unwrap()), wrong("text"));
+        let votes = object(&d, "votes").unwrap();
+        d.put_object(&votes, alice.to_hex(), ObjType::Text).unwrap();
+        d.commit();
+        assert_eq!(
+            check(&d.get_last_local_change().unwrap()),
+            wrong(&alice.to_hex()[..40])
+        );
+        // The schema's own edits pass, and so does deleting a typed field.
+        let ok = add_comment(&mut d, &alice, "a real comment", 3).unwrap();
+        assert_eq!(check(&ok), Ok(()));
+        let ok = cast_vote(&mut d, &alice, Vote::Up, 3).unwrap();
+        assert_eq!(check(&ok), Ok(()));
+        d.delete(ROOT, "status").unwrap();
+        d.commit();
+        assert_eq!(check(&d.get_last_local_change().unwrap()), Ok(()));
+        // A profile's name as a text object is refused; the schema's profile passes.
+        let mut p = doc_for(&alice, 2);
+        let ok = set_display_name(&mut p, "Alice", 0).unwrap();
+        assert_eq!(check_profile_change(&ok), Ok(()));
+        p.put_object(ROOT, "name", ObjType::Text).unwrap();
+        p.commit();
+        assert_eq!(
+            check_profile_change(&p.get_last_local_change().unwrap()),
+            wrong("name")
+        );
+    }
+
+    /// The order PROTOCOL 4.5 states for conflicting values, which other Automerge bindings
+    /// must reproduce: by op id, the counter first, then the actor id's bytes; the greatest
+    /// wins, and `get_all` lists them ascending.
+    #[test]
+    fn conflicting_values_are_ordered_by_counter_then_actor_bytes() {
+        let (low, high) = (AuthorId([1; 32]), AuthorId([2; 32]));
+        let put = |author: &AuthorId, extra_ops: usize, value: &str| {
+            let mut d = doc_for(author, 9);
+            for i in 0..extra_ops {
+                d.put(ROOT, format!("pad{i}"), 0).unwrap();
+            }
+            d.put(ROOT, "title", value).unwrap();
+            d.commit();
+            d
+        };
+        let values = |mut a: AutoCommit, mut b: AutoCommit| {
+            a.merge(&mut b).unwrap();
+            let all: Vec<String> = a
+                .get_all(ROOT, "title")
+                .unwrap()
+                .into_iter()
+                .map(|(v, _)| v.into_string().unwrap())
+                .collect();
+            let winner = a
+                .get(ROOT, "title")
+                .unwrap()
+                .unwrap()
+                .0
+                .into_string()
+                .unwrap();
+            (all, winner)
+        };
+        // Same counter: the greater actor wins.
+        let (all, winner) = values(put(&high, 0, "high"), put(&low, 0, "low"));
+        assert_eq!(all, ["low", "high"]);
+        assert_eq!(winner, "high");
+        // A greater counter wins whatever the actors.
+        let (all, winner) = values(put(&high, 0, "high"), put(&low, 2, "low, later"));
+        assert_eq!(all, ["high", "low, later"]);
+        assert_eq!(winner, "low, later");
     }
 
     #[test]

@@ -565,6 +565,7 @@ fn every_rejection_code_is_documented() {
         Rejection::NotIdeaCreator,
         Rejection::ProtectedField(String::new()),
         Rejection::ForeignKey,
+        Rejection::WrongKind(String::new()),
         Rejection::BadSignature,
         Rejection::UnknownSpace,
         Rejection::WrongTopic,
