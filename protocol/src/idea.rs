@@ -342,7 +342,7 @@ fn decode_ops(change: &Change) -> Result<automerge::legacy::Change, crate::Rejec
 /// 3. A map key that looks like an author id (64 hex characters) may be written only by that
 ///    author, spelled in lowercase: no one votes under someone else's name.
 /// 4. A field the schema types is written with that type: at the root, and in a comment this
-///    change creates (a map it inserts into a list); a vote is a scalar string.
+///    change creates (a map it inserts into a sequence); a vote is a scalar string.
 pub fn check_idea_change(
     space: &SpaceId,
     doc_id: &DocId,
@@ -369,13 +369,15 @@ pub fn check_idea_change(
     let own_key = author.to_hex();
     let decoded = decode_ops(change)?;
     let actor = &decoded.actor_id;
-    // The op counters of the maps this change inserts into a list: its new comments (the
-    // idea's only list is `comments`, and a comment is a map).
-    let mut comments = BTreeSet::new();
-    for (counter, op) in (decoded.start_op.get()..).zip(&decoded.operations) {
-        if op.insert && matches!(op.action, OpType::Make(ObjType::Map)) {
-            comments.insert(counter);
-        }
+    // The op counters of the maps this change inserts into a sequence: its new comments (the
+    // idea's only list is `comments`, and a comment is a map). Found first, so that the verdict
+    // does not depend on where the insert sits among the change's operations.
+    let comments: BTreeSet<u64> = (decoded.start_op.get()..)
+        .zip(&decoded.operations)
+        .filter(|(_, op)| op.insert && matches!(op.action, OpType::Make(ObjType::Map)))
+        .map(|(counter, _)| counter)
+        .collect();
+    for op in &decoded.operations {
         let Key::Map(key) = &op.key else { continue };
         let key = key.as_str();
         if !creation && op.obj == ObjectId::Root && !EDITABLE_ROOT_KEYS.contains(&key) {
@@ -887,6 +889,11 @@ mod tests {
         d.put(&c, "time", ScalarValue::Timestamp(2)).unwrap();
         d.commit();
         assert_eq!(check(&d.get_last_local_change().unwrap()), wrong("text"));
+        let c = d.insert_object(&comments, 0, ObjType::Map).unwrap();
+        d.put(&c, "text", "fine").unwrap();
+        d.put(&c, "time", ScalarValue::Uint(2)).unwrap();
+        d.commit();
+        assert_eq!(check(&d.get_last_local_change().unwrap()), wrong("time"));
         let votes = object(&d, "votes").unwrap();
         d.put_object(&votes, alice.to_hex(), ObjType::Text).unwrap();
         d.commit();
