@@ -17,11 +17,14 @@
 //! vectors printed there against this code.
 #![deny(missing_docs)]
 
+mod cbor;
 pub mod contribution;
 pub mod idea;
 pub mod identity;
 pub mod ids;
+pub mod keys;
 pub mod limits;
+pub mod membership;
 pub mod sync;
 
 pub use automerge;

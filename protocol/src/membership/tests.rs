@@ -1,0 +1,413 @@
+use super::build::{self, NewSpace};
+use super::*;
+use crate::identity::Identity;
+use crate::keys::{DeviceKey, EpochSecret};
+use rand::SeedableRng;
+
+type Rng = rand::rngs::ChaCha20Rng;
+
+/// A person in a test: an identity and a device key.
+struct Person {
+    id: Identity,
+    device: DeviceKey,
+}
+
+fn person(n: u8) -> Person {
+    Person {
+        id: Identity::from_seed([n; 32]),
+        device: DeviceKey::from_seed(&[n.wrapping_add(100); 32]),
+    }
+}
+
+/// A space under test: every operation made so far, and the current secret.
+struct World {
+    rng: Rng,
+    space: SpaceId,
+    secret: EpochSecret,
+    ops: Vec<VerifiedOp>,
+}
+
+impl World {
+    fn new(owner: &Person) -> World {
+        let mut rng = Rng::from_seed([1; 32]);
+        let NewSpace { space, root, op } = build::create(&owner.id, &owner.device, "Ops", &mut rng);
+        World {
+            rng,
+            space,
+            secret: root,
+            ops: vec![op],
+        }
+    }
+
+    fn resolve(&self) -> Membership {
+        resolve(self.space, &self.ops).expect("resolvable")
+    }
+
+    fn heads(&self) -> Vec<OpId> {
+        self.resolve().heads
+    }
+
+    fn sign(&mut self, who: &Person, parents: Vec<OpId>, body: OpBody) -> OpId {
+        let op = Op::sign(&who.id, self.space, parents, body);
+        let id = op.id();
+        self.ops.push(op);
+        id
+    }
+
+    /// `inviter` invites, `courier` admits `newcomer`, all on the current heads.
+    fn join(&mut self, inviter: &Person, courier: &Person, newcomer: &Person, role: Role) -> OpId {
+        let ticket = Identity::from_seed([200; 32]);
+        let parents = self.heads();
+        let invite = self.sign(
+            inviter,
+            parents,
+            OpBody::Invite {
+                key: ticket.author().0,
+                role,
+                expires: 1000,
+                uses: 1,
+            },
+        );
+        self.admit(courier, vec![invite], invite, &ticket, newcomer, 10)
+    }
+
+    fn admit(
+        &mut self,
+        courier: &Person,
+        parents: Vec<OpId>,
+        invite: OpId,
+        ticket: &Identity,
+        newcomer: &Person,
+        at: u64,
+    ) -> OpId {
+        let r = build::redeem(&self.space, invite, ticket, &newcomer.id, &newcomer.device);
+        let body = build::admit_body(&self.space, &r, at, &self.secret.clone(), &mut self.rng)
+            .expect("valid device key");
+        self.sign(courier, parents, body)
+    }
+
+    fn remove(&mut self, by: &Person, parents: Vec<OpId>, member: &Person) -> OpId {
+        let m = self.resolve();
+        let recipients: Vec<(AuthorId, [u8; 32])> = m
+            .members
+            .iter()
+            .filter(|(a, _)| **a != member.id.author())
+            .map(|(a, x)| (*a, x.device))
+            .collect();
+        let new = EpochSecret::from_bytes([self.ops.len() as u8; 32]);
+        let old = self.secret.clone();
+        let (rotation, rest) = build::rotation(&self.space, &new, &[&old], &recipients, &mut self.rng);
+        assert!(rest.is_empty());
+        self.secret = new;
+        self.sign(
+            by,
+            parents,
+            OpBody::Remove {
+                member: member.id.author(),
+                rotation: Some(rotation),
+                pins: Vec::new(),
+            },
+        )
+    }
+
+    fn set_role(&mut self, by: &Person, parents: Vec<OpId>, member: &Person, role: Role) -> OpId {
+        self.sign(
+            by,
+            parents,
+            OpBody::SetRole {
+                member: member.id.author(),
+                role,
+                pins: Vec::new(),
+            },
+        )
+    }
+}
+
+#[test]
+fn a_space_starts_with_its_owner_and_admits_by_invitation() {
+    let (owner, ann, bob) = (person(1), person(2), person(3));
+    let mut w = World::new(&owner);
+    let m = w.resolve();
+    assert_eq!(m.owner, owner.id.author());
+    assert_eq!(m.role(&owner.id.author()), Some(Role::Owner));
+    assert_eq!(m.members.len(), 1);
+    assert_eq!(
+        build::open_name(&w.space, &w.secret, &m.name).unwrap(),
+        "Ops"
+    );
+    assert_eq!(m.current, w.secret.key_id());
+    assert!(!m.needs_rotation);
+
+    w.join(&owner, &owner, &ann, Role::Member);
+    // Ann (a member) carries Bob's admission: the authority is the owner's invitation.
+    w.join(&owner, &ann, &bob, Role::Reader);
+    let m = w.resolve();
+    assert_eq!(m.role(&ann.id.author()), Some(Role::Member));
+    assert_eq!(m.role(&bob.id.author()), Some(Role::Reader));
+    assert!(m.writes(&ann.id.author()) && !m.writes(&bob.id.author()));
+    assert_eq!(m.members[&bob.id.author()].device, bob.device.public());
+    assert!(m.missing_wraps.is_empty(), "every admission wrapped the secret");
+    assert!(m.invalid.is_empty());
+    assert_eq!(m.invites.len(), 2);
+    assert!(m.invites.values().all(|i| i.used == 1 && !i.revoked));
+}
+
+#[test]
+fn a_member_cannot_invite_and_a_reader_cannot_remove() {
+    let (owner, ann, bob, eve) = (person(1), person(2), person(3), person(4));
+    let mut w = World::new(&owner);
+    w.join(&owner, &owner, &ann, Role::Member);
+    w.join(&owner, &owner, &bob, Role::Reader);
+    // Ann, a member, invites Eve: the invitation does not count, nor does the admission.
+    let admitted = w.join(&ann, &ann, &eve, Role::Member);
+    // Bob, a reader, removes Ann.
+    let parents = w.heads();
+    let removal = w.remove(&bob, parents, &ann);
+    let m = w.resolve();
+    assert_eq!(m.role(&eve.id.author()), None);
+    assert_eq!(m.role(&ann.id.author()), Some(Role::Member));
+    assert!(m.invalid.contains(&admitted) && m.invalid.contains(&removal));
+    // Nobody can remove or demote the owner, not even itself.
+    let parents = w.heads();
+    let leave = w.sign(
+        &owner,
+        parents,
+        OpBody::Remove {
+            member: owner.id.author(),
+            rotation: None,
+            pins: Vec::new(),
+        },
+    );
+    assert!(w.resolve().invalid.contains(&leave));
+    assert_eq!(w.resolve().role(&owner.id.author()), Some(Role::Owner));
+}
+
+#[test]
+fn a_removal_rotates_and_a_leave_asks_for_a_rotation() {
+    let (owner, ann, bob) = (person(1), person(2), person(3));
+    let mut w = World::new(&owner);
+    let root = w.secret.key_id();
+    w.join(&owner, &owner, &ann, Role::Member);
+    w.join(&owner, &owner, &bob, Role::Member);
+    let parents = w.heads();
+    w.remove(&owner, parents, &ann);
+    let m = w.resolve();
+    assert_eq!(m.role(&ann.id.author()), None);
+    assert_ne!(m.current, root);
+    assert_eq!(m.current, w.secret.key_id());
+    assert_eq!(m.epochs.len(), 2);
+    assert!(!m.needs_rotation);
+    assert!(m.missing_wraps.is_empty(), "bob got the new secret");
+    // The new secret opens the old one.
+    let op = w.ops.last().unwrap().op().clone();
+    let rotation = op.body.rotation().unwrap();
+    let old = build::open_seals(&w.space, rotation, &w.secret);
+    assert_eq!(old.len(), 1);
+    assert_eq!(old[0].key_id(), root);
+    // Bob leaves without rotating: the space asks an admin to rotate.
+    let parents = w.heads();
+    w.sign(
+        &bob,
+        parents,
+        OpBody::Remove {
+            member: bob.id.author(),
+            rotation: None,
+            pins: Vec::new(),
+        },
+    );
+    let m = w.resolve();
+    assert_eq!(m.role(&bob.id.author()), None);
+    assert!(m.needs_rotation);
+}
+
+#[test]
+fn two_admins_removing_each_other_leave_the_senior_one() {
+    let owner = person(1);
+    for ann_first in [true, false] {
+        let (ann, bob) = if ann_first {
+            (person(2), person(3))
+        } else {
+            (person(3), person(2))
+        };
+        mutual_removal(&owner, &ann, &bob);
+    }
+}
+
+/// Ann joins before Bob; both are admins and remove each other concurrently.
+fn mutual_removal(owner: &Person, ann: &Person, bob: &Person) {
+    let mut w = World::new(owner);
+    w.join(owner, owner, ann, Role::Admin);
+    w.join(owner, owner, bob, Role::Admin);
+    let fork = w.heads();
+    let ann_removes_bob = w.remove(ann, fork.clone(), bob);
+    let bob_removes_ann = w.remove(bob, fork, ann);
+    let m = w.resolve();
+    assert_eq!(m.role(&ann.id.author()), Some(Role::Admin), "ann joined first");
+    assert_eq!(m.role(&bob.id.author()), None);
+    assert!(m.invalid.contains(&bob_removes_ann));
+    assert!(!m.invalid.contains(&ann_removes_bob));
+    // Bob's removal made an epoch that is void; Ann's is current.
+    assert_eq!(m.epochs.len(), 2);
+    assert_eq!(m.current, m.epochs[1].key_id);
+}
+
+#[test]
+fn a_removed_admins_concurrent_operations_are_void() {
+    let (owner, ann, bob, eve) = (person(1), person(2), person(3), person(4));
+    let mut w = World::new(&owner);
+    w.join(&owner, &owner, &ann, Role::Admin);
+    w.join(&owner, &owner, &bob, Role::Member);
+    let fork = w.heads();
+    // The owner removes Ann while Ann, not knowing, promotes Bob and admits Eve.
+    w.remove(&owner, fork.clone(), &ann);
+    let promote = w.set_role(&ann, fork, &bob, Role::Admin);
+    let eve_admitted = w.join(&ann, &ann, &eve, Role::Member);
+    let m = w.resolve();
+    assert_eq!(m.role(&ann.id.author()), None);
+    assert_eq!(m.role(&bob.id.author()), Some(Role::Member));
+    assert_eq!(m.role(&eve.id.author()), None);
+    assert!(m.invalid.contains(&promote) && m.invalid.contains(&eve_admitted));
+    // The voided admission had a wrap of an old secret: Eve may hold it.
+    assert!(m.needs_rotation);
+}
+
+#[test]
+fn a_readmission_after_a_removal_stands_and_a_concurrent_one_loses() {
+    let (owner, ann, bob) = (person(1), person(2), person(3));
+    let mut w = World::new(&owner);
+    w.join(&owner, &owner, &ann, Role::Member);
+    w.join(&owner, &owner, &bob, Role::Admin);
+    let fork = w.heads();
+    w.remove(&owner, fork.clone(), &ann);
+    // Bob, concurrently, invites and admits Ann again: the removal wins.
+    let ticket = Identity::from_seed([201; 32]);
+    let invite = w.sign(
+        &bob,
+        fork,
+        OpBody::Invite {
+            key: ticket.author().0,
+            role: Role::Member,
+            expires: 1000,
+            uses: 1,
+        },
+    );
+    w.admit(&bob, vec![invite], invite, &ticket, &ann, 10);
+    assert_eq!(w.resolve().role(&ann.id.author()), None);
+    // Later, having seen the removal, the owner admits Ann again: that stands, and her own later
+    // operations count.
+    w.join(&owner, &owner, &ann, Role::Member);
+    assert_eq!(w.resolve().role(&ann.id.author()), Some(Role::Member));
+    let parents = w.heads();
+    let share = w.sign(
+        &ann,
+        parents,
+        OpBody::Share {
+            key_id: w.secret.key_id(),
+            wraps: Vec::new(),
+        },
+    );
+    assert!(!w.resolve().invalid.contains(&share));
+}
+
+#[test]
+fn invitations_expire_run_out_and_can_be_revoked() {
+    let (owner, ann, bob, carl, dan) = (person(1), person(2), person(3), person(4), person(5));
+    let mut w = World::new(&owner);
+    let ticket = Identity::from_seed([202; 32]);
+    let parents = w.heads();
+    let invite = w.sign(
+        &owner,
+        parents,
+        OpBody::Invite {
+            key: ticket.author().0,
+            role: Role::Member,
+            expires: 100,
+            uses: 1,
+        },
+    );
+    // Too late.
+    let late = w.admit(&owner, vec![invite], invite, &ticket, &ann, 101);
+    assert!(w.resolve().invalid.contains(&late));
+    // Two concurrent admissions of a one-use invitation: exactly one stands.
+    let a = w.admit(&owner, vec![invite], invite, &ticket, &bob, 50);
+    let b = w.admit(&owner, vec![invite], invite, &ticket, &carl, 50);
+    let m = w.resolve();
+    assert_eq!(
+        [m.role(&bob.id.author()), m.role(&carl.id.author())]
+            .iter()
+            .filter(|r| r.is_some())
+            .count(),
+        1
+    );
+    assert_eq!(m.invalid.contains(&a), !m.invalid.contains(&b));
+    assert!(m.needs_rotation, "the refused newcomer got a secret");
+    assert_eq!(m.invites[&invite].used, 1);
+    // A revocation voids an admission it is concurrent with, not one it follows.
+    let ticket2 = Identity::from_seed([203; 32]);
+    let parents = w.heads();
+    let invite2 = w.sign(
+        &owner,
+        parents,
+        OpBody::Invite {
+            key: ticket2.author().0,
+            role: Role::Member,
+            expires: 100,
+            uses: 5,
+        },
+    );
+    let dan_in = w.admit(&owner, vec![invite2], invite2, &ticket2, &dan, 50);
+    let revoke = w.sign(&owner, vec![invite2], OpBody::Revoke { invite: invite2 });
+    let m = w.resolve();
+    assert!(m.invalid.contains(&dan_in) && !m.invalid.contains(&revoke));
+    assert!(m.invites[&invite2].revoked);
+    // A forged redeem (not signed by the ticket's key) does not count.
+    let forged_ticket = Identity::from_seed([204; 32]);
+    let parents = w.heads();
+    let invite3 = w.sign(
+        &owner,
+        parents,
+        OpBody::Invite {
+            key: Identity::from_seed([205; 32]).author().0,
+            role: Role::Member,
+            expires: 100,
+            uses: 5,
+        },
+    );
+    let forged = w.admit(&owner, vec![invite3], invite3, &forged_ticket, &dan, 50);
+    assert!(w.resolve().invalid.contains(&forged));
+}
+
+#[test]
+fn operations_round_trip_and_refuse_tampering() {
+    let owner = person(1);
+    let mut w = World::new(&owner);
+    w.join(&owner, &owner, &person(2), Role::Member);
+    for op in &w.ops {
+        let back = Op::verify(op.bytes()).expect("verifies");
+        assert_eq!(&back, op);
+    }
+    let bytes = w.ops[1].bytes().to_vec();
+    // Every single-bit flip is refused, one way or another.
+    for i in 0..bytes.len() {
+        let mut b = bytes.clone();
+        b[i] ^= 0x01;
+        assert!(Op::verify(&b).is_err(), "flip at byte {i} accepted");
+    }
+    // A creation whose space id is not derived from its author and salt.
+    let mut create = w.ops[0].op().clone();
+    create.space = SpaceId([9; 16]);
+    assert!(matches!(
+        Op::decode(&create.encode()),
+        Err(OpError::Invalid(_))
+    ));
+    // Another space's operation does not resolve with this one.
+    assert!(matches!(
+        resolve(SpaceId([9; 16]), &w.ops),
+        Err(ResolveError::OtherSpace(_))
+    ));
+    // A missing parent is reported.
+    assert!(matches!(
+        resolve(w.space, &w.ops[1..]),
+        Err(ResolveError::MissingParent { .. })
+    ));
+}
