@@ -411,3 +411,142 @@ fn operations_round_trip_and_refuse_tampering() {
         Err(ResolveError::MissingParent { .. })
     ));
 }
+
+/// A random history: `replicas` people act on their own view of the operations and now and then
+/// merge another's view, so operations are concurrent in every way the generator can reach.
+fn random_history(seed: u64, steps: usize) -> (SpaceId, Vec<VerifiedOp>, Vec<Vec<OpId>>) {
+    use rand::RngExt;
+    let people: Vec<Person> = (1..=6).map(person).collect();
+    let mut w = World::new(&people[0]);
+    let mut pick = Rng::seed_from_u64(seed);
+    let genesis = w.ops[0].id();
+    let mut views: Vec<Vec<OpId>> = vec![vec![genesis]; people.len()];
+    let roles = [Role::Reader, Role::Member, Role::Admin];
+    let view_of = |w: &World, view: &[OpId]| -> Vec<VerifiedOp> {
+        w.ops
+            .iter()
+            .filter(|o| view.contains(&o.id()))
+            .cloned()
+            .collect()
+    };
+    for step in 0..steps {
+        // Mostly someone who is a member in their own view acts; now and then anyone.
+        let acting: Vec<usize> = (0..people.len())
+            .filter(|&p| {
+                resolve(w.space, &view_of(&w, &views[p]))
+                    .is_ok_and(|m| m.role(&people[p].id.author()).is_some())
+            })
+            .collect();
+        let a = if pick.random_bool(0.85) {
+            acting[pick.random_range(0..acting.len())]
+        } else {
+            pick.random_range(0..people.len())
+        };
+        if pick.random_bool(0.35) {
+            let b = pick.random_range(0..people.len());
+            let theirs = views[b].clone();
+            for id in theirs {
+                if !views[a].contains(&id) {
+                    views[a].push(id);
+                }
+            }
+            continue;
+        }
+        let view = view_of(&w, &views[a]);
+        let m = resolve(w.space, &view).expect("a view is causally closed");
+        let parents = m.heads.clone();
+        let target = &people[pick.random_range(0..people.len())];
+        let me = &people[a];
+        let before = w.ops.len();
+        match pick.random_range(0..6) {
+            0 => {
+                let ticket = Identity::from_seed([(step % 200) as u8 + 20; 32]);
+                let invite = w.sign(
+                    me,
+                    parents,
+                    OpBody::Invite {
+                        key: ticket.author().0,
+                        role: roles[pick.random_range(0..3)],
+                        expires: pick.random_range(0..20),
+                        uses: pick.random_range(1..3),
+                    },
+                );
+                let at = pick.random_range(0..20);
+                w.admit(me, vec![invite], invite, &ticket, target, at);
+            }
+            1 => {
+                w.remove(me, parents, target);
+            }
+            2 => {
+                w.set_role(me, parents, target, roles[pick.random_range(0..3)]);
+            }
+            3 => {
+                w.sign(
+                    me,
+                    parents,
+                    OpBody::Remove {
+                        member: me.id.author(),
+                        rotation: None,
+                        pins: Vec::new(),
+                    },
+                );
+            }
+            4 => {
+                let name = build::seal_name(&w.space, &w.secret.clone(), "renamed", &mut w.rng);
+                w.sign(me, parents, OpBody::Rename { name });
+            }
+            _ => {
+                // An invitation revoked by whoever acts next on it.
+                let invites: Vec<OpId> = m.invites.keys().copied().collect();
+                if let Some(invite) = invites.first() {
+                    w.sign(me, parents, OpBody::Revoke { invite: *invite });
+                }
+            }
+        }
+        for op in &w.ops[before..] {
+            views[a].push(op.id());
+        }
+    }
+    (w.space, w.ops, views)
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Whatever order a node receives a history in, it holds it whole and resolves it exactly as
+    /// every other node does; and the result keeps the rule's invariants.
+    #[test]
+    fn any_arrival_order_resolves_the_same(seed in 0u64..u64::MAX, steps in 5usize..40, orders in 2usize..5) {
+        use rand::seq::SliceRandom;
+        let (space, ops, views) = random_history(seed, steps);
+        let reference = resolve(space, &ops).expect("the whole history is causally closed");
+        let mut shuffle = Rng::seed_from_u64(seed ^ 0x5eed);
+        for _ in 0..orders {
+            let mut order = ops.clone();
+            order.shuffle(&mut shuffle);
+            let mut log = OpLog::new(space);
+            for op in order {
+                log.insert(op);
+            }
+            proptest::prop_assert_eq!(log.len(), (ops.len(), 0));
+            proptest::prop_assert_eq!(&log.resolve().unwrap(), &reference);
+        }
+        // Each partial view resolves the same whatever the order too.
+        for view in views {
+            let mut subset: Vec<&VerifiedOp> = ops.iter().filter(|o| view.contains(&o.id())).collect();
+            let a = resolve(space, subset.iter().copied()).unwrap();
+            subset.reverse();
+            proptest::prop_assert_eq!(&resolve(space, subset.iter().copied()).unwrap(), &a);
+        }
+        // Invariants.
+        proptest::prop_assert_eq!(reference.role(&reference.owner), Some(Role::Owner));
+        for (author, member) in &reference.members {
+            proptest::prop_assert!(member.role != Role::Owner || *author == reference.owner);
+            proptest::prop_assert!(!reference.invalid.contains(&member.since));
+        }
+        for invite in reference.invites.values() {
+            proptest::prop_assert!(invite.used <= invite.uses);
+        }
+        proptest::prop_assert!(reference.epochs.iter().any(|e| e.key_id == reference.current));
+    }
+}
