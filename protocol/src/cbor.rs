@@ -40,9 +40,13 @@ pub(crate) fn encode(value: &Value) -> Vec<u8> {
 /// Decodes at most `max` bytes into a value (no canonical check: the caller re-encodes).
 pub(crate) fn decode(input: &[u8], max: usize) -> Result<Value, CborError> {
     if input.len() > max {
-        return Err(err(format!("{} bytes, more than the {max} allowed", input.len())));
+        return Err(err(format!(
+            "{} bytes, more than the {max} allowed",
+            input.len()
+        )));
     }
-    ciborium::from_reader(input).map_err(|e| err(e.to_string().chars().take(200).collect::<String>()))
+    ciborium::from_reader(input)
+        .map_err(|e| err(e.to_string().chars().take(200).collect::<String>()))
 }
 
 /// Reads a map's entries in order, each under the key the format puts there.

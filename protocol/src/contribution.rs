@@ -116,6 +116,17 @@ pub enum Rejection {
     /// The contribution arrived on a topic other than its own space's.
     #[error("contribution published on another space's topic")]
     WrongTopic,
+    /// A sealed contribution names an epoch key this node does not hold.
+    #[error("sealed with a key this node does not hold")]
+    UnknownKey,
+    /// A sealed contribution does not decrypt under the key it names (or its plaintext is not
+    /// the canonical encoding of a document, kind and change).
+    #[error("sealed contribution does not decrypt")]
+    Undecryptable,
+    /// The author may not write this document in this space: not a member, a reader, removed,
+    /// or a removed member's change outside what its removal kept.
+    #[error("the author may not write in this space")]
+    NotWriter,
     /// Automerge refused to apply the (validly signed) change to the document.
     #[error("change does not apply to the document: {0}")]
     Inapplicable(String),
@@ -140,6 +151,9 @@ impl Rejection {
             Rejection::BadSignature => "bad_signature",
             Rejection::UnknownSpace => "unknown_space",
             Rejection::WrongTopic => "wrong_topic",
+            Rejection::UnknownKey => "unknown_key",
+            Rejection::Undecryptable => "undecryptable",
+            Rejection::NotWriter => "not_writer",
             Rejection::Inapplicable(_) => "inapplicable",
         }
     }
@@ -314,39 +328,13 @@ impl Contribution {
     /// Checks everything but the signature: the change parses, its actor is the author, and a
     /// profile is written by its owner. Returns the parsed change and the signed message.
     fn check_structure(&self) -> Result<(Change, Vec<u8>), Rejection> {
-        if self.change.len() > MAX_CHANGE_BYTES {
-            return Err(Rejection::BadChange("change too large".into()));
-        }
-        // Only an uncompressed change chunk (magic, checksum, chunk type 1): Automerge would also
-        // inflate a DEFLATE-compressed chunk (type 2), without bound, before any signature check.
-        if self.change.get(8) != Some(&CHANGE_CHUNK_TYPE) {
-            return Err(Rejection::BadChange(
-                "not an uncompressed automerge change chunk".into(),
-            ));
-        }
-        let change = Change::from_bytes(self.change.clone())
-            .map_err(|e| Rejection::BadChange(e.to_string().chars().take(200).collect()))?;
-        // Automerge does not check the chunk checksum, and the signature covers the change hash,
-        // not these bytes: without this check anyone could re-wrap a signed change in 2^32
-        // encodings, each a valid contribution with its own gossip message id.
-        if self.change[4..8] != change.hash().0[..4] {
-            return Err(Rejection::BadChange(
-                "change checksum does not match its hash".into(),
-            ));
-        }
-        let actor = change.actor_id().to_bytes();
-        if actor.len() < 32 || actor.len() > MAX_ACTOR_BYTES || actor[..32] != self.author.0 {
-            return Err(Rejection::ActorNotSigner);
-        }
-        match self.kind {
-            DocKind::Profile if self.doc != DocId::profile(&self.space, &self.author) => {
-                return Err(Rejection::NotProfileOwner)
-            }
-            DocKind::Idea => {
-                crate::idea::check_idea_change(&self.space, &self.doc, &self.author, &change)?
-            }
-            DocKind::Profile => crate::idea::check_profile_change(&change)?,
-        }
+        let change = check_change(
+            &self.space,
+            &self.doc,
+            self.kind,
+            &self.author,
+            &self.change,
+        )?;
         let message = signing_message(&self.space, &self.doc, self.kind, &change.hash());
         Ok((change, message))
     }
@@ -368,6 +356,51 @@ impl Contribution {
     pub fn wire_id(encoded: &[u8]) -> [u8; 32] {
         Sha256::digest(encoded).into()
     }
+}
+
+/// The rules every change obeys, whatever envelope carries it: at most [`MAX_CHANGE_BYTES`], an
+/// uncompressed Automerge change chunk whose checksum matches its hash, whose actor begins with
+/// the author's key, and which obeys the write rules of its document kind. Returns the parsed
+/// change.
+pub fn check_change(
+    space: &SpaceId,
+    doc: &DocId,
+    kind: DocKind,
+    author: &AuthorId,
+    bytes: &[u8],
+) -> Result<Change, Rejection> {
+    if bytes.len() > MAX_CHANGE_BYTES {
+        return Err(Rejection::BadChange("change too large".into()));
+    }
+    // Only an uncompressed change chunk (magic, checksum, chunk type 1): Automerge would also
+    // inflate a DEFLATE-compressed chunk (type 2), without bound, before any signature check.
+    if bytes.get(8) != Some(&CHANGE_CHUNK_TYPE) {
+        return Err(Rejection::BadChange(
+            "not an uncompressed automerge change chunk".into(),
+        ));
+    }
+    let change = Change::from_bytes(bytes.to_vec())
+        .map_err(|e| Rejection::BadChange(e.to_string().chars().take(200).collect()))?;
+    // Automerge does not check the chunk checksum, and the signature covers the change hash,
+    // not these bytes: without this check anyone could re-wrap a signed change in 2^32
+    // encodings, each a valid contribution with its own gossip message id.
+    if bytes[4..8] != change.hash().0[..4] {
+        return Err(Rejection::BadChange(
+            "change checksum does not match its hash".into(),
+        ));
+    }
+    let actor = change.actor_id().to_bytes();
+    if actor.len() < 32 || actor.len() > MAX_ACTOR_BYTES || actor[..32] != author.0 {
+        return Err(Rejection::ActorNotSigner);
+    }
+    match kind {
+        DocKind::Profile if *doc != DocId::profile(space, author) => {
+            return Err(Rejection::NotProfileOwner)
+        }
+        DocKind::Idea => crate::idea::check_idea_change(space, doc, author, &change)?,
+        DocKind::Profile => crate::idea::check_profile_change(&change)?,
+    }
+    Ok(change)
 }
 
 /// Reads an unsigned LEB128 number (at most 10 bytes) from the front of `bytes`; returns it with

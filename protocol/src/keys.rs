@@ -123,7 +123,10 @@ impl EpochSecret {
     /// The gossip topic of the space whose root secret this is: `agora/v2/` and the lowercase
     /// hex of `HKDF(root, "agora/v2/topic")`. Only members can compute it.
     pub fn topic(&self) -> String {
-        format!("{TOPIC_PREFIX_V2}{}", hex::encode(derive(&self.0, INFO_TOPIC)))
+        format!(
+            "{TOPIC_PREFIX_V2}{}",
+            hex::encode(derive(&self.0, INFO_TOPIC))
+        )
     }
 
     /// The 32-byte name of the space in sync requests, from its root secret.
@@ -280,8 +283,8 @@ pub fn unwrap(
     me: &AuthorId,
     device: &DeviceKey,
 ) -> Result<EpochSecret, KeyError> {
-    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(&wrapped.enc)
-        .map_err(|_| KeyError::Decrypt)?;
+    let enc =
+        <Kem as hpke::Kem>::EncappedKey::from_bytes(&wrapped.enc).map_err(|_| KeyError::Decrypt)?;
     let info = wrap_info(space, key_id, me);
     let mut plain = hpke::single_shot_open::<WrapAead, WrapKdf, Kem>(
         &hpke::OpModeR::Base,
@@ -331,7 +334,13 @@ mod tests {
             Err(KeyError::Decrypt)
         );
         assert_eq!(
-            unwrap(&w, &space, &secret.key_id(), &me, &DeviceKey::from_seed(&[8; 32])),
+            unwrap(
+                &w,
+                &space,
+                &secret.key_id(),
+                &me,
+                &DeviceKey::from_seed(&[8; 32])
+            ),
             Err(KeyError::Decrypt)
         );
         // A sender that wraps one secret under another epoch's name is caught by the commitment.

@@ -25,7 +25,9 @@ pub mod ids;
 pub mod keys;
 pub mod limits;
 pub mod membership;
+pub mod sealed;
 pub mod sync;
+pub mod ticket;
 
 pub use automerge;
 pub use contribution::{Contribution, DocKind, Rejection, VerifiedContribution};

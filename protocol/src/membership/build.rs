@@ -73,10 +73,13 @@ pub fn create(
     let salt = random::<16>(rng);
     let space = space_id(&identity.author(), &salt);
     let root = EpochSecret::from_bytes(random::<32>(rng));
+    let wrap = keys::wrap(&root, &space, &identity.author(), &device.public(), rng)
+        .expect("a device key made by DeviceKey is a valid X25519 key");
     let body = OpBody::Create {
         salt,
         device: device.public(),
         key_id: root.key_id(),
+        wrap,
         name: seal_name(&space, &root, name, rng),
     };
     let op = super::Op::sign(identity, space, Vec::new(), body);

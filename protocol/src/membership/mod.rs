@@ -12,10 +12,12 @@
 //! written out in `docs/PROTOCOL.md` §14 and in [`resolve`]'s documentation.
 
 pub mod build;
+mod content;
 mod log;
 mod resolve;
 mod wire;
 
+pub use content::{whiteout, ChangeInfo, WriteRight};
 pub use log::{Inserted, OpLog, MAX_PENDING_OPS};
 pub use resolve::{resolve, Epoch, InviteState, Member, Membership, ResolveError};
 pub use wire::{Op, OpBody, OpError, Pin, Rotation, SealedBytes, VerifiedOp, WrapTo};
@@ -137,7 +139,10 @@ impl std::str::FromStr for Role {
             "reader" => Ok(Role::Reader),
             "member" => Ok(Role::Member),
             "admin" => Ok(Role::Admin),
-            _ => Err(format!("unknown role {:?}: expected reader, member or admin", s)),
+            _ => Err(format!(
+                "unknown role {:?}: expected reader, member or admin",
+                s
+            )),
         }
     }
 }
@@ -179,11 +184,7 @@ pub fn name_aad(space: &SpaceId, key_id: &crate::keys::KeyId) -> Vec<u8> {
 
 /// AAD of an earlier epoch's secret sealed in a rotation:
 /// `"agora-seal-v2\0" ‖ space ‖ new key id ‖ sealed key id`.
-pub fn seal_aad(
-    space: &SpaceId,
-    new: &crate::keys::KeyId,
-    sealed: &crate::keys::KeyId,
-) -> Vec<u8> {
+pub fn seal_aad(space: &SpaceId, new: &crate::keys::KeyId, sealed: &crate::keys::KeyId) -> Vec<u8> {
     [SEAL_AAD, &space.0, &new.0, &sealed.0].concat()
 }
 

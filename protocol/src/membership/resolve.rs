@@ -232,8 +232,7 @@ impl Graph<'_> {
             OpBody::Revoke { invite } => {
                 role >= Role::Admin
                     && self.index.get(invite).is_some_and(|&k| {
-                        self.before(k, i)
-                            && matches!(self.ops[k].op().body, OpBody::Invite { .. })
+                        self.before(k, i) && matches!(self.ops[k].op().body, OpBody::Invite { .. })
                     })
             }
             OpBody::Admit {
@@ -422,12 +421,9 @@ pub fn resolve<'a>(
         {
             admits.entry(*invite).or_default().push(i);
             redeemed[i] = match index.get(invite).map(|&k| &ops[k].op().body) {
-                Some(OpBody::Invite { key, .. }) => verify_sig(
-                    key,
-                    &redeem_message(&space, invite, member, device),
-                    redeem,
-                )
-                .is_ok(),
+                Some(OpBody::Invite { key, .. }) => {
+                    verify_sig(key, &redeem_message(&space, invite, member, device), redeem).is_ok()
+                }
                 _ => false,
             };
         }
@@ -539,11 +535,9 @@ impl Graph<'_> {
         }
         // Epochs.
         let mut epochs: Vec<(usize, KeyId)> = vec![(self.genesis, *root)];
-        for i in 0..n {
-            if valid[i] {
-                if let Some(rotation) = self.ops[i].op().body.rotation() {
-                    epochs.push((i, rotation.key_id));
-                }
+        for (i, op) in self.ops.iter().enumerate() {
+            if let (true, Some(rotation)) = (valid[i], op.op().body.rotation()) {
+                epochs.push((i, rotation.key_id));
             }
         }
         let heads: Vec<(usize, KeyId)> = epochs
@@ -562,8 +556,8 @@ impl Graph<'_> {
             .expect("the root epoch is always there");
         let covered = |k: usize| k == current_op || self.before(k, current_op);
         let mut needs_rotation = heads.len() > 1;
-        for i in 0..n {
-            match &self.ops[i].op().body {
+        for (i, op) in self.ops.iter().enumerate() {
+            match &op.op().body {
                 OpBody::Remove { .. } if valid[i] && !covered(i) => needs_rotation = true,
                 OpBody::Admit { .. } if !valid[i] && !covered(i) => needs_rotation = true,
                 _ => {}
@@ -571,15 +565,14 @@ impl Graph<'_> {
         }
         // Who holds a wrap of the current epoch.
         let mut holders: BTreeSet<AuthorId> = BTreeSet::new();
-        holders.insert(self.ops[current_op].op().author);
         if current_op == self.genesis {
             holders.insert(genesis.author);
         }
-        for i in 0..n {
+        for (i, op) in self.ops.iter().enumerate() {
             if !valid[i] {
                 continue;
             }
-            match &self.ops[i].op().body {
+            match &op.op().body {
                 OpBody::Admit { member, key_id, .. } if *key_id == current => {
                     holders.insert(*member);
                 }
@@ -645,15 +638,21 @@ impl Graph<'_> {
         // Pins of those who lost the right to write.
         let mut pins = BTreeMap::new();
         for (author, list) in &self.by_target {
-            if members.get(author).is_some_and(|m: &Member| m.role.writes()) {
+            if members
+                .get(author)
+                .is_some_and(|m: &Member| m.role.writes())
+            {
                 continue;
             }
-            let last = list.iter().rev().find_map(|&k| match &self.ops[k].op().body {
-                OpBody::Remove { pins, .. } | OpBody::SetRole { pins, .. } if valid[k] => {
-                    Some(pins.clone())
-                }
-                _ => None,
-            });
+            let last = list
+                .iter()
+                .rev()
+                .find_map(|&k| match &self.ops[k].op().body {
+                    OpBody::Remove { pins, .. } | OpBody::SetRole { pins, .. } if valid[k] => {
+                        Some(pins.clone())
+                    }
+                    _ => None,
+                });
             if let Some(p) = last {
                 pins.insert(*author, p);
             }

@@ -3,6 +3,7 @@ use super::*;
 use crate::identity::Identity;
 use crate::keys::{DeviceKey, EpochSecret};
 use rand::SeedableRng;
+use std::collections::BTreeSet;
 
 type Rng = rand::rngs::ChaCha20Rng;
 
@@ -96,7 +97,8 @@ impl World {
             .collect();
         let new = EpochSecret::from_bytes([self.ops.len() as u8; 32]);
         let old = self.secret.clone();
-        let (rotation, rest) = build::rotation(&self.space, &new, &[&old], &recipients, &mut self.rng);
+        let (rotation, rest) =
+            build::rotation(&self.space, &new, &[&old], &recipients, &mut self.rng);
         assert!(rest.is_empty());
         self.secret = new;
         self.sign(
@@ -146,7 +148,10 @@ fn a_space_starts_with_its_owner_and_admits_by_invitation() {
     assert_eq!(m.role(&bob.id.author()), Some(Role::Reader));
     assert!(m.writes(&ann.id.author()) && !m.writes(&bob.id.author()));
     assert_eq!(m.members[&bob.id.author()].device, bob.device.public());
-    assert!(m.missing_wraps.is_empty(), "every admission wrapped the secret");
+    assert!(
+        m.missing_wraps.is_empty(),
+        "every admission wrapped the secret"
+    );
     assert!(m.invalid.is_empty());
     assert_eq!(m.invites.len(), 2);
     assert!(m.invites.values().all(|i| i.used == 1 && !i.revoked));
@@ -242,7 +247,11 @@ fn mutual_removal(owner: &Person, ann: &Person, bob: &Person) {
     let ann_removes_bob = w.remove(ann, fork.clone(), bob);
     let bob_removes_ann = w.remove(bob, fork, ann);
     let m = w.resolve();
-    assert_eq!(m.role(&ann.id.author()), Some(Role::Admin), "ann joined first");
+    assert_eq!(
+        m.role(&ann.id.author()),
+        Some(Role::Admin),
+        "ann joined first"
+    );
     assert_eq!(m.role(&bob.id.author()), None);
     assert!(m.invalid.contains(&bob_removes_ann));
     assert!(!m.invalid.contains(&ann_removes_bob));
@@ -549,4 +558,92 @@ proptest::proptest! {
         }
         proptest::prop_assert!(reference.epochs.iter().any(|e| e.key_id == reference.current));
     }
+}
+
+#[test]
+fn a_removal_whites_out_what_it_did_not_pin_and_what_depends_on_it() {
+    use crate::contribution::DocKind;
+    use crate::ids::DocId;
+    use automerge::ChangeHash;
+    let (owner, ann, bob) = (person(1), person(2), person(3));
+    let mut w = World::new(&owner);
+    w.join(&owner, &owner, &ann, Role::Member);
+    w.join(&owner, &owner, &bob, Role::Member);
+    let doc = DocId([7; 16]);
+    let h = |n: u8| ChangeHash([n; 32]);
+    let info = |n: u8, deps: &[u8], who: &Person| ChangeInfo {
+        hash: h(n),
+        deps: deps.iter().map(|d| h(*d)).collect(),
+        author: who.id.author(),
+    };
+    // Ann writes 1 and 2; the owner saw 2 and pins it. Ann, concurrently, writes 3; Bob builds 4
+    // on 3 and 5 on 2.
+    let changes = vec![
+        info(1, &[], &ann),
+        info(2, &[1], &ann),
+        info(3, &[2], &ann),
+        info(4, &[3], &bob),
+        info(5, &[2], &bob),
+    ];
+    // Before the removal, nothing is whited out.
+    assert!(whiteout(&w.resolve(), &doc, DocKind::Idea, &changes).is_empty());
+    let parents = w.heads();
+    let m = w.resolve();
+    let recipients: Vec<(AuthorId, [u8; 32])> = m
+        .members
+        .iter()
+        .filter(|(a, _)| **a != ann.id.author())
+        .map(|(a, x)| (*a, x.device))
+        .collect();
+    let new = EpochSecret::from_bytes([77; 32]);
+    let (rotation, _) = build::rotation(
+        &w.space,
+        &new,
+        &[&w.secret.clone()],
+        &recipients,
+        &mut w.rng,
+    );
+    w.sign(
+        &owner,
+        parents,
+        OpBody::Remove {
+            member: ann.id.author(),
+            rotation: Some(rotation),
+            pins: vec![Pin {
+                doc,
+                heads: vec![[2; 32]],
+            }],
+        },
+    );
+    let m = w.resolve();
+    assert_eq!(
+        m.write_right(&ann.id.author(), DocKind::Idea, &doc),
+        WriteRight::Pinned(&[[2; 32]])
+    );
+    assert_eq!(
+        m.write_right(&ann.id.author(), DocKind::Idea, &DocId([8; 16])),
+        WriteRight::Pinned(&[])
+    );
+    assert_eq!(
+        m.write_right(&person(9).id.author(), DocKind::Idea, &doc),
+        WriteRight::No
+    );
+    let expected: BTreeSet<ChangeHash> = [h(3), h(4)].into();
+    assert_eq!(whiteout(&m, &doc, DocKind::Idea, &changes), expected);
+    // The same whatever order the changes are listed in.
+    let mut reversed = changes.clone();
+    reversed.reverse();
+    assert_eq!(whiteout(&m, &doc, DocKind::Idea, &reversed), expected);
+    // A reader writes its own profile, not ideas.
+    let dan = person(4);
+    w.join(&owner, &owner, &dan, Role::Reader);
+    let m = w.resolve();
+    assert_eq!(
+        m.write_right(&dan.id.author(), DocKind::Idea, &doc),
+        WriteRight::No
+    );
+    assert_eq!(
+        m.write_right(&dan.id.author(), DocKind::Profile, &doc),
+        WriteRight::Yes
+    );
 }

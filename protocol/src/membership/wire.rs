@@ -114,6 +114,9 @@ pub enum OpBody {
         device: [u8; 32],
         /// The key id of the root epoch.
         key_id: KeyId,
+        /// The root secret wrapped to the owner itself, so that a node rebuilds every secret it
+        /// holds from the operations and its device key alone.
+        wrap: Wrap,
         /// The space's name, sealed under the root epoch.
         name: SealedBytes,
     },
@@ -276,8 +279,14 @@ fn wrap_value(w: &WrapTo) -> Value {
 fn rotation_value(r: &Rotation) -> Value {
     map(vec![
         ("key", cbor::bytes(&r.key_id.0)),
-        ("seals", Value::Array(r.seals.iter().map(sealed_value).collect())),
-        ("wraps", Value::Array(r.wraps.iter().map(wrap_value).collect())),
+        (
+            "seals",
+            Value::Array(r.seals.iter().map(sealed_value).collect()),
+        ),
+        (
+            "wraps",
+            Value::Array(r.wraps.iter().map(wrap_value).collect()),
+        ),
     ])
 }
 
@@ -303,11 +312,14 @@ fn body_value(body: &OpBody) -> Value {
             salt,
             device,
             key_id,
+            wrap,
             name,
         } => map(vec![
             ("salt", cbor::bytes(salt)),
             ("device", cbor::bytes(device)),
             ("key", cbor::bytes(&key_id.0)),
+            ("enc", cbor::bytes(&wrap.enc)),
+            ("ct", cbor::bytes(&wrap.ct)),
             ("name", sealed_value(name)),
         ]),
         OpBody::Invite {
@@ -362,7 +374,10 @@ fn body_value(body: &OpBody) -> Value {
         OpBody::Rotate { rotation } => map(vec![("rotation", rotation_value(rotation))]),
         OpBody::Share { key_id, wraps } => map(vec![
             ("key", cbor::bytes(&key_id.0)),
-            ("wraps", Value::Array(wraps.iter().map(wrap_value).collect())),
+            (
+                "wraps",
+                Value::Array(wraps.iter().map(wrap_value).collect()),
+            ),
         ]),
         OpBody::Rename { name } => map(vec![("name", sealed_value(name))]),
     }
@@ -464,7 +479,9 @@ fn read_pins(items: Vec<Value>) -> Result<Vec<Pin>, OpError> {
 
 fn read_role(code: u64, grantable: bool) -> Result<Role, OpError> {
     match Role::from_code(code) {
-        Some(Role::Owner) if grantable => Err(OpError::Invalid("the owner role is not granted".into())),
+        Some(Role::Owner) if grantable => {
+            Err(OpError::Invalid("the owner role is not granted".into()))
+        }
         Some(role) => Ok(role),
         None => Err(OpError::Invalid(format!("unknown role {code}"))),
     }
@@ -477,6 +494,10 @@ fn read_body(code: u64, v: Value) -> Result<OpBody, OpError> {
             salt: f.array("salt")?,
             device: f.array("device")?,
             key_id: KeyId(f.array("key")?),
+            wrap: Wrap {
+                enc: f.array("enc")?,
+                ct: f.bytes("ct")?,
+            },
             name: read_sealed(f.next("name")?, "name", None)?,
         },
         1 => OpBody::Invite {
@@ -531,7 +552,9 @@ fn read_body(code: u64, v: Value) -> Result<OpBody, OpError> {
         OpBody::Invite { uses: 0, .. } => {
             return Err(OpError::Invalid("an invite allows no admission".into()))
         }
-        OpBody::Admit { wrap, .. } if wrap.ct.len() != WRAP_CT_LEN => {
+        OpBody::Admit { wrap, .. } | OpBody::Create { wrap, .. }
+            if wrap.ct.len() != WRAP_CT_LEN =>
+        {
             return Err(OpError::Invalid("wrap ciphertext is not 48 bytes".into()))
         }
         _ => {}
