@@ -278,7 +278,8 @@ fn the_spec_has_no_unknown_vectors() {
         "idea_tags",
         "profile_name",
     ];
-    for name in spec.keys() {
+    // §14's vectors (`v2_*`) are checked by `private_vectors.rs`.
+    for name in spec.keys().filter(|n| !n.starts_with("v2_")) {
         assert!(
             inputs.contains(&name.as_str()) || out.values.contains_key(name.as_str()),
             "vector.{name} in PROTOCOL.md is neither an input nor checked here"
