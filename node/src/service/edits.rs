@@ -32,6 +32,7 @@ impl<R: Replica> Service<R> {
         let record = SpaceRecord {
             name,
             joined_at: now.wall_ms,
+            private: false,
         };
         self.outbox.writes.push(Write::space(&space, &record));
         self.spaces.insert(space, record);

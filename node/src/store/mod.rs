@@ -12,8 +12,10 @@
 //!   document's contributions in the order this node applied them, so a saved snapshot can say
 //!   "everything up to seq N is inside me" and start-up replays only the tail.
 //! - `snapshots`: space ‖ doc → upto seq (u64 BE) ‖ `Automerge::save()` bytes.
+//! - `ops`: space ‖ op id (32) → a private space's membership operation (canonical bytes,
+//!   verified before it was stored).
 //!
-//! Schema history: version 1 also kept a `hashes` tree (space ‖ doc ‖ change hash → seq) to
+//! Schema history: version 3 added the `ops` tree and `SpaceRecord::private`. Version 1 also kept a `hashes` tree (space ‖ doc ‖ change hash → seq) to
 //! find a stored contribution by its change hash. Its keys are random within a document, so
 //! writing one cost sled as much as writing the contribution itself; version 2 drops it (the
 //! replica indexes a document's hashes in memory when a sync answer first needs them), and
@@ -33,7 +35,7 @@ use agora_protocol::{DocId, DocKind, SpaceId};
 use serde::{Deserialize, Serialize};
 
 /// The on-disk schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Trees that former schema versions kept and a migration removes.
 const FORMER_TREES: [&str; 1] = ["hashes"];
@@ -93,16 +95,19 @@ pub enum Tree {
     Contributions,
     /// Saved documents.
     Snapshots,
+    /// Membership operations of private spaces.
+    Ops,
 }
 
 impl Tree {
     /// Every tree, in a fixed order.
-    pub const ALL: [Tree; 5] = [
+    pub const ALL: [Tree; 6] = [
         Tree::Meta,
         Tree::Spaces,
         Tree::Docs,
         Tree::Contributions,
         Tree::Snapshots,
+        Tree::Ops,
     ];
 
     /// The tree's name on disk.
@@ -113,6 +118,7 @@ impl Tree {
             Tree::Docs => "docs",
             Tree::Contributions => "contributions",
             Tree::Snapshots => "snapshots",
+            Tree::Ops => "ops",
         }
     }
 
@@ -199,6 +205,10 @@ pub struct SpaceRecord {
     pub name: Option<String>,
     /// When this node joined (ms since the Unix epoch).
     pub joined_at: i64,
+    /// A private space (its membership operations are in the `ops` tree); `false` for an open
+    /// space of wire version 1 (and for every record written before schema version 3).
+    #[serde(default)]
+    pub private: bool,
 }
 
 /// A document as found on disk at start-up.
@@ -250,6 +260,14 @@ impl Write {
     pub fn space(space: &SpaceId, record: &SpaceRecord) -> Write {
         let bytes = serde_json::to_vec(record).expect("a SpaceRecord always serialises");
         Write::put(Tree::Spaces, &space.0, bytes)
+    }
+
+    /// Stores a membership operation of a private space (idempotent: keyed by its id).
+    pub fn op(space: &SpaceId, id: &[u8; 32], bytes: Vec<u8>) -> Write {
+        let mut key = [0u8; 48];
+        key[..16].copy_from_slice(&space.0);
+        key[16..].copy_from_slice(id);
+        Write::put(Tree::Ops, &key, bytes)
     }
 
     /// Records that a document exists (idempotent).
@@ -316,6 +334,8 @@ impl<S: Storage> Store<S> {
                 if found < SCHEMA_VERSION {
                     // 1 -> 2: the `hashes` tree is no longer kept. Removing it is idempotent, so
                     // a crash before the new version is recorded only repeats this step.
+                    // 2 -> 3: the `ops` tree is new (sled makes it when opened) and space
+                    // records gained `private` (absent means an open space): nothing to rewrite.
                     for name in FORMER_TREES {
                         storage.remove_former_tree(name)?;
                     }
@@ -325,6 +345,18 @@ impl<S: Storage> Store<S> {
             }
         }
         Ok(Store { storage })
+    }
+
+    /// Every stored membership operation of a private space, in id order.
+    pub fn ops(&self, space: &SpaceId) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut end = [0xffu8; 49];
+        end[..16].copy_from_slice(&space.0);
+        Ok(self
+            .storage
+            .range(Tree::Ops, &space.0, Some(&end))?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect())
     }
 
     /// The storage underneath (the engine applies writes and flushes through it).
@@ -600,6 +632,27 @@ mod tests {
     }
 
     #[test]
+    fn membership_operations_are_kept_per_space_in_id_order() {
+        let store = Store::new(MemoryStorage::new()).unwrap();
+        let (a, b) = (SpaceId([1; 16]), SpaceId([2; 16]));
+        store
+            .apply(vec![
+                Write::op(&a, &[9; 32], b"a9".to_vec()),
+                Write::op(&b, &[0; 32], b"b0".to_vec()),
+                Write::op(&a, &[3; 32], b"a3".to_vec()),
+                Write::op(&a, &[3; 32], b"a3".to_vec()),
+                Write::op(&a, &[0xff; 32], b"aff".to_vec()),
+            ])
+            .unwrap();
+        assert_eq!(
+            store.ops(&a).unwrap(),
+            vec![b"a3".to_vec(), b"a9".to_vec(), b"aff".to_vec()]
+        );
+        assert_eq!(store.ops(&b).unwrap(), vec![b"b0".to_vec()]);
+        assert!(store.ops(&SpaceId([3; 16])).unwrap().is_empty());
+    }
+
+    #[test]
     fn a_newer_schema_is_refused() {
         let m = MemoryStorage::new();
         m.apply(vec![Write::put(
@@ -615,7 +668,8 @@ mod tests {
     }
 
     /// A version 1 store (as a former build wrote it, with its `hashes` tree) opens: the tree
-    /// is removed, the version becomes 2, and everything else is kept, across a reopen.
+    /// is removed, the version becomes the current one, and everything else is kept, across a
+    /// reopen.
     #[test]
     fn a_version_1_store_is_migrated() {
         let dir = tempfile::tempdir().unwrap();

@@ -66,6 +66,7 @@ impl SledStorage {
             open(Tree::ALL[2])?,
             open(Tree::ALL[3])?,
             open(Tree::ALL[4])?,
+            open(Tree::ALL[5])?,
         ];
         Ok(SledStorage {
             db,
