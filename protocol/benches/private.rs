@@ -10,6 +10,9 @@
 //!    operations); resolving again; and what one remaining member does with it (verify the three
 //!    operations, find and open its wrap, open the seal of the previous epoch). Sizes in bytes.
 //!
+//! 3. **The costliest history found for resolution** (see the review regression tests): 10,000
+//!    operations that admit and remove one member over and over.
+//!
 //! Run with `cargo bench -p agora-protocol --bench private`. `AGORA_BENCH_N` sets the number of
 //! contributions (default 5,000) and `AGORA_BENCH_MEMBERS` the space size (default 1,000).
 
@@ -64,7 +67,7 @@ fn contributions(n: usize) {
             .with_actor(idea::actor_for(&me.author(), &salt));
         let draft = idea::IdeaDraft {
             title: format!("Idea {i}"),
-            body: "x".repeat(300),
+            body: "Bring a dish on Fridays; we rotate who cooks.".into(),
             tags: vec!["bench".into()],
         };
         let change = idea::create_idea(&mut d, &draft, &me.author(), &salt, 1_700_000_000_000)
@@ -108,13 +111,26 @@ fn contributions(n: usize) {
                 .unwrap();
         }
     });
+    let sealed_batch = time(|| {
+        let envelopes: Vec<Envelope> = sealed
+            .iter()
+            .map(|b| Envelope::decode(b).unwrap())
+            .collect();
+        let refs: Vec<(&Envelope, SpaceId)> = envelopes.iter().map(|e| (e, space)).collect();
+        for r in agora_protocol::sealed::verify_signatures(&refs) {
+            r.unwrap();
+        }
+        for e in &envelopes {
+            e.open(&space, &cipher).unwrap();
+        }
+    });
     let open_only = time(|| {
         for b in &sealed {
             Envelope::decode(b).unwrap().open(&space, &cipher).unwrap();
         }
     });
     let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
-    println!("## sealed vs plain contributions ({n} idea creations, ~450 B each)");
+    println!("## sealed vs plain contributions ({n} idea creations)");
     println!(
         "plain, one by one (decode + verify):        {:7.1} µs each",
         per(plain_one)
@@ -128,6 +144,10 @@ fn contributions(n: usize) {
         per(sealed_one)
     );
     println!(
+        "sealed, batch verification, then open:      {:7.1} µs each",
+        per(sealed_batch)
+    );
+    println!(
         "sealed, decrypt + change checks only:       {:7.1} µs each",
         per(open_only)
     );
@@ -136,8 +156,8 @@ fn contributions(n: usize) {
         plain_one.as_secs_f64() / sealed_one.as_secs_f64()
     );
     println!(
-        "sealed AEAD + CBOR share, sealed - plain:   {:7.1} µs each",
-        per(sealed_one.saturating_sub(plain_one))
+        "throughput sealed / plain (batches):        {:.2}",
+        plain_batch.as_secs_f64() / sealed_batch.as_secs_f64()
     );
 }
 
@@ -145,7 +165,7 @@ fn membership(members: usize) {
     let mut rng = rand::rngs::ChaCha20Rng::from_seed([7; 32]);
     let owner = Identity::from_seed([1; 32]);
     let owner_device = DeviceKey::from_seed(&[2; 32]);
-    let new = build::create(&owner, &owner_device, "Big team", &mut rng);
+    let new = build::create(&owner, &owner_device, "Big team", &mut rng).unwrap();
     let space = new.space;
     let root = new.root;
     let mut ops: Vec<VerifiedOp> = vec![new.op];
@@ -160,7 +180,8 @@ fn membership(members: usize) {
             expires: u64::MAX,
             uses: members as u64,
         },
-    );
+    )
+    .unwrap();
     let invite_id = invite.id();
     ops.push(invite);
     let people: Vec<(Identity, DeviceKey)> = (0..members)
@@ -177,7 +198,7 @@ fn membership(members: usize) {
     for (id, device) in &people {
         let r = build::redeem(&space, invite_id, &ticket, id, device);
         let body = build::admit_body(&space, &r, 1, &root, &mut rng).unwrap();
-        let op = Op::sign(&owner, space, vec![parent], body);
+        let op = Op::sign(&owner, space, vec![parent], body).unwrap();
         parent = op.id();
         ops.push(op);
     }
@@ -208,19 +229,23 @@ fn membership(members: usize) {
                 rotation: Some(rotation),
                 pins: Vec::new(),
             },
-        );
+        )
+        .unwrap();
         let mut out = vec![remove];
         for wraps in rest {
             let parents = vec![out.last().unwrap().id()];
-            out.push(Op::sign(
-                &owner,
-                space,
-                parents,
-                OpBody::Share {
-                    key_id: next.key_id(),
-                    wraps,
-                },
-            ));
+            out.push(
+                Op::sign(
+                    &owner,
+                    space,
+                    parents,
+                    OpBody::Share {
+                        key_id: next.key_id(),
+                        wraps,
+                    },
+                )
+                .unwrap(),
+            );
         }
         out
     };
@@ -307,10 +332,70 @@ fn membership(members: usize) {
     );
 }
 
+/// The costliest shape of history a review found for resolution: one member admitted (each time
+/// by a new invitation) and removed over and over, `n` operations in one chain.
+fn adversarial(n: usize) {
+    let mut rng = rand::rngs::ChaCha20Rng::from_seed([5; 32]);
+    let owner = Identity::from_seed([1; 32]);
+    let device = DeviceKey::from_seed(&[2; 32]);
+    let new = build::create(&owner, &device, "Churn", &mut rng).unwrap();
+    let (space, root) = (new.space, new.root);
+    let bob = Identity::from_seed([3; 32]);
+    let bob_device = DeviceKey::from_seed(&[4; 32]);
+    let mut parent = new.op.id();
+    let mut ops = vec![new.op];
+    let mut i = 0u64;
+    while ops.len() + 3 <= n {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&i.to_le_bytes());
+        let ticket = Identity::from_seed(seed);
+        let invite = Op::sign(
+            &owner,
+            space,
+            vec![parent],
+            OpBody::Invite {
+                key: ticket.author().0,
+                role: Role::Member,
+                expires: u64::MAX,
+                uses: 1,
+            },
+        )
+        .unwrap();
+        let r = build::redeem(&space, invite.id(), &ticket, &bob, &bob_device);
+        let body = build::admit_body(&space, &r, 0, &root, &mut rng).unwrap();
+        let admit = Op::sign(&owner, space, vec![invite.id()], body).unwrap();
+        let next = EpochSecret::from_bytes(seed);
+        let (rotation, _) = build::rotation(&space, &next, &[&root], &[], &mut rng);
+        let remove = Op::sign(
+            &owner,
+            space,
+            vec![admit.id()],
+            OpBody::Remove {
+                member: bob.author(),
+                rotation: Some(rotation),
+                pins: Vec::new(),
+            },
+        )
+        .unwrap();
+        parent = remove.id();
+        ops.extend([invite, admit, remove]);
+        i += 1;
+    }
+    let took = time(|| resolve(space, &ops).unwrap());
+    println!();
+    println!("## the costliest history found for resolution");
+    println!(
+        "{} operations re-admitting and removing one member:  {:8.1} ms",
+        ops.len(),
+        took.as_secs_f64() * 1e3
+    );
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
     contributions(env_usize("AGORA_BENCH_N", 5_000));
     membership(env_usize("AGORA_BENCH_MEMBERS", 1_000));
+    adversarial(agora_protocol::membership::MAX_OPS);
 }

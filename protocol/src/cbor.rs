@@ -130,3 +130,132 @@ pub(crate) fn as_uint(v: Value, key: &str) -> Result<u64, CborError> {
         _ => Err(err(format!("field {key} is not an unsigned integer"))),
     }
 }
+
+/// Writes a CBOR head (major type and argument) in its shortest form.
+pub(crate) fn put_head(out: &mut Vec<u8>, major: u8, n: u64) {
+    let m = major << 5;
+    match n {
+        0..=23 => out.push(m | n as u8),
+        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+/// Writes a text key.
+pub(crate) fn put_key(out: &mut Vec<u8>, key: &str) {
+    put_head(out, 3, key.len() as u64);
+    out.extend_from_slice(key.as_bytes());
+}
+
+/// Writes a byte string.
+pub(crate) fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_head(out, 2, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// A strict reader of canonical CBOR over a byte slice, for fixed layouts on hot paths: every
+/// head must be in its shortest form, so what it accepts has exactly one encoding.
+pub(crate) struct Reader<'a> {
+    input: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(input: &'a [u8]) -> Reader<'a> {
+        Reader { input }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CborError> {
+        if self.input.len() < n {
+            return Err(err("truncated"));
+        }
+        let (head, rest) = self.input.split_at(n);
+        self.input = rest;
+        Ok(head)
+    }
+
+    /// A head of `major` type; its argument, refused unless in its shortest form.
+    fn head(&mut self, major: u8) -> Result<u64, CborError> {
+        let first = self.take(1)?[0];
+        if first >> 5 != major {
+            return Err(err(format!("expected CBOR major type {major}")));
+        }
+        let info = first & 0x1f;
+        let (n, min) = match info {
+            0..=23 => return Ok(u64::from(info)),
+            24 => (u64::from(self.take(1)?[0]), 24),
+            25 => (
+                u64::from(u16::from_be_bytes(
+                    self.take(2)?.try_into().unwrap_or_default(),
+                )),
+                0x100,
+            ),
+            26 => (
+                u64::from(u32::from_be_bytes(
+                    self.take(4)?.try_into().unwrap_or_default(),
+                )),
+                0x1_0000,
+            ),
+            27 => (
+                u64::from_be_bytes(self.take(8)?.try_into().unwrap_or_default()),
+                0x1_0000_0000,
+            ),
+            _ => return Err(err("indefinite or reserved length")),
+        };
+        if n < min {
+            return Err(err("non-minimal length"));
+        }
+        Ok(n)
+    }
+
+    /// A map header with exactly `n` entries.
+    pub(crate) fn map(&mut self, n: u64) -> Result<(), CborError> {
+        if self.head(5)? != n {
+            return Err(err(format!("expected a map of {n} entries")));
+        }
+        Ok(())
+    }
+
+    /// The text key `key`, exactly.
+    pub(crate) fn key(&mut self, key: &str) -> Result<(), CborError> {
+        let n = self.head(3)?;
+        if n != key.len() as u64 || self.take(key.len())? != key.as_bytes() {
+            return Err(err(format!("expected key {key:?}")));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn uint(&mut self) -> Result<u64, CborError> {
+        self.head(0)
+    }
+
+    pub(crate) fn bytes(&mut self) -> Result<&'a [u8], CborError> {
+        let n = self.head(2)?;
+        let n = usize::try_from(n).map_err(|_| err("byte string too long"))?;
+        self.take(n)
+    }
+
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], CborError> {
+        let b = self.bytes()?;
+        <[u8; N]>::try_from(b).map_err(|_| err(format!("expected {N} bytes, got {}", b.len())))
+    }
+
+    /// Succeeds if nothing is left.
+    pub(crate) fn end(&self) -> Result<(), CborError> {
+        if self.input.is_empty() {
+            Ok(())
+        } else {
+            Err(err("trailing bytes"))
+        }
+    }
+}

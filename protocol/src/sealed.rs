@@ -15,12 +15,12 @@
 //!
 //! The change inside obeys every rule of [`crate::contribution::check_change`].
 
-use crate::cbor::{self, map, uint, Fields};
+use crate::cbor;
 use crate::contribution::{check_change, DocKind, Rejection};
 use crate::identity::Identity;
 use crate::ids::{AuthorId, DocId, SpaceId};
 use crate::keys::{self, KeyId, TAG_LEN};
-use crate::limits::{MAX_CHANGE_BYTES, MAX_CONTRIBUTION_BYTES};
+use crate::limits::MAX_CONTRIBUTION_BYTES;
 use automerge::Change;
 use chacha20poly1305::XChaCha20Poly1305;
 use ed25519_dalek::{Signature, VerifyingKey};
@@ -85,11 +85,29 @@ pub fn signing_message(
 }
 
 fn plaintext(doc: &DocId, kind: DocKind, change: &[u8]) -> Vec<u8> {
-    cbor::encode(&map(vec![
-        ("doc", cbor::bytes(&doc.0)),
-        ("kind", uint(kind.code().into())),
-        ("change", cbor::bytes(change)),
-    ]))
+    let mut out = Vec::with_capacity(change.len() + 40);
+    cbor::put_head(&mut out, 5, 3);
+    cbor::put_key(&mut out, "doc");
+    cbor::put_bytes(&mut out, &doc.0);
+    cbor::put_key(&mut out, "kind");
+    cbor::put_head(&mut out, 0, kind.code().into());
+    cbor::put_key(&mut out, "change");
+    cbor::put_bytes(&mut out, change);
+    out
+}
+
+/// Reads the plaintext layout strictly (so it has one encoding).
+fn read_plaintext(plain: &[u8]) -> Result<(DocId, u64, &[u8]), cbor::CborError> {
+    let mut r = cbor::Reader::new(plain);
+    r.map(3)?;
+    r.key("doc")?;
+    let doc = DocId(r.array()?);
+    r.key("kind")?;
+    let kind = r.uint()?;
+    r.key("change")?;
+    let change = r.bytes()?;
+    r.end()?;
+    Ok((doc, kind, change))
 }
 
 /// What a sealed contribution holds, once opened and checked.
@@ -141,14 +159,21 @@ impl Envelope {
 
     /// The canonical CBOR encoding (the gossip payload, the stored value, what sync carries).
     pub fn encode(&self) -> Vec<u8> {
-        cbor::encode(&map(vec![
-            ("v", uint(SEALED_VERSION)),
-            ("key", cbor::bytes(&self.key_id.0)),
-            ("author", cbor::bytes(&self.author.0)),
-            ("nonce", cbor::bytes(&self.nonce)),
-            ("ct", cbor::bytes(&self.ct)),
-            ("sig", cbor::bytes(&self.signature)),
-        ]))
+        let mut out = Vec::with_capacity(self.ct.len() + 200);
+        cbor::put_head(&mut out, 5, 6);
+        cbor::put_key(&mut out, "v");
+        cbor::put_head(&mut out, 0, SEALED_VERSION);
+        cbor::put_key(&mut out, "key");
+        cbor::put_bytes(&mut out, &self.key_id.0);
+        cbor::put_key(&mut out, "author");
+        cbor::put_bytes(&mut out, &self.author.0);
+        cbor::put_key(&mut out, "nonce");
+        cbor::put_bytes(&mut out, &self.nonce);
+        cbor::put_key(&mut out, "ct");
+        cbor::put_bytes(&mut out, &self.ct);
+        cbor::put_key(&mut out, "sig");
+        cbor::put_bytes(&mut out, &self.signature);
+        out
     }
 
     /// Decodes untrusted bytes: size, shape, version, field lengths and canonical form. Checks
@@ -161,27 +186,42 @@ impl Envelope {
             });
         }
         let malformed = |e: cbor::CborError| Rejection::Malformed(e.0);
-        let value = cbor::decode(bytes, MAX_CONTRIBUTION_BYTES).map_err(malformed)?;
-        let mut f = Fields::of(value, "contribution").map_err(malformed)?;
-        let v = f.uint("v").map_err(malformed)?;
-        if v != SEALED_VERSION {
-            return Err(Rejection::UnsupportedVersion(v));
+        let mut r = cbor::Reader::new(bytes);
+        // The layout is fixed: a strict reader accepts exactly the canonical encoding.
+        let head = (|| -> Result<u64, cbor::CborError> {
+            r.map(6)?;
+            r.key("v")?;
+            r.uint()
+        })()
+        .map_err(malformed)?;
+        if head != SEALED_VERSION {
+            return Err(Rejection::UnsupportedVersion(head));
         }
-        let e = Envelope {
-            key_id: KeyId(f.array("key").map_err(malformed)?),
-            author: AuthorId(f.array("author").map_err(malformed)?),
-            nonce: f.array("nonce").map_err(malformed)?,
-            ct: f.bytes("ct").map_err(malformed)?,
-            signature: f.array("sig").map_err(malformed)?,
-        };
-        f.finish().map_err(malformed)?;
+        let e = (|| -> Result<Envelope, cbor::CborError> {
+            r.key("key")?;
+            let key_id = KeyId(r.array()?);
+            r.key("author")?;
+            let author = AuthorId(r.array()?);
+            r.key("nonce")?;
+            let nonce = r.array()?;
+            r.key("ct")?;
+            let ct = r.bytes()?.to_vec();
+            r.key("sig")?;
+            let signature = r.array()?;
+            r.end()?;
+            Ok(Envelope {
+                key_id,
+                author,
+                nonce,
+                ct,
+                signature,
+            })
+        })()
+        .map_err(malformed)?;
         if e.ct.len() < TAG_LEN {
             return Err(Rejection::Malformed(
                 "ciphertext shorter than its tag".into(),
             ));
-        }
-        if e.encode() != bytes {
-            return Err(Rejection::NonCanonical);
         }
         Ok(e)
     }
@@ -214,25 +254,12 @@ impl Envelope {
             &self.ct,
         )
         .map_err(|_| Rejection::Undecryptable)?;
-        let value =
-            cbor::decode(&plain, MAX_CHANGE_BYTES + 64).map_err(|_| Rejection::Undecryptable)?;
-        let read = || -> Result<(DocId, u64, Vec<u8>), cbor::CborError> {
-            let mut f = Fields::of(value, "plaintext")?;
-            let doc = DocId(f.array("doc")?);
-            let kind = f.uint("kind")?;
-            let change = f.bytes("change")?;
-            f.finish()?;
-            Ok((doc, kind, change))
-        };
-        let (doc, kind, change) = read().map_err(|_| Rejection::Undecryptable)?;
+        let (doc, kind, change) = read_plaintext(&plain).map_err(|_| Rejection::Undecryptable)?;
         let kind = u8::try_from(kind)
             .ok()
             .and_then(DocKind::from_code)
             .ok_or(Rejection::UnknownKind(kind))?;
-        if plaintext(&doc, kind, &change) != plain {
-            return Err(Rejection::NonCanonical);
-        }
-        let change = check_change(space, &doc, kind, &self.author, &change)?;
+        let change = check_change(space, &doc, kind, &self.author, change)?;
         Ok(Opened {
             space: *space,
             doc,
@@ -257,6 +284,50 @@ impl Envelope {
     pub fn wire_id(encoded: &[u8]) -> [u8; 32] {
         Sha256::digest(encoded).into()
     }
+}
+
+/// Checks many envelopes' signatures at once (each with the space it belongs to): one ed25519
+/// batch verification, and on failure each on its own, so that exactly the bad ones are refused.
+/// Results in input order.
+pub fn verify_signatures(items: &[(&Envelope, SpaceId)]) -> Vec<Result<(), Rejection>> {
+    let mut results: Vec<Result<(), Rejection>> = Vec::with_capacity(items.len());
+    let mut keys: std::collections::HashMap<AuthorId, Option<VerifyingKey>> =
+        std::collections::HashMap::new();
+    let mut pending: Vec<(usize, Vec<u8>, VerifyingKey, Signature)> = Vec::new();
+    for (i, (e, space)) in items.iter().enumerate() {
+        let key = *keys.entry(e.author).or_insert_with(|| {
+            VerifyingKey::from_bytes(&e.author.0)
+                .ok()
+                .filter(|k| !k.is_weak())
+        });
+        match key {
+            Some(key) => {
+                pending.push((
+                    i,
+                    e.signing_message(space),
+                    key,
+                    Signature::from_bytes(&e.signature),
+                ));
+                results.push(Ok(()));
+            }
+            None => results.push(Err(Rejection::BadSignature)),
+        }
+    }
+    if pending.is_empty() {
+        return results;
+    }
+    let messages: Vec<&[u8]> = pending.iter().map(|p| p.1.as_slice()).collect();
+    let signatures: Vec<Signature> = pending.iter().map(|p| p.3).collect();
+    let verifying: Vec<VerifyingKey> = pending.iter().map(|p| p.2).collect();
+    if ed25519_dalek::verify_batch(&messages, &signatures, &verifying).is_ok() {
+        return results;
+    }
+    for (i, message, key, signature) in &pending {
+        if key.verify_strict(message, signature).is_err() {
+            results[*i] = Err(Rejection::BadSignature);
+        }
+    }
+    results
 }
 
 #[cfg(test)]

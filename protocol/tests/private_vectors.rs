@@ -167,7 +167,8 @@ fn compute(spec: &BTreeMap<String, String>) -> (BTreeMap<&'static str, String>, 
             wrap: create_wrap,
             name,
         },
-    );
+    )
+    .unwrap();
     v.insert("v2_create", hex::encode(create.bytes()));
     v.insert("v2_create_id", create.id().to_hex());
 
@@ -184,7 +185,8 @@ fn compute(spec: &BTreeMap<String, String>) -> (BTreeMap<&'static str, String>, 
             expires,
             uses: 1,
         },
-    );
+    )
+    .unwrap();
     v.insert("v2_invite_key", ticket_key.author().to_hex());
     v.insert("v2_invite", hex::encode(invite.bytes()));
     v.insert("v2_invite_id", invite.id().to_hex());
@@ -238,7 +240,8 @@ fn compute(spec: &BTreeMap<String, String>) -> (BTreeMap<&'static str, String>, 
             key_id: root.key_id(),
             wrap: admit_wrap,
         },
-    );
+    )
+    .unwrap();
     v.insert("v2_admit", hex::encode(admit.bytes()));
     v.insert("v2_admit_id", admit.id().to_hex());
 
@@ -283,7 +286,7 @@ fn compute(spec: &BTreeMap<String, String>) -> (BTreeMap<&'static str, String>, 
         }],
         wraps,
     };
-    let rotate = Op::sign(&owner, space, vec![admit.id()], OpBody::Rotate { rotation });
+    let rotate = Op::sign(&owner, space, vec![admit.id()], OpBody::Rotate { rotation }).unwrap();
     v.insert("v2_epoch_key_id", epoch.key_id().to_hex());
     v.insert("v2_rotate", hex::encode(rotate.bytes()));
     v.insert("v2_rotate_id", rotate.id().to_hex());

@@ -63,13 +63,14 @@ pub struct NewSpace {
     pub op: super::VerifiedOp,
 }
 
-/// Creates a private space owned by `identity`.
+/// Creates a private space owned by `identity`. Fails if the name is longer than
+/// [`MAX_NAME_CHARS`] (its sealed form would not fit).
 pub fn create(
     identity: &Identity,
     device: &DeviceKey,
     name: &str,
     rng: &mut impl CryptoRng,
-) -> NewSpace {
+) -> Result<NewSpace, super::OpError> {
     let salt = random::<16>(rng);
     let space = space_id(&identity.author(), &salt);
     let root = EpochSecret::from_bytes(random::<32>(rng));
@@ -82,8 +83,8 @@ pub fn create(
         wrap,
         name: seal_name(&space, &root, name, rng),
     };
-    let op = super::Op::sign(identity, space, Vec::new(), body);
-    NewSpace { space, root, op }
+    let op = super::Op::sign(identity, space, Vec::new(), body)?;
+    Ok(NewSpace { space, root, op })
 }
 
 /// Wraps `secret` to each `(member, device key)`, sorted by member. A recipient whose device key

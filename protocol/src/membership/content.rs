@@ -48,11 +48,14 @@ pub struct ChangeInfo {
     pub author: AuthorId,
 }
 
-/// The changes of one document that the membership whites out: each change whose author has no
-/// right to it (see [`Membership::write_right`]: a pinned author's changes outside the causal
-/// past of the pinned heads), and every change that depends on one of those. The rest is what
-/// every member's copy of the document holds, whatever order the changes and the membership
-/// operations arrived in.
+/// The changes of one document that the membership whites out: those whose author has no right
+/// to them (see [`Membership::write_right`]; for a removed author, its changes outside the
+/// causal past of the pinned heads), unless a change whose author has the right builds on them
+/// (is in their causal future). What remains is what every member's copy of the document holds,
+/// whatever order the changes and the membership operations arrived in.
+///
+/// The exception keeps others' work whole: a removal never takes away a change someone entitled
+/// made, even one that depended on the removed author's late change.
 pub fn whiteout(
     membership: &Membership,
     doc: &DocId,
@@ -60,47 +63,38 @@ pub fn whiteout(
     changes: &[ChangeInfo],
 ) -> BTreeSet<ChangeHash> {
     let by_hash: HashMap<ChangeHash, &ChangeInfo> = changes.iter().map(|c| (c.hash, c)).collect();
-    // The causal past of pinned heads, per pinned author.
+    // The causal past (inclusive) of some heads, over the changes given.
+    let past_of = |heads: &mut dyn Iterator<Item = ChangeHash>| {
+        let mut past = BTreeSet::new();
+        let mut stack: Vec<ChangeHash> = heads.collect();
+        while let Some(h) = stack.pop() {
+            if past.insert(h) {
+                if let Some(info) = by_hash.get(&h) {
+                    stack.extend(info.deps.iter().copied());
+                }
+            }
+        }
+        past
+    };
     let mut pinned_past: HashMap<AuthorId, BTreeSet<ChangeHash>> = HashMap::new();
-    let mut dropped = BTreeSet::new();
+    let mut entitled = Vec::new();
     for c in changes {
-        let keep = match membership.write_right(&c.author, kind, doc) {
+        let right = match membership.write_right(&c.author, kind, doc) {
             WriteRight::Yes => true,
             WriteRight::No => false,
             WriteRight::Pinned(heads) => pinned_past
                 .entry(c.author)
-                .or_insert_with(|| {
-                    let mut past = BTreeSet::new();
-                    let mut stack: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
-                    while let Some(h) = stack.pop() {
-                        if past.insert(h) {
-                            if let Some(info) = by_hash.get(&h) {
-                                stack.extend(info.deps.iter().copied());
-                            }
-                        }
-                    }
-                    past
-                })
+                .or_insert_with(|| past_of(&mut heads.iter().map(|h| ChangeHash(*h))))
                 .contains(&c.hash),
         };
-        if !keep {
-            dropped.insert(c.hash);
+        if right {
+            entitled.push(c.hash);
         }
     }
-    // Whatever depends on a dropped change goes too.
-    let mut children: HashMap<ChangeHash, Vec<ChangeHash>> = HashMap::new();
-    for c in changes {
-        for d in &c.deps {
-            children.entry(*d).or_default().push(c.hash);
-        }
-    }
-    let mut stack: Vec<ChangeHash> = dropped.iter().copied().collect();
-    while let Some(h) = stack.pop() {
-        for child in children.get(&h).into_iter().flatten() {
-            if dropped.insert(*child) {
-                stack.push(*child);
-            }
-        }
-    }
-    dropped
+    let kept = past_of(&mut entitled.into_iter());
+    changes
+        .iter()
+        .map(|c| c.hash)
+        .filter(|h| !kept.contains(h))
+        .collect()
 }

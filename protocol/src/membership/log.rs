@@ -54,7 +54,9 @@ impl OpLog {
         if self.ops.contains_key(&id) || self.pending.contains_key(&id) {
             return Inserted::Duplicate;
         }
-        if self.ops.len() >= MAX_OPS {
+        // Held and waiting together stay within MAX_OPS, so that completing the waiting ones
+        // never takes the resolvable set past it.
+        if self.ops.len() + self.pending.len() >= MAX_OPS {
             return Inserted::Refused("too many operations");
         }
         if !op.op().parents.iter().all(|p| self.ops.contains_key(p)) {

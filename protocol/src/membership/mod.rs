@@ -59,8 +59,11 @@ pub const MAX_PARENTS: usize = 16;
 pub const MAX_WRAPS: usize = 400;
 /// Most earlier-epoch secrets sealed in one rotation.
 pub const MAX_SEALS: usize = 16;
-/// Most documents pinned by one removal.
-pub const MAX_PINS: usize = 256;
+/// Most documents pinned by one removal (64 documents of 16 heads fit an operation).
+pub const MAX_PINS: usize = 64;
+/// Most operations that set one member's role (admissions, role changes, removals); later ones,
+/// in canonical order, do not count.
+pub const MAX_TARGET_OPS: usize = 64;
 /// Most heads per pinned document.
 pub const MAX_PIN_HEADS: usize = 16;
 /// Largest sealed space name (64 characters of up to 4 bytes, and the tag).

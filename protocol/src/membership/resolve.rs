@@ -4,7 +4,7 @@
 //! every step walks it in one canonical order.
 
 use super::wire::{verify_sig, OpBody, Pin, SealedBytes, VerifiedOp};
-use super::{redeem_message, OpId, Role, MAX_OPS};
+use super::{redeem_message, OpId, Role, MAX_OPS, MAX_TARGET_OPS};
 use crate::ids::{AuthorId, SpaceId};
 use crate::keys::KeyId;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -152,6 +152,12 @@ struct Graph<'a> {
     by_author: HashMap<AuthorId, Vec<usize>>,
     /// Admissions of each invitation.
     admits: HashMap<OpId, Vec<usize>>,
+    /// Revocations of each invitation.
+    revokes: HashMap<OpId, Vec<usize>>,
+    /// For each admission or role change: the removals of the same member concurrent with it.
+    rivals: Vec<Vec<usize>>,
+    /// Whether an operation is beyond the first [`MAX_TARGET_OPS`] that set its target's role.
+    over_cap: Vec<bool>,
     index: HashMap<OpId, usize>,
     /// Whether an admission's redeem signature verifies under its invitation's key.
     redeemed: Vec<bool>,
@@ -176,19 +182,9 @@ impl Graph<'_> {
         valid: &[bool],
     ) -> Option<(Role, usize)> {
         let list = self.by_target.get(member)?;
-        let considered: Vec<usize> = list
-            .iter()
-            .copied()
-            .filter(|&k| valid[k] && ctx(k))
-            .collect();
-        let removals: Vec<usize> = considered
-            .iter()
-            .copied()
-            .filter(|&k| matches!(self.ops[k].op().body, OpBody::Remove { .. }))
-            .collect();
-        let beaten = |k: usize| removals.iter().any(|&r| self.concurrent(k, r));
+        let beaten = |k: usize| self.rivals[k].iter().any(|&r| valid[r] && ctx(r));
         let mut state: Option<(Role, usize)> = None;
-        for k in considered {
+        for k in list.iter().copied().filter(|&k| valid[k] && ctx(k)) {
             match &self.ops[k].op().body {
                 OpBody::Create { .. } => state = Some((Role::Owner, k)),
                 OpBody::Admit { invite, .. } if !beaten(k) => {
@@ -222,6 +218,9 @@ impl Graph<'_> {
         let op = self.ops[i].op();
         if let OpBody::Create { .. } = op.body {
             return i == self.genesis;
+        }
+        if self.over_cap[i] {
+            return false;
         }
         let Some((role, _)) = self.role_at(&op.author, i, valid) else {
             return false;
@@ -281,6 +280,23 @@ impl Graph<'_> {
         if !valid[k] || !self.before(k, i) || at > *expires || !self.redeemed[i] {
             return false;
         }
+        // A revocation the courier had seen ends the invitation.
+        if self
+            .revokes
+            .get(invite)
+            .is_some_and(|r| r.iter().any(|&r| valid[r] && self.before(r, i)))
+        {
+            return false;
+        }
+        // Only someone who is not a member is admitted, and an invitation admits a member once:
+        // a replayed admission (its signatures are public) changes nothing.
+        if self.role_at(member, i, valid).is_some() || self.admits[invite].iter().any(|&a| {
+            a < i
+                && valid[a]
+                && matches!(&self.ops[a].op().body, OpBody::Admit { member: m, .. } if m == member)
+        }) {
+            return false;
+        }
         // The inviter must still be able to grant the role when the courier admits.
         let inviter = self.ops[k].op().author;
         if !self
@@ -301,13 +317,13 @@ impl Graph<'_> {
         earlier < *uses
     }
 
-    /// One pass in canonical order: each operation's validity, given the voided set.
-    fn pass(&self, voided: &[bool]) -> Vec<bool> {
-        let mut valid = vec![false; self.ops.len()];
-        for i in 0..self.ops.len() {
-            valid[i] = !voided[i] && self.authorised(i, &valid);
+    /// One pass in canonical order: each operation's validity, given the voided set. The
+    /// validity of an operation depends only on operations before it, so a pass after new voids
+    /// starts at the first of them (`from`), keeping what `valid` says of the ones before.
+    fn pass(&self, voided: &[bool], valid: &mut [bool], from: usize) {
+        for i in from..self.ops.len() {
+            valid[i] = !voided[i] && self.authorised(i, valid);
         }
-        valid
     }
 }
 
@@ -392,6 +408,7 @@ pub fn resolve<'a>(
     let mut by_target: HashMap<AuthorId, Vec<usize>> = HashMap::new();
     let mut by_author: HashMap<AuthorId, Vec<usize>> = HashMap::new();
     let mut admits: HashMap<OpId, Vec<usize>> = HashMap::new();
+    let mut revokes: HashMap<OpId, Vec<usize>> = HashMap::new();
     let mut redeemed = vec![false; n];
     for (i, op) in ops.iter().enumerate() {
         let mut bits = Bits::new(n);
@@ -411,6 +428,9 @@ pub fn resolve<'a>(
                 }
             }
         }
+        if let OpBody::Revoke { invite } = &o.body {
+            revokes.entry(*invite).or_default().push(i);
+        }
         if let OpBody::Admit {
             invite,
             member,
@@ -429,6 +449,33 @@ pub fn resolve<'a>(
         }
     }
     let depth: Vec<u32> = order.iter().map(|id| depth[id]).collect();
+    // Only the first MAX_TARGET_OPS operations on a member's role count, which also bounds the
+    // removals each admission or role change is compared with.
+    let mut over_cap = vec![false; n];
+    let mut rivals: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for list in by_target.values_mut() {
+        for &k in list.iter().skip(MAX_TARGET_OPS) {
+            over_cap[k] = true;
+        }
+        list.truncate(MAX_TARGET_OPS);
+        for &k in list.iter() {
+            if matches!(
+                ops[k].op().body,
+                OpBody::Admit { .. } | OpBody::SetRole { .. }
+            ) {
+                rivals[k] = list
+                    .iter()
+                    .copied()
+                    .filter(|&r| {
+                        matches!(ops[r].op().body, OpBody::Remove { .. })
+                            && r != k
+                            && !past[k].has(r)
+                            && !past[r].has(k)
+                    })
+                    .collect();
+            }
+        }
+    }
     let g = Graph {
         ops,
         depth,
@@ -436,6 +483,9 @@ pub fn resolve<'a>(
         by_target,
         by_author,
         admits,
+        revokes,
+        rivals,
+        over_cap,
         index,
         redeemed,
         genesis,
@@ -443,7 +493,8 @@ pub fn resolve<'a>(
 
     // Removals, demotions and revocations, in priority order.
     let mut voided = vec![false; n];
-    let first = g.pass(&voided);
+    let mut first = vec![false; n];
+    g.pass(&voided, &mut first, 0);
     let mut contested: Vec<(std::cmp::Reverse<Role>, u32, u32, OpId, usize)> = Vec::new();
     for i in 0..n {
         let op = g.ops[i].op();
@@ -464,11 +515,12 @@ pub fn resolve<'a>(
     }
     contested.sort();
     let mut valid = first;
-    let mut stale = false;
+    // The first operation voided since the last pass (n: none).
+    let mut stale = n;
     for (.., r) in contested {
-        if stale {
-            valid = g.pass(&voided);
-            stale = false;
+        if stale < n {
+            g.pass(&voided, &mut valid, stale);
+            stale = n;
         }
         if !valid[r] {
             continue;
@@ -484,12 +536,12 @@ pub fn resolve<'a>(
         for k in victims {
             if g.concurrent(k, r) && !voided[k] {
                 voided[k] = true;
-                stale = true;
+                stale = stale.min(k);
             }
         }
     }
-    if stale {
-        valid = g.pass(&voided);
+    if stale < n {
+        g.pass(&voided, &mut valid, stale);
     }
     Ok(g.finish(space, &valid))
 }
@@ -559,7 +611,15 @@ impl Graph<'_> {
         for (i, op) in self.ops.iter().enumerate() {
             match &op.op().body {
                 OpBody::Remove { .. } if valid[i] && !covered(i) => needs_rotation = true,
-                OpBody::Admit { .. } if !valid[i] && !covered(i) => needs_rotation = true,
+                // A refused admission still handed its newcomer a secret, if its courier held
+                // one (anyone can sign an admission; only a member's carries a real wrap).
+                OpBody::Admit { .. }
+                    if !valid[i]
+                        && !covered(i)
+                        && self.role_at(&op.op().author, i, valid).is_some() =>
+                {
+                    needs_rotation = true
+                }
                 _ => {}
             }
         }
@@ -648,7 +708,13 @@ impl Graph<'_> {
                 .iter()
                 .rev()
                 .find_map(|&k| match &self.ops[k].op().body {
-                    OpBody::Remove { pins, .. } | OpBody::SetRole { pins, .. } if valid[k] => {
+                    // The last valid removal or demotion whose target could write before it.
+                    OpBody::Remove { pins, .. } | OpBody::SetRole { pins, .. }
+                        if valid[k]
+                            && self
+                                .role_at(author, k, valid)
+                                .is_some_and(|(r, _)| r.writes()) =>
+                    {
                         Some(pins.clone())
                     }
                     _ => None,

@@ -595,13 +595,15 @@ impl Op {
         [OP_SIGN_DOMAIN, &id.0].concat()
     }
 
-    /// Makes and signs an operation. `parents` are sorted and deduplicated here.
+    /// Makes and signs an operation. `parents` are sorted and deduplicated here. Fails, as
+    /// every receiver would, if the operation breaks a structural rule (too many parents, too
+    /// large, a leave with a rotation...), so that no node keeps an operation others refuse.
     pub fn sign(
         identity: &Identity,
         space: SpaceId,
         mut parents: Vec<OpId>,
         body: OpBody,
-    ) -> VerifiedOp {
+    ) -> Result<VerifiedOp, OpError> {
         parents.sort_unstable();
         parents.dedup();
         let mut op = Op {
@@ -614,7 +616,8 @@ impl Op {
         let id = op.id();
         op.signature = identity.sign(&Op::signing_message(&id));
         let bytes = op.encode();
-        VerifiedOp { op, id, bytes }
+        Op::decode(&bytes)?;
+        Ok(VerifiedOp { op, id, bytes })
     }
 
     /// The canonical CBOR encoding (the gossip payload and the stored value).
@@ -668,6 +671,14 @@ impl Op {
             }
             _ if op.parents.is_empty() => {
                 return Err(OpError::Invalid("an operation without parents".into()))
+            }
+            OpBody::Remove {
+                member,
+                rotation: Some(_),
+                ..
+            } if *member == op.author => {
+                // Whoever leaves must not choose the next key: an admin rotates after a leave.
+                return Err(OpError::Invalid("a member leaving does not rotate".into()));
             }
             _ => {}
         }
