@@ -38,6 +38,8 @@ pub const INFO_CONTENT: &[u8] = b"agora/v2/content";
 pub const INFO_SEAL_PREV: &[u8] = b"agora/v2/seal-prev";
 /// HKDF info of the gossip topic (from the root secret).
 pub const INFO_TOPIC: &[u8] = b"agora/v2/topic";
+/// HKDF info of a node's device key seed (from its identity seed).
+pub const INFO_DEVICE: &[u8] = b"agora/v2/device-key";
 /// HKDF info of the sync locator (from the root secret).
 pub const INFO_LOCATOR: &[u8] = b"agora/v2/locator";
 /// The prefix of every private space's gossip topic; 64 hex characters follow.
@@ -219,6 +221,16 @@ impl DeviceKey {
             secret,
             public: public.to_bytes().into(),
         }
+    }
+
+    /// The device key of a node whose identity seed is `seed`: the X25519 key pair of
+    /// `HKDF-SHA256(salt "agora/v2", ikm seed, info "agora/v2/device-key")`. A hash of the
+    /// seed, not the ed25519 scalar converted, so the two keys share no algebra.
+    pub fn for_identity(identity: &crate::identity::Identity) -> Self {
+        let mut seed = derive(&identity.seed(), INFO_DEVICE);
+        let key = DeviceKey::from_seed(&seed);
+        seed.zeroize();
+        key
     }
 
     /// The public key members wrap epoch secrets to.

@@ -15,11 +15,13 @@ pub mod build;
 mod content;
 mod log;
 mod resolve;
+mod space;
 mod wire;
 
 pub use content::{whiteout, ChangeInfo, WriteRight};
 pub use log::{Inserted, OpLog, MAX_PENDING_OPS};
 pub use resolve::{resolve, Epoch, InviteState, Member, Membership, ResolveError};
+pub use space::{ActionError, PrivateSpace, RedeemRefusal};
 pub use wire::{Op, OpBody, OpError, Pin, Rotation, SealedBytes, VerifiedOp, WrapTo};
 
 use crate::ids::{AuthorId, SpaceId};

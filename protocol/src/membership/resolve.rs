@@ -89,6 +89,8 @@ pub struct Membership {
     /// The epoch new content is sealed under: of the valid epochs that no other valid epoch
     /// follows, the deepest, then the lowest operation id.
     pub current: KeyId,
+    /// The valid epochs no other valid epoch follows (one, unless rotations forked), sorted.
+    pub epoch_heads: Vec<KeyId>,
     /// Whether an admin should rotate: the valid epochs have forked, or someone who held the
     /// current secret has left, been removed or been refused admission since it was made.
     pub needs_rotation: bool,
@@ -606,6 +608,9 @@ impl Graph<'_> {
                     .then(self.ops[b.0].id().cmp(&self.ops[a.0].id()))
             })
             .expect("the root epoch is always there");
+        let mut epoch_heads: Vec<KeyId> = heads.iter().map(|(_, k)| *k).collect();
+        epoch_heads.sort();
+        epoch_heads.dedup();
         let covered = |k: usize| k == current_op || self.before(k, current_op);
         let mut needs_rotation = heads.len() > 1;
         for (i, op) in self.ops.iter().enumerate() {
@@ -748,6 +753,7 @@ impl Graph<'_> {
                 })
                 .collect(),
             current,
+            epoch_heads,
             needs_rotation,
             missing_wraps,
             invites,

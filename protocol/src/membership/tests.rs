@@ -965,3 +965,267 @@ mod review {
         assert_eq!(counted, MAX_TARGET_OPS);
     }
 }
+
+/// Three people's views of one space, driven only through [`PrivateSpace`]: what a node does.
+mod lifecycle {
+    use super::*;
+    use crate::contribution::{DocKind, Rejection};
+    use crate::ids::DocId;
+    use crate::sealed::Envelope;
+
+    struct Node {
+        id: Identity,
+        device: DeviceKey,
+        view: Option<PrivateSpace>,
+    }
+
+    fn node(n: u8) -> Node {
+        let id = Identity::from_seed([n; 32]);
+        let device = DeviceKey::for_identity(&id);
+        Node {
+            id,
+            device,
+            view: None,
+        }
+    }
+
+    impl Node {
+        fn view(&self) -> &PrivateSpace {
+            self.view.as_ref().expect("joined")
+        }
+
+        /// Takes in operations (as gossip or sync would deliver them).
+        fn receive(&mut self, ops: &[VerifiedOp]) {
+            let me = self.id.author();
+            let view = self.view.as_mut().expect("joined");
+            for op in ops {
+                view.insert(Op::verify(op.bytes()).unwrap(), &me, &self.device)
+                    .unwrap();
+            }
+        }
+
+        /// Joins with the operations a member handed over.
+        fn join(&mut self, space: SpaceId, ops: Vec<VerifiedOp>) {
+            self.view = Some(PrivateSpace::from_ops(space, ops, &self.id, &self.device).unwrap());
+        }
+
+        fn all_ops(&self) -> Vec<VerifiedOp> {
+            self.view().log().ops().cloned().collect()
+        }
+
+        /// Seals a one-line "change" (any bytes: the rule checks come later) as a note.
+        fn post(&self, text: &str) -> Vec<u8> {
+            let (key_id, cipher) = self.view().current().expect("holds the current key");
+            let space = self.view().space();
+            let salt = [7u8; 16];
+            let doc = DocId::idea(&space, &self.id.author(), &salt);
+            let mut d = crate::automerge::AutoCommit::new()
+                .with_actor(crate::idea::actor_for(&self.id.author(), &[1; 16]));
+            let draft = crate::idea::IdeaDraft {
+                title: text.into(),
+                body: String::new(),
+                tags: vec![],
+            };
+            let change =
+                crate::idea::create_idea(&mut d, &draft, &self.id.author(), &salt, 1).unwrap();
+            Envelope::seal(
+                &self.id,
+                &space,
+                key_id,
+                cipher,
+                &doc,
+                DocKind::Idea,
+                change.raw_bytes(),
+                [9; 24],
+            )
+            .encode()
+        }
+
+        /// Opens a sealed contribution with whatever key this node holds.
+        fn read(&self, bytes: &[u8]) -> Result<String, Rejection> {
+            let e = Envelope::decode(bytes)?;
+            let cipher = self.view().cipher(&e.key_id).ok_or(Rejection::UnknownKey)?;
+            let opened = e.verify_and_open(&self.view().space(), cipher)?;
+            let mut doc = crate::automerge::AutoCommit::new();
+            doc.apply_changes([opened.change]).unwrap();
+            Ok(crate::idea::read_idea(&doc, opened.space, opened.doc)
+                .map(|i| i.title)
+                .unwrap_or_default())
+        }
+    }
+
+    #[test]
+    fn invite_join_write_remove_and_rotate() {
+        let mut rng = Rng::from_seed([42; 32]);
+        let (mut owner, mut ann, mut bob) = (node(1), node(2), node(3));
+        let (view, _) = PrivateSpace::create(&owner.id, &owner.device, "Ops", &mut rng).unwrap();
+        let space = view.space();
+        owner.view = Some(view);
+        assert_eq!(owner.view().name().as_deref(), Some("Ops"));
+        assert!(owner.view().locator().is_some());
+        assert_eq!(owner.view().topics().len(), 1);
+
+        // Owner invites Ann; Ann redeems; the owner checks and admits her.
+        let (invite, ticket_secret) = owner
+            .view()
+            .invite(&owner.id, Role::Member, 1_000, 1, &mut rng)
+            .unwrap();
+        owner.receive(&[invite.clone()]);
+        let ticket_key = Identity::from_seed(ticket_secret);
+        let redeem = build::redeem(&space, invite.id(), &ticket_key, &ann.id, &ann.device);
+        assert_eq!(
+            owner.view().check_redeem(&redeem, 1_001),
+            Err(RedeemRefusal::Expired)
+        );
+        assert_eq!(owner.view().check_redeem(&redeem, 10), Ok(Role::Member));
+        let admit = owner
+            .view()
+            .admit(&owner.id, &redeem, 10, &mut rng)
+            .unwrap();
+        owner.receive(&[admit]);
+        assert_eq!(
+            owner.view().check_redeem(&redeem, 10),
+            Err(RedeemRefusal::AlreadyMember)
+        );
+        ann.join(space, owner.all_ops());
+        assert_eq!(
+            ann.view().membership().role(&ann.id.author()),
+            Some(Role::Member)
+        );
+        assert_eq!(
+            ann.view().name().as_deref(),
+            Some("Ops"),
+            "the newcomer reads the name"
+        );
+        assert_eq!(ann.view().topics(), owner.view().topics());
+        assert_eq!(ann.view().locator(), owner.view().locator());
+
+        // A second redeem of the one-use ticket is refused (Bob copied it).
+        let bob_redeem = build::redeem(&space, invite.id(), &ticket_key, &bob.id, &bob.device);
+        assert_eq!(
+            owner.view().check_redeem(&bob_redeem, 10),
+            Err(RedeemRefusal::UsedUp)
+        );
+
+        // Ann invites nobody (a member does not invite), but carries Bob's admission.
+        assert!(ann
+            .view()
+            .invite(&ann.id, Role::Member, 1_000, 1, &mut rng)
+            .is_err());
+        let (invite2, secret2) = owner
+            .view()
+            .invite(&owner.id, Role::Reader, 1_000, 1, &mut rng)
+            .unwrap();
+        owner.receive(&[invite2.clone()]);
+        ann.receive(&[invite2.clone()]);
+        let bob_redeem = build::redeem(
+            &space,
+            invite2.id(),
+            &Identity::from_seed(secret2),
+            &bob.id,
+            &bob.device,
+        );
+        assert_eq!(ann.view().check_redeem(&bob_redeem, 10), Ok(Role::Reader));
+        let admit = ann
+            .view()
+            .admit(&ann.id, &bob_redeem, 10, &mut rng)
+            .unwrap();
+        ann.receive(&[admit.clone()]);
+        owner.receive(&[admit]);
+        bob.join(space, ann.all_ops());
+
+        // Everyone reads what Ann writes.
+        let before = ann.post("before");
+        assert_eq!(owner.read(&before).unwrap(), "before");
+        assert_eq!(bob.read(&before).unwrap(), "before");
+
+        // The owner removes Ann: a new epoch that Bob holds and Ann does not.
+        let removal = owner
+            .view()
+            .remove(&owner.id, &ann.id.author(), Vec::new(), &mut rng)
+            .unwrap();
+        owner.receive(&removal);
+        bob.receive(&removal);
+        ann.receive(&removal);
+        assert_eq!(bob.view().membership().role(&ann.id.author()), None);
+        assert_ne!(
+            bob.view().topics()[0],
+            ann.view().topics().last().cloned().unwrap_or_default()
+        );
+        let after = owner.post("after");
+        assert_eq!(bob.read(&after).unwrap(), "after");
+        assert_eq!(
+            ann.read(&after),
+            Err(Rejection::UnknownKey),
+            "Ann cannot read on"
+        );
+        assert!(
+            ann.view().current().is_none(),
+            "nor write under the new key"
+        );
+        // Bob still reads what was written before, and so does a later joiner.
+        assert_eq!(bob.read(&before).unwrap(), "before");
+
+        // Bob leaves: the space asks the owner to rotate, and the owner does.
+        let leave = bob.view().leave(&bob.id, Vec::new()).unwrap();
+        owner.receive(&[leave]);
+        assert!(owner.view().membership().needs_rotation);
+        let rotation = owner.view().rotate(&owner.id, &mut rng).unwrap();
+        owner.receive(&rotation);
+        assert!(!owner.view().membership().needs_rotation);
+        assert_eq!(owner.view().membership().members.len(), 1);
+
+        // The owner renames the space; a renamed space reads the new name.
+        let rename = owner
+            .view()
+            .rename(&owner.id, "Ops (archive)", &mut rng)
+            .unwrap();
+        owner.receive(&[rename]);
+        assert_eq!(owner.view().name().as_deref(), Some("Ops (archive)"));
+    }
+
+    #[test]
+    fn a_member_admitted_concurrently_with_a_rotation_gets_the_key_by_a_share() {
+        let mut rng = Rng::from_seed([43; 32]);
+        let (mut owner, mut ann, mut carl) = (node(1), node(2), node(4));
+        let (view, _) = PrivateSpace::create(&owner.id, &owner.device, "Ops", &mut rng).unwrap();
+        let space = view.space();
+        owner.view = Some(view);
+        let (invite, secret) = owner
+            .view()
+            .invite(&owner.id, Role::Admin, 1_000, 5, &mut rng)
+            .unwrap();
+        owner.receive(&[invite.clone()]);
+        let ticket = Identity::from_seed(secret);
+        let r = build::redeem(&space, invite.id(), &ticket, &ann.id, &ann.device);
+        let admit = owner.view().admit(&owner.id, &r, 1, &mut rng).unwrap();
+        owner.receive(&[admit]);
+        ann.join(space, owner.all_ops());
+        // Concurrently: the owner rotates; Ann admits Carl under the old key.
+        let rotation = owner.view().rotate(&owner.id, &mut rng).unwrap();
+        let r = build::redeem(&space, invite.id(), &ticket, &carl.id, &carl.device);
+        let admit = ann.view().admit(&ann.id, &r, 1, &mut rng).unwrap();
+        owner.receive(&rotation);
+        owner.receive(&[admit.clone()]);
+        ann.receive(&rotation);
+        ann.receive(&[admit]);
+        let m = owner.view().membership();
+        assert_eq!(m.missing_wraps, vec![carl.id.author()]);
+        // Whoever holds the current key shares it.
+        let share = ann
+            .view()
+            .share_missing(&ann.id, &mut rng)
+            .unwrap()
+            .unwrap();
+        owner.receive(&[share.clone()]);
+        ann.receive(&[share]);
+        assert!(owner.view().membership().missing_wraps.is_empty());
+        carl.join(space, ann.all_ops());
+        assert!(
+            carl.view().current().is_some(),
+            "Carl holds the current key"
+        );
+        let note = owner.post("hello Carl");
+        assert_eq!(carl.read(&note).unwrap(), "hello Carl");
+    }
+}
