@@ -146,9 +146,10 @@ impl PrivateSpace {
                 }
             }
             for (key_id, wrap) in found {
-                if !self.secrets.contains_key(&key_id) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = self.secrets.entry(key_id)
+                {
                     if let Ok(secret) = keys::unwrap(wrap, &space, &key_id, me, device) {
-                        self.secrets.insert(key_id, secret);
+                        slot.insert(secret);
                     }
                 }
             }

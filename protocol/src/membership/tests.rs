@@ -1070,7 +1070,7 @@ mod lifecycle {
             .view()
             .invite(&owner.id, Role::Member, 1_000, 1, &mut rng)
             .unwrap();
-        owner.receive(&[invite.clone()]);
+        owner.receive(std::slice::from_ref(&invite));
         let ticket_key = Identity::from_seed(ticket_secret);
         let redeem = build::redeem(&space, invite.id(), &ticket_key, &ann.id, &ann.device);
         assert_eq!(
@@ -1116,8 +1116,8 @@ mod lifecycle {
             .view()
             .invite(&owner.id, Role::Reader, 1_000, 1, &mut rng)
             .unwrap();
-        owner.receive(&[invite2.clone()]);
-        ann.receive(&[invite2.clone()]);
+        owner.receive(std::slice::from_ref(&invite2));
+        ann.receive(std::slice::from_ref(&invite2));
         let bob_redeem = build::redeem(
             &space,
             invite2.id(),
@@ -1130,7 +1130,7 @@ mod lifecycle {
             .view()
             .admit(&ann.id, &bob_redeem, 10, &mut rng)
             .unwrap();
-        ann.receive(&[admit.clone()]);
+        ann.receive(std::slice::from_ref(&admit));
         owner.receive(&[admit]);
         bob.join(space, ann.all_ops());
 
@@ -1195,7 +1195,7 @@ mod lifecycle {
             .view()
             .invite(&owner.id, Role::Admin, 1_000, 5, &mut rng)
             .unwrap();
-        owner.receive(&[invite.clone()]);
+        owner.receive(std::slice::from_ref(&invite));
         let ticket = Identity::from_seed(secret);
         let r = build::redeem(&space, invite.id(), &ticket, &ann.id, &ann.device);
         let admit = owner.view().admit(&owner.id, &r, 1, &mut rng).unwrap();
@@ -1206,7 +1206,7 @@ mod lifecycle {
         let r = build::redeem(&space, invite.id(), &ticket, &carl.id, &carl.device);
         let admit = ann.view().admit(&ann.id, &r, 1, &mut rng).unwrap();
         owner.receive(&rotation);
-        owner.receive(&[admit.clone()]);
+        owner.receive(std::slice::from_ref(&admit));
         ann.receive(&rotation);
         ann.receive(&[admit]);
         let m = owner.view().membership();
@@ -1217,7 +1217,7 @@ mod lifecycle {
             .share_missing(&ann.id, &mut rng)
             .unwrap()
             .unwrap();
-        owner.receive(&[share.clone()]);
+        owner.receive(std::slice::from_ref(&share));
         ann.receive(&[share]);
         assert!(owner.view().membership().missing_wraps.is_empty());
         carl.join(space, ann.all_ops());
