@@ -25,6 +25,7 @@ mod edits;
 mod ingest;
 mod outbox;
 pub mod pending;
+mod private;
 pub mod replica;
 pub mod sync;
 mod views;
@@ -34,6 +35,7 @@ mod tests;
 
 pub use self::checked::{Checked, Verifier};
 pub use self::pending::{PendingLimits, PendingSet};
+pub use self::private::{Invitation, MemberInfo, NodeKeys};
 pub use self::replica::{AutomergeReplica, Edit, Item, Replica};
 pub use self::sync::{PairStatus, SyncState};
 
@@ -41,8 +43,9 @@ use self::outbox::{Outbox, When};
 use crate::store::{SpaceRecord, Storage, Store, StoreError, Write};
 use agora_protocol::automerge::ChangeHash;
 use agora_protocol::idea::{Idea, IdeaDraft, SchemaError, Status, Vote};
+use agora_protocol::membership::Role;
 use agora_protocol::sync::{SyncRequest, SyncResponse};
-use agora_protocol::{DocId, Identity, Rejection, SpaceId};
+use agora_protocol::{AuthorId, DocId, Identity, Rejection, SpaceId};
 use rand::{RngExt, SeedableRng};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -159,6 +162,50 @@ pub enum Command {
     },
     /// Snapshot every document with a tail (before shutdown).
     Checkpoint,
+    /// Create a private space owned by this node (not reachable from the API yet).
+    CreatePrivateSpace {
+        /// Its name.
+        name: String,
+    },
+    /// The members of a private space.
+    Members {
+        /// The space.
+        space: SpaceId,
+    },
+    /// Invite to a private space.
+    Invite {
+        /// The space.
+        space: SpaceId,
+        /// The role the newcomer gets.
+        role: Role,
+        /// Expiry, Unix seconds.
+        expires: u64,
+        /// Admissions allowed.
+        uses: u64,
+    },
+    /// Remove a member of a private space.
+    RemoveMember {
+        /// The space.
+        space: SpaceId,
+        /// The member.
+        member: AuthorId,
+    },
+    /// Change a member's role in a private space.
+    SetRole {
+        /// The space.
+        space: SpaceId,
+        /// The member.
+        member: AuthorId,
+        /// The new role.
+        role: Role,
+    },
+    /// Rename a private space.
+    RenameSpace {
+        /// The space.
+        space: SpaceId,
+        /// The new name.
+        name: String,
+    },
 }
 
 impl Command {
@@ -174,6 +221,11 @@ impl Command {
                 | Command::SetStatus { .. }
                 | Command::SetName { .. }
                 | Command::Checkpoint
+                | Command::CreatePrivateSpace { .. }
+                | Command::Invite { .. }
+                | Command::RemoveMember { .. }
+                | Command::SetRole { .. }
+                | Command::RenameSpace { .. }
         )
     }
 }
@@ -200,6 +252,10 @@ pub enum Reply {
     Heads(BTreeMap<DocId, Vec<ChangeHash>>),
     /// Whether the bytes are stored.
     Contains(bool),
+    /// A private space's members.
+    Members(Vec<MemberInfo>),
+    /// An invitation was made.
+    Invitation(Invitation),
 }
 
 /// A gossip message handed over by the network.
@@ -511,6 +567,9 @@ pub enum ServiceError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     Stopped,
+    /// A membership action was refused (role, unknown member, missing key).
+    #[error("{0}")]
+    Membership(String),
 }
 
 impl From<StoreError> for ServiceError {
@@ -575,6 +634,13 @@ pub struct Service<R: Replica> {
     digests: BTreeMap<SpaceId, [u8; 32]>,
     outbox: Outbox,
     counters: Counters,
+    /// The keys of private spaces (`None`: this service holds no identity, as in the
+    /// simulation).
+    keys: Option<NodeKeys>,
+    /// Private spaces, by id (never in `spaces`: nothing of them goes on a version 1 topic).
+    private: BTreeMap<SpaceId, agora_protocol::membership::PrivateSpace>,
+    /// Their records.
+    private_records: BTreeMap<SpaceId, SpaceRecord>,
 }
 
 impl<S: Storage> Service<AutomergeReplica<S>> {
@@ -586,11 +652,16 @@ impl<S: Storage> Service<AutomergeReplica<S>> {
         seed: [u8; 32],
     ) -> Result<Self, StoreError> {
         let mut rng = ServiceRng::from_seed(seed);
-        let spaces: BTreeMap<SpaceId, SpaceRecord> = store.spaces()?.into_iter().collect();
+        let records: BTreeMap<SpaceId, SpaceRecord> = store.spaces()?.into_iter().collect();
         let name = store.display_name()?;
-        let replica =
-            AutomergeReplica::open(store, identity, rng.random(), spaces.keys().copied())?;
-        Ok(Service::with_rng(replica, spaces, name, config, rng))
+        let keys = NodeKeys::new(identity.clone());
+        let private = private::load(&store, &records, &keys)?;
+        let open = records.iter().filter(|(_, r)| !r.private).map(|(s, _)| *s);
+        let replica = AutomergeReplica::open(store, identity, rng.random(), open)?;
+        let mut service = Service::with_rng(replica, records, name, config, rng);
+        service.keys = Some(keys);
+        service.private = private;
+        Ok(service)
     }
 }
 
@@ -615,11 +686,13 @@ impl<R: Replica> Service<R> {
 
     fn with_rng(
         mut replica: R,
-        spaces: BTreeMap<SpaceId, SpaceRecord>,
+        records: BTreeMap<SpaceId, SpaceRecord>,
         display_name: Option<String>,
         config: ServiceConfig,
         rng: ServiceRng,
     ) -> Self {
+        let (private_records, spaces): (BTreeMap<_, _>, BTreeMap<_, _>) =
+            records.into_iter().partition(|(_, r)| r.private);
         let mut outbox = Outbox::default();
         for space in spaces.keys() {
             replica.add_space(*space);
@@ -636,6 +709,9 @@ impl<R: Replica> Service<R> {
             digests: BTreeMap::new(),
             outbox,
             counters: Counters::default(),
+            keys: None,
+            private: BTreeMap::new(),
+            private_records,
         }
     }
 
@@ -656,7 +732,9 @@ impl<R: Replica> Service<R> {
 
     /// The spaces held and the display name (what a restart reads back from the store).
     pub fn durable_state(&self) -> (BTreeMap<SpaceId, SpaceRecord>, Option<String>) {
-        (self.spaces.clone(), self.display_name.clone())
+        let mut records = self.spaces.clone();
+        records.extend(self.private_records.clone());
+        (records, self.display_name.clone())
     }
 
     /// The settings.
@@ -819,6 +897,32 @@ impl<R: Replica> Service<R> {
             }
             Command::Checkpoint => {
                 self.replica.checkpoint(&mut self.outbox.writes);
+                Reply::Done
+            }
+            Command::CreatePrivateSpace { name } => {
+                Reply::Space(self.create_private_space(&name, now)?)
+            }
+            Command::Members { space } => Reply::Members(self.members(&space)?),
+            Command::Invite {
+                space,
+                role,
+                expires,
+                uses,
+            } => Reply::Invitation(self.invite(space, role, expires, uses)?),
+            Command::RemoveMember { space, member } => {
+                self.remove_member(space, member)?;
+                Reply::Done
+            }
+            Command::SetRole {
+                space,
+                member,
+                role,
+            } => {
+                self.set_role(space, member, role)?;
+                Reply::Done
+            }
+            Command::RenameSpace { space, name } => {
+                self.rename_space(space, &name)?;
                 Reply::Done
             }
         })

@@ -1225,3 +1225,158 @@ fn a_change_on_a_refused_change_is_not_stored() {
         "nor is what depends on it stored"
     );
 }
+
+/// Private spaces in the service: created, stored, listed, and rebuilt from the store after a
+/// restart; membership actions refused to those whose role does not allow them; nothing of them
+/// asked of the network on a version 1 topic.
+mod private_spaces {
+    use super::*;
+    use agora_protocol::membership::Role;
+
+    fn reopen(node: &Node, seed: u8) -> Service<AutomergeReplica<MemoryStorage>> {
+        let store = Store::new(node.storage.clone()).expect("memory store");
+        Service::open(store, Identity::from_seed([seed; 32]), config(), [seed; 32])
+            .expect("service")
+    }
+
+    #[test]
+    fn a_private_space_is_stored_listed_and_rebuilt_after_a_restart() {
+        let mut node = Node::new(1, config());
+        let outputs = node.run(
+            vec![Input::Command {
+                id: RequestId(0),
+                command: Command::CreatePrivateSpace {
+                    name: "Board".into(),
+                },
+            }],
+            at(0),
+        );
+        let Some(Ok(Reply::Space(space))) = replies(&outputs).into_iter().next() else {
+            panic!("no space: {outputs:?}")
+        };
+        // Nothing goes to the network for it: no version 1 topic, no publication.
+        assert!(
+            !outputs.iter().any(|o| matches!(o, Output::Net(_))),
+            "{outputs:?}"
+        );
+        let Reply::Spaces(spaces) = node.command(Command::Spaces, at(1)) else {
+            panic!()
+        };
+        assert_eq!(spaces.len(), 1);
+        assert_eq!(spaces[0].name.as_deref(), Some("Board"));
+        let me = Identity::from_seed([1; 32]).author();
+        let Reply::Members(members) = node.command(Command::Members { space }, at(2)) else {
+            panic!()
+        };
+        assert_eq!(members.len(), 1);
+        assert_eq!((members[0].author, members[0].role), (me, Role::Owner));
+
+        // An invitation, a rename: both durable.
+        let Reply::Invitation(inv) = node.command(
+            Command::Invite {
+                space,
+                role: Role::Member,
+                expires: 2_000_000_000,
+                uses: 1,
+            },
+            at(3),
+        ) else {
+            panic!()
+        };
+        assert_eq!(inv.space, space);
+        node.command(
+            Command::RenameSpace {
+                space,
+                name: "Board (2027)".into(),
+            },
+            at(4),
+        );
+
+        // After a restart, from the store alone: the same space, name, members, invitation.
+        let mut again = Node {
+            name: PeerHandle(1),
+            service: reopen(&node, 1),
+            storage: node.storage.clone(),
+        };
+        let outputs = again.step(
+            Input::Command {
+                id: RequestId(9),
+                command: Command::Spaces,
+            },
+            at(5),
+        );
+        let Some(Ok(Reply::Spaces(spaces))) = replies(&outputs).into_iter().next() else {
+            panic!("{outputs:?}")
+        };
+        assert_eq!(spaces[0].id, space);
+        assert_eq!(spaces[0].name.as_deref(), Some("Board (2027)"));
+        assert!(
+            !outputs
+                .iter()
+                .any(|o| matches!(o, Output::Net(NetAction::Subscribe(s)) if *s == space)),
+            "a private space is never subscribed on a version 1 topic"
+        );
+        let (records, _) = again.service.durable_state();
+        assert!(records[&space].private);
+    }
+
+    #[test]
+    fn membership_actions_follow_the_rule() {
+        let mut node = Node::new(2, config());
+        let Reply::Space(space) =
+            node.command(Command::CreatePrivateSpace { name: "Ops".into() }, at(0))
+        else {
+            panic!()
+        };
+        let outsider = Identity::from_seed([9; 32]).author();
+        let run = |node: &mut Node, command| {
+            replies(&node.step(
+                Input::Command {
+                    id: RequestId(1),
+                    command,
+                },
+                at(1),
+            ))
+            .remove(0)
+        };
+        // Removing someone who is not a member, a name too long, an unknown space: each a clear
+        // error.
+        let e = run(
+            &mut node,
+            Command::RemoveMember {
+                space,
+                member: outsider,
+            },
+        );
+        assert!(
+            matches!(&e, Err(ServiceError::Membership(m)) if m.contains("not a member")),
+            "{e:?}"
+        );
+        let e = run(
+            &mut node,
+            Command::RenameSpace {
+                space,
+                name: "x".repeat(100),
+            },
+        );
+        assert!(matches!(e, Err(ServiceError::Schema(_))), "{e:?}");
+        let e = run(
+            &mut node,
+            Command::Members {
+                space: SpaceId([7; 16]),
+            },
+        );
+        assert!(matches!(e, Err(ServiceError::UnknownSpace(_))), "{e:?}");
+        // The owner cannot demote itself.
+        let me = Identity::from_seed([2; 32]).author();
+        let e = run(
+            &mut node,
+            Command::SetRole {
+                space,
+                member: me,
+                role: Role::Member,
+            },
+        );
+        assert!(matches!(e, Err(ServiceError::Membership(_))), "{e:?}");
+    }
+}

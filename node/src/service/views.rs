@@ -28,6 +28,12 @@ impl<R: Replica> Service<R> {
                 joined_at: r.joined_at,
             })
             .collect();
+        v.extend(self.private_records.iter().map(|(id, r)| SpaceInfo {
+            id: *id,
+            name: self.private_name(id),
+            ideas: 0,
+            joined_at: r.joined_at,
+        }));
         v.sort_by_key(|s| s.joined_at);
         v
     }
@@ -76,7 +82,7 @@ impl<R: Replica> Service<R> {
         counters.pending = self.pending.len() as u64;
         ServiceStatus {
             name: self.display_name.clone(),
-            spaces: self.spaces.len(),
+            spaces: self.spaces.len() + self.private.len(),
             contributions: self.replica.contributions(),
             counters,
             sync: self.sync_status(),
