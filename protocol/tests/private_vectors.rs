@@ -24,7 +24,8 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 
-const SPEC: &str = include_str!("../../docs/PROTOCOL.md");
+mod common;
+use common::{render, spec_vectors};
 
 /// A "random" source that yields exactly the given bytes (for HPKE's ephemeral key material).
 struct Fixed(Vec<u8>, usize);
@@ -54,23 +55,6 @@ impl TryRng for Fixed {
 }
 
 impl TryCryptoRng for Fixed {}
-
-fn spec_vectors() -> BTreeMap<String, String> {
-    let mut out: BTreeMap<String, String> = BTreeMap::new();
-    for line in SPEC.lines() {
-        let Some(rest) = line.trim().strip_prefix("vector.") else {
-            continue;
-        };
-        if let Some((name, value)) = rest.split_once(" += ") {
-            out.get_mut(name.trim())
-                .unwrap_or_else(|| panic!("`vector.{name} +=` before `vector.{name} =`"))
-                .push_str(value.trim());
-        } else if let Some((name, value)) = rest.split_once(" = ") {
-            out.insert(name.trim().to_string(), value.trim().to_string());
-        }
-    }
-    out
-}
 
 fn hex_in<const N: usize>(spec: &BTreeMap<String, String>, name: &str) -> [u8; N] {
     let text = spec
@@ -361,25 +345,6 @@ fn content_key_bytes(secret: &EpochSecret) -> [u8; 32] {
 
 fn seal_key_bytes(secret: &EpochSecret) -> [u8; 32] {
     hkdf(secret, b"agora/v2/seal-prev")
-}
-
-fn render(values: &BTreeMap<&'static str, String>) -> String {
-    let mut s = String::new();
-    for (name, value) in values {
-        let is_hex = value.len() > 64 && value.bytes().all(|b| b.is_ascii_hexdigit());
-        if is_hex {
-            for (i, chunk) in value.as_bytes().chunks(64).enumerate() {
-                let op = if i == 0 { "=" } else { "+=" };
-                s.push_str(&format!(
-                    "vector.{name} {op} {}\n",
-                    std::str::from_utf8(chunk).unwrap()
-                ));
-            }
-        } else {
-            s.push_str(&format!("vector.{name} = {value}\n"));
-        }
-    }
-    s
 }
 
 #[test]

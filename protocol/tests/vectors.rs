@@ -26,29 +26,8 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
-const SPEC: &str = include_str!("../../docs/PROTOCOL.md");
-
-/// The `vector.*` lines of the document, continuation lines joined.
-fn spec_vectors() -> BTreeMap<String, String> {
-    let mut out: BTreeMap<String, String> = BTreeMap::new();
-    for line in SPEC.lines() {
-        let Some(rest) = line.trim().strip_prefix("vector.") else {
-            continue;
-        };
-        if let Some((name, value)) = rest.split_once(" += ") {
-            out.get_mut(name.trim())
-                .unwrap_or_else(|| panic!("`vector.{name} +=` before `vector.{name} =`"))
-                .push_str(value.trim());
-        } else if let Some((name, value)) = rest.split_once(" = ") {
-            let old = out.insert(name.trim().to_string(), value.trim().to_string());
-            assert!(
-                old.is_none(),
-                "vector.{name} is defined twice in PROTOCOL.md"
-            );
-        }
-    }
-    out
-}
+mod common;
+use common::{render, spec_vectors, SPEC};
 
 fn input(spec: &BTreeMap<String, String>, name: &str) -> String {
     spec.get(name)
@@ -215,24 +194,6 @@ fn cbor<T: serde::Serialize>(v: &T) -> Vec<u8> {
     let mut out = Vec::new();
     ciborium::into_writer(v, &mut out).expect("CBOR into a Vec");
     out
-}
-
-/// The block to paste into the document, long values wrapped at 64 hex digits.
-fn render(values: &BTreeMap<&'static str, String>) -> String {
-    let mut s = String::new();
-    for (name, value) in values {
-        let is_hex = value.len() > 64 && value.bytes().all(|b| b.is_ascii_hexdigit());
-        if is_hex {
-            for (i, chunk) in value.as_bytes().chunks(64).enumerate() {
-                let op = if i == 0 { "=" } else { "+=" };
-                let chunk = std::str::from_utf8(chunk).unwrap();
-                s.push_str(&format!("vector.{name} {op} {chunk}\n"));
-            }
-        } else {
-            s.push_str(&format!("vector.{name} = {value}\n"));
-        }
-    }
-    s
 }
 
 #[test]
