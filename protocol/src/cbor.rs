@@ -250,6 +250,24 @@ impl<'a> Reader<'a> {
         <[u8; N]>::try_from(b).map_err(|_| err(format!("expected {N} bytes, got {}", b.len())))
     }
 
+    /// Whether the next item is the text key `key` (nothing is consumed).
+    pub(crate) fn next_is_key(&self, key: &str) -> bool {
+        let mut encoded = Vec::with_capacity(key.len() + 2);
+        put_key(&mut encoded, key);
+        self.input.starts_with(&encoded)
+    }
+
+    /// An array header; its length.
+    pub(crate) fn array_len(&mut self) -> Result<u64, CborError> {
+        self.head(4)
+    }
+
+    /// A text string.
+    pub(crate) fn text(&mut self) -> Result<&'a str, CborError> {
+        let n = usize::try_from(self.head(3)?).map_err(|_| err("text too long"))?;
+        std::str::from_utf8(self.take(n)?).map_err(|_| err("text is not UTF-8"))
+    }
+
     /// Succeeds if nothing is left.
     pub(crate) fn end(&self) -> Result<(), CborError> {
         if self.input.is_empty() {

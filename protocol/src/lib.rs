@@ -22,6 +22,7 @@ pub mod contribution;
 pub mod idea;
 pub mod identity;
 pub mod ids;
+pub mod join;
 pub mod keys;
 pub mod limits;
 pub mod membership;

@@ -207,6 +207,32 @@ impl EventLoop {
                 let _ = gs.set_topic_params(topic.clone(), topic_score_params());
                 self.topics.insert(topic.hash(), space);
             }
+            NetAction::SubscribeTopics { space, topics } => {
+                let wanted: Vec<IdentTopic> = topics.into_iter().map(IdentTopic::new).collect();
+                let hashes: Vec<TopicHash> = wanted.iter().map(IdentTopic::hash).collect();
+                let gs = &mut self.swarm.behaviour_mut().gossipsub;
+                // Leave this space's topics that are no longer wanted (an older epoch's).
+                let stale: Vec<TopicHash> = self
+                    .topics
+                    .iter()
+                    .filter(|(h, s)| **s == space && !hashes.contains(h))
+                    .map(|(h, _)| h.clone())
+                    .collect();
+                for hash in stale {
+                    let _ = gs.unsubscribe(&IdentTopic::new(hash.into_string()));
+                }
+                self.topics.retain(|h, s| *s != space || hashes.contains(h));
+                for topic in wanted {
+                    if let Err(e) = gs.subscribe(&topic) {
+                        tracing::warn!(target: "agora::network", %space, %e, "subscribe failed");
+                    }
+                    let _ = gs.set_topic_params(topic.clone(), topic_score_params());
+                    self.topics.insert(topic.hash(), space);
+                }
+            }
+            NetAction::PublishTo { topic, bytes } => {
+                self.publish(IdentTopic::new(topic).hash(), bytes);
+            }
             NetAction::Publish { space, bytes } => {
                 let topic = IdentTopic::new(space.topic()).hash();
                 self.publish(topic, bytes);

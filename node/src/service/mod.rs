@@ -35,7 +35,7 @@ mod tests;
 
 pub use self::checked::{Checked, Verifier};
 pub use self::pending::{PendingLimits, PendingSet};
-pub use self::private::{Invitation, MemberInfo, NodeKeys};
+pub use self::private::{Admitted, Invitation, MemberInfo, NodeKeys};
 pub use self::replica::{AutomergeReplica, Edit, Item, Replica};
 pub use self::sync::{PairStatus, SyncState};
 
@@ -206,6 +206,30 @@ pub enum Command {
         /// The new name.
         name: String,
     },
+    /// A newcomer redeemed a ticket with this member: check it, admit the newcomer, and answer
+    /// with the space's operations.
+    AdmitRedeem {
+        /// The space.
+        space: SpaceId,
+        /// The newcomer's redeem.
+        redeem: Box<agora_protocol::membership::build::Redeem>,
+    },
+    /// Sign a redeem of an invitation with this node's keys (the newcomer's half of a join).
+    MakeRedeem {
+        /// The space.
+        space: SpaceId,
+        /// The invitation.
+        invite: agora_protocol::membership::OpId,
+        /// The ticket secret.
+        secret: [u8; 32],
+    },
+    /// Join a private space with the operations a member answered a redeem with.
+    JoinPrivate {
+        /// The space.
+        space: SpaceId,
+        /// Its operations, encoded.
+        ops: Vec<Vec<u8>>,
+    },
 }
 
 impl Command {
@@ -226,6 +250,8 @@ impl Command {
                 | Command::RemoveMember { .. }
                 | Command::SetRole { .. }
                 | Command::RenameSpace { .. }
+                | Command::AdmitRedeem { .. }
+                | Command::JoinPrivate { .. }
         )
     }
 }
@@ -256,6 +282,10 @@ pub enum Reply {
     Members(Vec<MemberInfo>),
     /// An invitation was made.
     Invitation(Invitation),
+    /// A newcomer was admitted.
+    Admitted(Admitted),
+    /// A signed redeem.
+    Redeem(Box<agora_protocol::membership::build::Redeem>),
 }
 
 /// A gossip message handed over by the network.
@@ -373,6 +403,21 @@ pub enum Input {
 pub enum NetAction {
     /// Follow a space's topic.
     Subscribe(SpaceId),
+    /// Follow exactly these topics for a private space (the current epoch's first), and no
+    /// other topic of it.
+    SubscribeTopics {
+        /// The space.
+        space: SpaceId,
+        /// Its topics.
+        topics: Vec<String>,
+    },
+    /// Publish bytes on a topic (a private space's).
+    PublishTo {
+        /// The topic.
+        topic: String,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
     /// Publish an encoded contribution on a space's topic.
     Publish {
         /// The space.
@@ -660,6 +705,13 @@ impl<S: Storage> Service<AutomergeReplica<S>> {
         let replica = AutomergeReplica::open(store, identity, rng.random(), open)?;
         let mut service = Service::with_rng(replica, records, name, config, rng);
         service.keys = Some(keys);
+        for (space, view) in &private {
+            let topics: Vec<String> = view.topics().into_iter().take(2).collect();
+            service.outbox.net(NetAction::SubscribeTopics {
+                space: *space,
+                topics,
+            });
+        }
         service.private = private;
         Ok(service)
     }
@@ -827,6 +879,21 @@ impl<R: Replica> Service<R> {
     }
 
     fn gossip(&mut self, batch: Vec<GossipIn>, now: Now) {
+        // A private space's topic carries its operations and sealed contributions.
+        let (private, batch): (Vec<GossipIn>, Vec<GossipIn>) = batch
+            .into_iter()
+            .partition(|g| g.topic.is_some_and(|s| self.private.contains_key(&s)));
+        for g in private {
+            let space = g.topic.expect("partitioned on it");
+            let (verdict, when) = self.private_gossip(space, &g.bytes);
+            self.outbox.push(
+                Output::Net(NetAction::Verdict {
+                    token: g.token,
+                    verdict,
+                }),
+                when,
+            );
+        }
         let meta: Vec<(u64, PeerHandle, Option<SpaceId>)> =
             batch.iter().map(|g| (g.token, g.from, g.topic)).collect();
         let mut early = Vec::new();
@@ -923,6 +990,30 @@ impl<R: Replica> Service<R> {
             }
             Command::RenameSpace { space, name } => {
                 self.rename_space(space, &name)?;
+                Reply::Done
+            }
+            Command::AdmitRedeem { space, redeem } => {
+                Reply::Admitted(self.admit_redeem(&redeem, space, now)?)
+            }
+            Command::MakeRedeem {
+                space,
+                invite,
+                secret,
+            } => {
+                let keys = self
+                    .keys
+                    .as_ref()
+                    .ok_or(ServiceError::Membership("this node has no keys".into()))?;
+                Reply::Redeem(Box::new(agora_protocol::membership::build::redeem(
+                    &space,
+                    invite,
+                    &Identity::from_seed(secret),
+                    &keys.identity,
+                    &keys.device,
+                )))
+            }
+            Command::JoinPrivate { space, ops } => {
+                self.join_private(space, &ops, now)?;
                 Reply::Done
             }
         })

@@ -6,18 +6,22 @@
 //! stored in the `ops` tree and its record has `private: true`; at start-up the view is rebuilt
 //! from them (the secrets are not stored: they follow from the operations and the identity).
 //!
-//! What is not here yet: gossip and sync of operations and sealed contributions, joining by
-//! ticket over the network, and ideas in private spaces. Until those land, a private space is
-//! local to the node that holds it, and none of this is reachable from the API or the CLI. A
-//! private space is never added to the open spaces (`Service::spaces`), so nothing of it is
-//! published on a version 1 topic.
+//! Operations travel by gossip on the space's epoch topics (`private_gossip`: verified, from
+//! someone who is or was a member, stored, relayed; a rotation is also published on the previous
+//! topic). Joining is `admit_redeem` on a member and `join_private` on the newcomer.
+//!
+//! What is not here yet: the join's request over the network, sync of operations and sealed
+//! contributions, and ideas in private spaces. Until those land, none of this is reachable from
+//! the API or the CLI. A private space is never added to the open spaces (`Service::spaces`),
+//! so nothing of it is published on, or synced by, a version 1 topic or request.
 
+use super::outbox::When;
 use super::replica::Replica;
-use super::{Now, Service, ServiceError};
+use super::{NetAction, NodeEvent, Now, Output, Service, ServiceError, Verdict};
 use crate::store::{SpaceRecord, Storage, Store, StoreError, Write};
 use agora_protocol::idea;
 use agora_protocol::keys::DeviceKey;
-use agora_protocol::membership::{ActionError, Op, PrivateSpace, Role, VerifiedOp};
+use agora_protocol::membership::{ActionError, Inserted, Op, PrivateSpace, Role, VerifiedOp};
 use agora_protocol::{AuthorId, Identity, SpaceId};
 use std::collections::BTreeMap;
 
@@ -133,6 +137,7 @@ impl<R: Replica> Service<R> {
     fn own_ops(&mut self, space: SpaceId, ops: Vec<VerifiedOp>) -> Result<(), ServiceError> {
         let keys = self.node_keys()?.clone();
         let me = keys.identity.author();
+        let before = self.private_view(&space)?.membership().current;
         for op in ops {
             self.outbox
                 .writes
@@ -141,7 +146,11 @@ impl<R: Replica> Service<R> {
                 .private
                 .get_mut(&space)
                 .ok_or(ServiceError::UnknownSpace(space))?;
-            view.insert(op, &me, &keys.device)?;
+            view.insert(op.clone(), &me, &keys.device)?;
+            self.publish_op(space, &op);
+        }
+        if self.private_view(&space)?.membership().current != before {
+            self.follow_private(space);
         }
         Ok(())
     }
@@ -167,6 +176,8 @@ impl<R: Replica> Service<R> {
             .push(Write::op(&space, &op.id().0, op.bytes().to_vec()));
         self.private.insert(space, view);
         self.private_records.insert(space, record);
+        self.follow_private(space);
+        self.outbox.event(NodeEvent::SpaceJoined { space });
         Ok(space)
     }
 
@@ -257,5 +268,187 @@ impl<R: Replica> Service<R> {
     /// The name of a private space (sealed in its operations), if this node can open it.
     pub(crate) fn private_name(&self, space: &SpaceId) -> Option<String> {
         self.private.get(space).and_then(PrivateSpace::name)
+    }
+}
+
+/// What a member does for a newcomer who redeemed a ticket, and what the newcomer gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admitted {
+    /// The space.
+    pub space: SpaceId,
+    /// Every operation of the space the member holds (its admission among them), encoded.
+    pub ops: Vec<Vec<u8>>,
+}
+
+impl<R: Replica> Service<R> {
+    /// Gossip on a private space's topic: a membership operation (a CBOR map of seven entries)
+    /// or a sealed contribution (six). Returns the verdict and when it may be released.
+    pub(crate) fn private_gossip(&mut self, space: SpaceId, bytes: &[u8]) -> (Verdict, When) {
+        match bytes.first() {
+            Some(0xa7) => self.private_op_in(space, bytes),
+            // Sealed contributions are taken in once the replica holds private spaces' documents.
+            Some(0xa6) => (Verdict::Ignore, When::Now),
+            _ => {
+                self.count_op_rejection("malformed");
+                (Verdict::Reject, When::Now)
+            }
+        }
+    }
+
+    /// Counts a refused membership operation under `op_<code>` (beside contributions' codes).
+    fn count_op_rejection(&mut self, code: &str) {
+        *self
+            .counters
+            .rejected
+            .entry(format!("op_{code}"))
+            .or_default() += 1;
+    }
+
+    fn private_op_in(&mut self, space: SpaceId, bytes: &[u8]) -> (Verdict, When) {
+        let reject = |this: &mut Self, why: &'static str| {
+            tracing::info!(target: "agora::network", %space, reason = why, "rejected a membership operation; penalising peer");
+            this.count_op_rejection(why);
+            (Verdict::Reject, When::Now)
+        };
+        let op = match Op::verify(bytes) {
+            Ok(op) => op,
+            Err(e) => return reject(self, e.code()),
+        };
+        if op.op().space != space {
+            return reject(self, "wrong_topic");
+        }
+        let Some(keys) = self.keys.clone() else {
+            return (Verdict::Ignore, When::Now);
+        };
+        let Some(view) = self.private.get_mut(&space) else {
+            return (Verdict::Ignore, When::Now);
+        };
+        // Someone who never was a member has nothing to say about the membership.
+        if !view.knows(&op.op().author) {
+            return reject(self, "not_member");
+        }
+        let before = view.membership().current;
+        match view.insert(op, &keys.identity.author(), &keys.device) {
+            Ok(Inserted::Added(ids)) => {
+                for id in ids {
+                    if let Some(op) = view.log().get(&id) {
+                        self.outbox
+                            .writes
+                            .push(Write::op(&space, &id.0, op.bytes().to_vec()));
+                    }
+                }
+                if view.membership().current != before {
+                    self.follow_private(space);
+                }
+                (Verdict::Accept, When::Durable)
+            }
+            Ok(_) => (Verdict::Ignore, When::Now),
+            Err(_) => (Verdict::Ignore, When::Now),
+        }
+    }
+
+    /// Follows the topics of a private space: the current epoch's and the one before.
+    pub(crate) fn follow_private(&mut self, space: SpaceId) {
+        if let Some(view) = self.private.get(&space) {
+            let topics: Vec<String> = view.topics().into_iter().take(2).collect();
+            self.outbox.push(
+                Output::Net(NetAction::SubscribeTopics { space, topics }),
+                When::Durable,
+            );
+        }
+    }
+
+    /// Publishes an operation this node made: on the current topic, and a rotation also on the
+    /// previous one, so that members who have not taken it in yet hear of it.
+    fn publish_op(&mut self, space: SpaceId, op: &VerifiedOp) {
+        let Some(view) = self.private.get(&space) else {
+            return;
+        };
+        let topics = view.topics();
+        let n = if op.op().body.rotation().is_some() {
+            2
+        } else {
+            1
+        };
+        for topic in topics.into_iter().take(n) {
+            self.outbox.push(
+                Output::Net(NetAction::PublishTo {
+                    topic,
+                    bytes: op.bytes().to_vec(),
+                }),
+                When::Durable,
+            );
+        }
+    }
+
+    /// A member's side of a join: checks the redeem against this node's view and clock (`now`),
+    /// admits the newcomer, and returns the space's operations for it.
+    pub(crate) fn admit_redeem(
+        &mut self,
+        redeem: &agora_protocol::membership::build::Redeem,
+        space: SpaceId,
+        now: Now,
+    ) -> Result<Admitted, ServiceError> {
+        let keys = self.node_keys()?.clone();
+        let now_s = u64::try_from(now.wall_ms / 1000).unwrap_or(0);
+        let view = self
+            .private
+            .get(&space)
+            .ok_or(ServiceError::UnknownSpace(space))?;
+        view.check_redeem(redeem, now_s)
+            .map_err(|e| ServiceError::Membership(e.to_string()))?;
+        let op = view.admit(&keys.identity, redeem, now_s, &mut self.rng)?;
+        self.own_ops(space, vec![op])?;
+        let ops = self.private[&space]
+            .log()
+            .ops()
+            .map(|o| o.bytes().to_vec())
+            .collect();
+        Ok(Admitted { space, ops })
+    }
+
+    /// The newcomer's side of a join: the operations a member handed over, verified; this node
+    /// must be a member in them. Stores them and the space, and follows its topic.
+    pub(crate) fn join_private(
+        &mut self,
+        space: SpaceId,
+        ops: &[Vec<u8>],
+        now: Now,
+    ) -> Result<(), ServiceError> {
+        let keys = self.node_keys()?.clone();
+        let mut verified = Vec::with_capacity(ops.len());
+        for bytes in ops {
+            let op = Op::verify(bytes).map_err(|e| {
+                ServiceError::Membership(format!("the member sent an invalid operation: {e}"))
+            })?;
+            verified.push(op);
+        }
+        let view = PrivateSpace::from_ops(space, verified, &keys.identity, &keys.device)?;
+        if view.membership().role(&keys.identity.author()).is_none() {
+            return Err(ServiceError::Membership(
+                "the member's answer does not admit this node".into(),
+            ));
+        }
+        if view.current().is_none() {
+            return Err(ServiceError::Membership(
+                "the member's answer holds no key for this node".into(),
+            ));
+        }
+        for op in view.log().ops() {
+            self.outbox
+                .writes
+                .push(Write::op(&space, &op.id().0, op.bytes().to_vec()));
+        }
+        let record = SpaceRecord {
+            name: None,
+            joined_at: now.wall_ms,
+            private: true,
+        };
+        self.outbox.writes.push(Write::space(&space, &record));
+        self.private.insert(space, view);
+        self.private_records.insert(space, record);
+        self.follow_private(space);
+        self.outbox.event(NodeEvent::SpaceJoined { space });
+        Ok(())
     }
 }

@@ -1254,11 +1254,21 @@ mod private_spaces {
         let Some(Ok(Reply::Space(space))) = replies(&outputs).into_iter().next() else {
             panic!("no space: {outputs:?}")
         };
-        // Nothing goes to the network for it: no version 1 topic, no publication.
-        assert!(
-            !outputs.iter().any(|o| matches!(o, Output::Net(_))),
-            "{outputs:?}"
-        );
+        // Of the network, it asks only to follow its own topic: no version 1 topic, nothing
+        // that names the space.
+        let net: Vec<&NetAction> = outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Net(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(net.len(), 1, "{outputs:?}");
+        let NetAction::SubscribeTopics { topics, .. } = net[0] else {
+            panic!("{net:?}")
+        };
+        assert!(topics[0].starts_with("agora/v2/") && !topics[0].contains(&space.to_hex()));
+        let first_topic = topics[0].clone();
         let Reply::Spaces(spaces) = node.command(Command::Spaces, at(1)) else {
             panic!()
         };
@@ -1315,6 +1325,13 @@ mod private_spaces {
                 .iter()
                 .any(|o| matches!(o, Output::Net(NetAction::Subscribe(s)) if *s == space)),
             "a private space is never subscribed on a version 1 topic"
+        );
+        assert!(
+            outputs.iter().any(|o| matches!(
+                o,
+                Output::Net(NetAction::SubscribeTopics { topics, .. }) if topics[0] == first_topic
+            )),
+            "after a restart, the node follows the space's topic again: {outputs:?}"
         );
         let (records, _) = again.service.durable_state();
         assert!(records[&space].private);
@@ -1378,5 +1395,226 @@ mod private_spaces {
             },
         );
         assert!(matches!(e, Err(ServiceError::Membership(_))), "{e:?}");
+    }
+}
+
+/// Two nodes' services in one private space: a join by redeem, operations by gossip, a removal.
+mod private_gossip {
+    use super::*;
+    use agora_protocol::membership::{build, Role};
+
+    fn gossip_from(outputs: &[Output], from: PeerHandle, space: SpaceId) -> Vec<GossipIn> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Net(NetAction::PublishTo { bytes, .. }) => Some(bytes.clone()),
+                _ => None,
+            })
+            .enumerate()
+            .map(|(i, bytes)| GossipIn {
+                token: 1000 + i as u64,
+                from,
+                topic: Some(space),
+                bytes,
+            })
+            .collect()
+    }
+
+    fn verdicts(outputs: &[Output]) -> Vec<Verdict> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Net(NetAction::Verdict { verdict, .. }) => Some(*verdict),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn topics(outputs: &[Output]) -> Vec<String> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Net(NetAction::SubscribeTopics { topics, .. }) => Some(topics.clone()),
+                _ => None,
+            })
+            .next_back()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn join_by_redeem_then_operations_by_gossip() {
+        let mut a = Node::new(1, config());
+        let mut b = Node::new(2, config());
+        let outputs = a.run(
+            vec![Input::Command {
+                id: RequestId(0),
+                command: Command::CreatePrivateSpace {
+                    name: "Board".into(),
+                },
+            }],
+            at(0),
+        );
+        let Some(Ok(Reply::Space(space))) = replies(&outputs).into_iter().next() else {
+            panic!()
+        };
+        let a_topics = topics(&outputs);
+        assert_eq!(a_topics.len(), 1);
+        assert!(a_topics[0].starts_with("agora/v2/"));
+        assert!(
+            !a_topics[0].contains(&space.to_hex()),
+            "the topic does not name the space"
+        );
+
+        let Reply::Invitation(inv) = a.command(
+            Command::Invite {
+                space,
+                role: Role::Member,
+                expires: 2_000_000_000,
+                uses: 1,
+            },
+            at(1),
+        ) else {
+            panic!()
+        };
+        let b_keys = NodeKeys::new(Identity::from_seed([2; 32]));
+        let redeem = build::redeem(
+            &space,
+            inv.invite,
+            &Identity::from_seed(inv.secret),
+            &b_keys.identity,
+            &b_keys.device,
+        );
+        let Reply::Admitted(admitted) = a.command(
+            Command::AdmitRedeem {
+                space,
+                redeem: Box::new(redeem.clone()),
+            },
+            at(2),
+        ) else {
+            panic!()
+        };
+        // The same ticket again: used up, with a clear reason.
+        let again = replies(&a.step(
+            Input::Command {
+                id: RequestId(5),
+                command: Command::AdmitRedeem {
+                    space,
+                    redeem: Box::new(redeem),
+                },
+            },
+            at(3),
+        ))
+        .remove(0);
+        assert!(
+            matches!(&again, Err(ServiceError::Membership(m)) if m.contains("member of this space already")),
+            "{again:?}"
+        );
+        let outputs = b.run(
+            vec![Input::Command {
+                id: RequestId(0),
+                command: Command::JoinPrivate {
+                    space,
+                    ops: admitted.ops.clone(),
+                },
+            }],
+            at(4),
+        );
+        assert!(matches!(replies(&outputs)[0], Ok(Reply::Done)));
+        assert_eq!(topics(&outputs), a_topics, "B follows the same topic");
+        let Reply::Spaces(spaces) = b.command(Command::Spaces, at(5)) else {
+            panic!()
+        };
+        assert_eq!(spaces[0].name.as_deref(), Some("Board"));
+
+        // A renames the space; the operation reaches B by gossip.
+        let outputs = a.run(
+            vec![Input::Command {
+                id: RequestId(0),
+                command: Command::RenameSpace {
+                    space,
+                    name: "Board 2027".into(),
+                },
+            }],
+            at(6),
+        );
+        let msgs = gossip_from(&outputs, a.name, space);
+        assert_eq!(msgs.len(), 1);
+        let outputs = b.step(Input::Gossip(msgs.clone()), at(7));
+        assert_eq!(verdicts(&outputs), vec![Verdict::Accept]);
+        let Reply::Spaces(spaces) = b.command(Command::Spaces, at(8)) else {
+            panic!()
+        };
+        assert_eq!(spaces[0].name.as_deref(), Some("Board 2027"));
+        // The same again is a duplicate; a stranger's signed operation is refused and penalised.
+        assert_eq!(
+            verdicts(&b.step(Input::Gossip(msgs), at(9))),
+            vec![Verdict::Ignore]
+        );
+        let stranger = Identity::from_seed([9; 32]);
+        let heads = vec![agora_protocol::membership::Op::verify(&admitted.ops[0])
+            .unwrap()
+            .id()];
+        let forged = agora_protocol::membership::Op::sign(
+            &stranger,
+            space,
+            heads,
+            agora_protocol::membership::OpBody::Revoke { invite: inv.invite },
+        )
+        .unwrap();
+        let outputs = b.step(
+            Input::Gossip(vec![GossipIn {
+                token: 7,
+                from: PeerHandle(9),
+                topic: Some(space),
+                bytes: forged.bytes().to_vec(),
+            }]),
+            at(10),
+        );
+        assert_eq!(verdicts(&outputs), vec![Verdict::Reject]);
+        let garbage = b.step(
+            Input::Gossip(vec![GossipIn {
+                token: 8,
+                from: PeerHandle(9),
+                topic: Some(space),
+                bytes: vec![0xa7, 0, 1, 2],
+            }]),
+            at(11),
+        );
+        assert_eq!(verdicts(&garbage), vec![Verdict::Reject]);
+
+        // A removes B: the removal travels on the new topic and the old one; B takes it in.
+        let outputs = a.run(
+            vec![Input::Command {
+                id: RequestId(0),
+                command: Command::RemoveMember {
+                    space,
+                    member: b_keys.identity.author(),
+                },
+            }],
+            at(12),
+        );
+        let published: Vec<&String> = outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Net(NetAction::PublishTo { topic, .. }) => Some(topic),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(published.len(), 2, "new topic and previous one");
+        assert_eq!(published[1], &a_topics[0]);
+        let new_topics = topics(&outputs);
+        assert_eq!(new_topics.len(), 2);
+        assert_ne!(new_topics[0], a_topics[0], "a new epoch, a new topic");
+        let msgs = gossip_from(&outputs, a.name, space);
+        let outputs = b.step(Input::Gossip(msgs[..1].to_vec()), at(13));
+        assert_eq!(verdicts(&outputs), vec![Verdict::Accept]);
+        let Reply::Members(members) = b.command(Command::Members { space }, at(14)) else {
+            panic!()
+        };
+        assert_eq!(members.len(), 1, "B sees itself removed");
+        assert!(
+            !topics(&outputs).contains(&new_topics[0]),
+            "B does not learn the new epoch's topic"
+        );
     }
 }

@@ -192,6 +192,16 @@ impl PrivateSpace {
         &self.membership
     }
 
+    /// Whether `author` is or was a member (or is being admitted in an operation held): whether
+    /// its operations deserve a hearing. Someone who never was has nothing to say here.
+    pub fn knows(&self, author: &AuthorId) -> bool {
+        self.membership.members.contains_key(author)
+            || self.log.ops().any(|o| {
+                o.op().body.target() == Some(*author)
+                    || (o.op().author == *author && matches!(o.op().body, OpBody::Create { .. }))
+            })
+    }
+
     /// The operations held.
     pub fn log(&self) -> &OpLog {
         &self.log
