@@ -219,6 +219,8 @@ impl EventLoop {
                     .map(|(h, _)| h.clone())
                     .collect();
                 for hash in stale {
+                    // What waited for a follower of a topic we leave is not sent there later.
+                    self.queued.remove(&hash);
                     let _ = gs.unsubscribe(&IdentTopic::new(hash.into_string()));
                 }
                 self.topics.retain(|h, s| *s != space || hashes.contains(h));

@@ -855,6 +855,17 @@ impl<R: Replica> Service<R> {
         for space in std::mem::take(&mut self.outbox.joined) {
             self.spaces.remove(&space);
         }
+        // Private spaces back to what the store holds.
+        for (space, (view, record)) in std::mem::take(&mut self.outbox.private_before) {
+            match view {
+                Some(view) => self.private.insert(space, view),
+                None => self.private.remove(&space),
+            };
+            match record {
+                Some(record) => self.private_records.insert(space, record),
+                None => self.private_records.remove(&space),
+            };
+        }
         if let Some(name) = self.outbox.previous_name.take() {
             self.display_name = name;
         }

@@ -4,9 +4,11 @@
 //! engine has flushed them, and is corrected by [`Outbox::release`] when the flush failed.
 
 use super::{ExchangeId, NetAction, NodeEvent, Output, PeerHandle, ServiceError, Verdict};
-use crate::store::Write;
+use crate::store::{SpaceRecord, Write};
+use agora_protocol::membership::PrivateSpace;
 use agora_protocol::sync::SyncResponse;
 use agora_protocol::{DocId, SpaceId};
+use std::collections::BTreeMap;
 
 /// Whether an output may leave before the group's writes are durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +37,9 @@ pub(crate) struct Outbox {
     pub accepted: u64,
     /// Sync exchanges that ingested a batch in this group.
     pub exchanges: Vec<((PeerHandle, SpaceId), ExchangeId)>,
+    /// Private spaces this group changed, as they were before it (`None`: not held), with their
+    /// records: what a failed flush restores.
+    pub private_before: BTreeMap<SpaceId, (Option<PrivateSpace>, Option<SpaceRecord>)>,
 }
 
 impl Outbox {
@@ -64,6 +69,7 @@ impl Outbox {
         self.previous_name = None;
         self.accepted = 0;
         self.exchanges.clear();
+        self.private_before.clear();
         let outputs = std::mem::take(&mut self.outputs);
         let whens = std::mem::take(&mut self.whens);
         let Some(failure) = failure else {
@@ -97,7 +103,15 @@ impl Outbox {
                         },
                     }))
                 }
-                (Output::Net(NetAction::Publish { .. }) | Output::Event(_), When::Durable) => None,
+                (
+                    Output::Net(
+                        NetAction::Publish { .. }
+                        | NetAction::PublishTo { .. }
+                        | NetAction::SubscribeTopics { .. },
+                    )
+                    | Output::Event(_),
+                    When::Durable,
+                ) => None,
                 (o, When::Durable) => Some(o),
             })
             .collect()

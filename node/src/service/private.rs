@@ -134,10 +134,23 @@ impl<R: Replica> Service<R> {
 
     /// Stores and takes in operations this node made (in order): writes queued, the view
     /// updated. Their publication comes with the gossip of private spaces.
+    /// Remembers a private space as it is before this group changes it (once per group), so
+    /// that a failed flush can put it back.
+    fn remember_private(&mut self, space: SpaceId) {
+        if !self.outbox.private_before.contains_key(&space) {
+            let before = (
+                self.private.get(&space).cloned(),
+                self.private_records.get(&space).cloned(),
+            );
+            self.outbox.private_before.insert(space, before);
+        }
+    }
+
     fn own_ops(&mut self, space: SpaceId, ops: Vec<VerifiedOp>) -> Result<(), ServiceError> {
         let keys = self.node_keys()?.clone();
         let me = keys.identity.author();
-        let before = self.private_view(&space)?.membership().current;
+        self.remember_private(space);
+        let before = self.private_view(&space)?.topics();
         for op in ops {
             self.outbox
                 .writes
@@ -149,7 +162,7 @@ impl<R: Replica> Service<R> {
             view.insert(op.clone(), &me, &keys.device)?;
             self.publish_op(space, &op);
         }
-        if self.private_view(&space)?.membership().current != before {
+        if self.private_view(&space)?.topics() != before {
             self.follow_private(space);
         }
         Ok(())
@@ -170,6 +183,7 @@ impl<R: Replica> Service<R> {
             joined_at: now.wall_ms,
             private: true,
         };
+        self.remember_private(space);
         self.outbox.writes.push(Write::space(&space, &record));
         self.outbox
             .writes
@@ -320,14 +334,21 @@ impl<R: Replica> Service<R> {
         let Some(keys) = self.keys.clone() else {
             return (Verdict::Ignore, When::Now);
         };
+        let Some(view) = self.private.get(&space) else {
+            return (Verdict::Ignore, When::Now);
+        };
+        // Someone who never was a member has nothing to say about the membership. (An operation
+        // whose past is not all held yet may come from a newcomer whose admission has not
+        // arrived: it waits, without blame for whoever relayed it.)
+        let past_held = op.op().parents.iter().all(|p| view.log().get(p).is_some());
+        if past_held && !view.knows(&op.op().author) {
+            return reject(self, "not_member");
+        }
+        self.remember_private(space);
         let Some(view) = self.private.get_mut(&space) else {
             return (Verdict::Ignore, When::Now);
         };
-        // Someone who never was a member has nothing to say about the membership.
-        if !view.knows(&op.op().author) {
-            return reject(self, "not_member");
-        }
-        let before = view.membership().current;
+        let before = view.topics();
         match view.insert(op, &keys.identity.author(), &keys.device) {
             Ok(Inserted::Added(ids)) => {
                 for id in ids {
@@ -337,7 +358,7 @@ impl<R: Replica> Service<R> {
                             .push(Write::op(&space, &id.0, op.bytes().to_vec()));
                     }
                 }
-                if view.membership().current != before {
+                if view.topics() != before {
                     self.follow_private(space);
                 }
                 (Verdict::Accept, When::Durable)
@@ -347,10 +368,17 @@ impl<R: Replica> Service<R> {
         }
     }
 
-    /// Follows the topics of a private space: the current epoch's and the one before.
+    /// Follows the topics of a private space: the current epoch's and the one before; none once
+    /// this node is no longer a member.
     pub(crate) fn follow_private(&mut self, space: SpaceId) {
+        let me = self.keys.as_ref().map(|k| k.identity.author());
         if let Some(view) = self.private.get(&space) {
-            let topics: Vec<String> = view.topics().into_iter().take(2).collect();
+            let member = me.is_some_and(|me| view.membership().role(&me).is_some());
+            let topics: Vec<String> = if member {
+                view.topics().into_iter().take(2).collect()
+            } else {
+                Vec::new()
+            };
             self.outbox.push(
                 Output::Net(NetAction::SubscribeTopics { space, topics }),
                 When::Durable,
@@ -444,6 +472,7 @@ impl<R: Replica> Service<R> {
             joined_at: now.wall_ms,
             private: true,
         };
+        self.remember_private(space);
         self.outbox.writes.push(Write::space(&space, &record));
         self.private.insert(space, view);
         self.private_records.insert(space, record);

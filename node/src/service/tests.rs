@@ -1618,3 +1618,76 @@ mod private_gossip {
         );
     }
 }
+
+/// A failed flush in a group that changed a private space: nothing of it is published or
+/// followed, and memory agrees with the store again.
+#[test]
+fn a_failed_flush_undoes_a_private_space_change() {
+    use agora_protocol::membership::Role;
+    let mut node = Node::new(3, config());
+    let Reply::Space(space) =
+        node.command(Command::CreatePrivateSpace { name: "Ops".into() }, at(0))
+    else {
+        panic!()
+    };
+    node.storage.set_failing(true);
+    let outputs = node.step(
+        Input::Command {
+            id: RequestId(1),
+            command: Command::Invite {
+                space,
+                role: Role::Member,
+                expires: 2_000_000_000,
+                uses: 1,
+            },
+        },
+        at(1),
+    );
+    assert!(matches!(replies(&outputs)[0], Err(ServiceError::Store(_))));
+    assert!(
+        !outputs.iter().any(|o| matches!(
+            o,
+            Output::Net(NetAction::PublishTo { .. } | NetAction::SubscribeTopics { .. })
+        )),
+        "{outputs:?}"
+    );
+    // A failed creation leaves no space behind.
+    let outputs = node.step(
+        Input::Command {
+            id: RequestId(2),
+            command: Command::CreatePrivateSpace {
+                name: "Lost".into(),
+            },
+        },
+        at(2),
+    );
+    assert!(matches!(replies(&outputs)[0], Err(ServiceError::Store(_))));
+    node.storage.set_failing(false);
+    let Reply::Spaces(spaces) = node.command(Command::Spaces, at(3)) else {
+        panic!()
+    };
+    assert_eq!(spaces.len(), 1, "{spaces:?}");
+    // The invitation did not happen: the space holds only its creation, in memory as on disk.
+    let Reply::Invitation(_) = node.command(
+        Command::Invite {
+            space,
+            role: Role::Member,
+            expires: 2_000_000_000,
+            uses: 1,
+        },
+        at(4),
+    ) else {
+        panic!()
+    };
+    let store = Store::new(node.storage.clone()).unwrap();
+    assert_eq!(
+        store.ops(&space).unwrap().len(),
+        2,
+        "creation and one invitation"
+    );
+    assert_eq!(
+        node.service.private[&space].log().len(),
+        (2, 0),
+        "memory agrees with the store"
+    );
+}
