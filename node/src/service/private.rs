@@ -119,6 +119,11 @@ pub(crate) fn load<S: Storage>(
     Ok(out)
 }
 
+/// The write that stores a membership operation of `space`.
+fn op_write(space: &SpaceId, op: &VerifiedOp) -> Write {
+    Write::op(space, &op.id().0, op.bytes().to_vec())
+}
+
 impl<R: Replica> Service<R> {
     fn node_keys(&self) -> Result<&NodeKeys, ServiceError> {
         self.keys.as_ref().ok_or(ServiceError::Membership(
@@ -134,6 +139,24 @@ impl<R: Replica> Service<R> {
 
     /// Stores and takes in operations this node made (in order): writes queued, the view
     /// updated. Their publication comes with the gossip of private spaces.
+    /// Starts holding a private space this node created or joined: its record and `ops` are
+    /// written, the view kept, its topics followed.
+    fn hold_private(&mut self, view: PrivateSpace, op_writes: Vec<Write>, now: Now) {
+        let space = view.space();
+        let record = SpaceRecord {
+            name: None,
+            joined_at: now.wall_ms,
+            private: true,
+        };
+        self.remember_private(space);
+        self.outbox.writes.extend(op_writes);
+        self.outbox.writes.push(Write::space(&space, &record));
+        self.private.insert(space, view);
+        self.private_records.insert(space, record);
+        self.follow_private(space);
+        self.outbox.event(NodeEvent::SpaceJoined { space });
+    }
+
     /// Remembers a private space as it is before this group changes it (once per group), so
     /// that a failed flush can put it back.
     fn remember_private(&mut self, space: SpaceId) {
@@ -152,9 +175,7 @@ impl<R: Replica> Service<R> {
         self.remember_private(space);
         let before = self.private_view(&space)?.topics();
         for op in ops {
-            self.outbox
-                .writes
-                .push(Write::op(&space, &op.id().0, op.bytes().to_vec()));
+            self.outbox.writes.push(op_write(&space, &op));
             let view = self
                 .private
                 .get_mut(&space)
@@ -178,20 +199,7 @@ impl<R: Replica> Service<R> {
         let keys = self.node_keys()?.clone();
         let (view, op) = PrivateSpace::create(&keys.identity, &keys.device, &name, &mut self.rng)?;
         let space = view.space();
-        let record = SpaceRecord {
-            name: None,
-            joined_at: now.wall_ms,
-            private: true,
-        };
-        self.remember_private(space);
-        self.outbox.writes.push(Write::space(&space, &record));
-        self.outbox
-            .writes
-            .push(Write::op(&space, &op.id().0, op.bytes().to_vec()));
-        self.private.insert(space, view);
-        self.private_records.insert(space, record);
-        self.follow_private(space);
-        self.outbox.event(NodeEvent::SpaceJoined { space });
+        self.hold_private(view, vec![op_write(&space, &op)], now);
         Ok(space)
     }
 
@@ -353,9 +361,7 @@ impl<R: Replica> Service<R> {
             Ok(Inserted::Added(ids)) => {
                 for id in ids {
                     if let Some(op) = view.log().get(&id) {
-                        self.outbox
-                            .writes
-                            .push(Write::op(&space, &id.0, op.bytes().to_vec()));
+                        self.outbox.writes.push(op_write(&space, op));
                     }
                 }
                 if view.topics() != before {
@@ -462,22 +468,8 @@ impl<R: Replica> Service<R> {
                 "the member's answer holds no key for this node".into(),
             ));
         }
-        for op in view.log().ops() {
-            self.outbox
-                .writes
-                .push(Write::op(&space, &op.id().0, op.bytes().to_vec()));
-        }
-        let record = SpaceRecord {
-            name: None,
-            joined_at: now.wall_ms,
-            private: true,
-        };
-        self.remember_private(space);
-        self.outbox.writes.push(Write::space(&space, &record));
-        self.private.insert(space, view);
-        self.private_records.insert(space, record);
-        self.follow_private(space);
-        self.outbox.event(NodeEvent::SpaceJoined { space });
+        let writes = view.log().ops().map(|op| op_write(&space, op)).collect();
+        self.hold_private(view, writes, now);
         Ok(())
     }
 }

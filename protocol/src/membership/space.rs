@@ -370,7 +370,8 @@ impl PrivateSpace {
         let new = EpochSecret::from_bytes(bytes);
         // Seal every current branch's secret this member holds (normally one).
         let heads: Vec<&EpochSecret> = self
-            .epoch_heads()
+            .membership
+            .epoch_heads
             .iter()
             .filter_map(|k| self.secrets.get(k))
             .collect();
@@ -380,11 +381,6 @@ impl PrivateSpace {
         let (rotation, rest) =
             build::rotation(&self.space(), &new, &heads, &self.recipients(except), rng);
         Ok((rotation, rest, new))
-    }
-
-    /// Key ids of the valid epochs no other valid epoch follows (one, unless they forked).
-    fn epoch_heads(&self) -> Vec<KeyId> {
-        self.membership.epoch_heads.clone()
     }
 
     /// Shares to follow a rotation that had more recipients than one operation holds.
