@@ -18,7 +18,9 @@
 
 use crate::ids::{AuthorId, SpaceId};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+/// The AEAD that seals content (XChaCha20-Poly1305), as other crates name it.
+pub use chacha20poly1305::XChaCha20Poly1305;
+use chacha20poly1305::XNonce;
 use hkdf::Hkdf;
 use hpke::{Deserializable, Kem as _, Serializable};
 use sha2::Sha256;
@@ -93,6 +95,19 @@ fn derive(secret: &[u8; 32], info: &[u8]) -> [u8; 32] {
         .expand(info, &mut out)
         .expect("32 bytes is a valid HKDF-SHA256 output length");
     out
+}
+
+/// HKDF info of the key a node seals its own stored copies of private documents with (never on
+/// the wire: it only keeps a node's snapshots ciphertext at rest).
+pub const INFO_LOCAL: &[u8] = b"agora/v2/local-store";
+
+/// The cipher a node seals what it stores of private spaces for itself (document snapshots)
+/// with: derived from its identity seed, so it opens for that identity only.
+pub fn local_cipher(identity: &crate::identity::Identity) -> XChaCha20Poly1305 {
+    let mut key = derive(&identity.seed(), INFO_LOCAL);
+    let cipher = XChaCha20Poly1305::new(&key.into());
+    key.zeroize();
+    cipher
 }
 
 impl EpochSecret {

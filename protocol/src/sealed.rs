@@ -125,6 +125,17 @@ pub struct Opened {
     pub change: Change,
 }
 
+/// What a sealed contribution's ciphertext holds, decrypted but not checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plaintext {
+    /// The document.
+    pub doc: DocId,
+    /// Its kind.
+    pub kind: DocKind,
+    /// The raw Automerge change.
+    pub change: Vec<u8>,
+}
+
 impl Envelope {
     /// Seals and signs `change` (its raw bytes) as `identity`'s contribution to `doc` of `space`,
     /// under the epoch whose content cipher is `cipher` and key id `key_id`, with the caller's
@@ -247,6 +258,24 @@ impl Envelope {
     /// Decrypts with the content cipher of the epoch named by `key_id` in `space`, and checks the
     /// plaintext's shape and the change's rules. Does not check the signature.
     pub fn open(&self, space: &SpaceId, cipher: &XChaCha20Poly1305) -> Result<Opened, Rejection> {
+        let plain = self.unseal(space, cipher)?;
+        let change = check_change(space, &plain.doc, plain.kind, &self.author, &plain.change)?;
+        Ok(Opened {
+            space: *space,
+            doc: plain.doc,
+            kind: plain.kind,
+            author: self.author,
+            change,
+        })
+    }
+
+    /// Decrypts and reads the plaintext's layout, without checking the change inside (the
+    /// first half of [`Envelope::open`], for a receiver that checks changes in a batch later).
+    pub fn unseal(
+        &self,
+        space: &SpaceId,
+        cipher: &XChaCha20Poly1305,
+    ) -> Result<Plaintext, Rejection> {
         let plain = keys::open_with(
             cipher,
             &self.nonce,
@@ -259,13 +288,10 @@ impl Envelope {
             .ok()
             .and_then(DocKind::from_code)
             .ok_or(Rejection::UnknownKind(kind))?;
-        let change = check_change(space, &doc, kind, &self.author, change)?;
-        Ok(Opened {
-            space: *space,
+        Ok(Plaintext {
             doc,
             kind,
-            author: self.author,
-            change,
+            change: change.to_vec(),
         })
     }
 

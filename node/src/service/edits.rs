@@ -58,7 +58,15 @@ impl<R: Replica> Service<R> {
             self.outbox.previous_name = Some(self.display_name.clone());
         }
         self.display_name = Some(name.clone());
-        let spaces: Vec<SpaceId> = self.spaces.keys().copied().collect();
+        let me = self.replica.author();
+        let mut spaces: Vec<SpaceId> = self.spaces.keys().copied().collect();
+        // And every private space this node is a member of (its profile is sealed there).
+        spaces.extend(
+            self.private
+                .iter()
+                .filter(|(_, v)| v.membership().role(&me).is_some() && v.current().is_some())
+                .map(|(s, _)| *s),
+        );
         for space in spaces {
             self.write_profile(space, &name, now)?;
         }
@@ -94,26 +102,57 @@ impl<R: Replica> Service<R> {
         edit: Edit,
         now: Now,
     ) -> Result<bool, ServiceError> {
-        if !self.spaces.contains_key(&space) {
-            return Err(ServiceError::UnknownSpace(space));
-        }
+        let topic = self.may_edit(space, kind)?;
         let made = self.replica.edit(
             space,
             doc,
             kind,
             &edit,
             now.wall_ms,
+            self.rng.random(),
             &mut self.outbox.writes,
         )?;
         let Some(bytes) = made else {
             return Ok(false);
         };
         self.changed(space, doc, kind);
-        self.outbox.push(
-            Output::Net(NetAction::Publish { space, bytes }),
-            When::Durable,
-        );
+        let action = match topic {
+            Some(topic) => NetAction::PublishTo { topic, bytes },
+            None => NetAction::Publish { space, bytes },
+        };
+        self.outbox.push(Output::Net(action), When::Durable);
         Ok(true)
+    }
+
+    /// Whether this node may edit a document of `kind` in `space`: a space it holds, and in a
+    /// private space a role that writes it (any member for its profile, a writer for ideas) and
+    /// the current key. Returns the private space's current topic.
+    fn may_edit(&self, space: SpaceId, kind: DocKind) -> Result<Option<String>, ServiceError> {
+        if self.spaces.contains_key(&space) {
+            return Ok(None);
+        }
+        let view = self
+            .private
+            .get(&space)
+            .ok_or(ServiceError::UnknownSpace(space))?;
+        let role = view
+            .membership()
+            .role(&self.replica.author())
+            .ok_or_else(|| ServiceError::Membership("this node is no longer a member".into()))?;
+        if kind == DocKind::Idea && !role.writes() {
+            return Err(ServiceError::Membership(format!(
+                "a {} of this space may read, not write",
+                role.name()
+            )));
+        }
+        view.topics()
+            .into_iter()
+            .next()
+            .filter(|_| view.current().is_some())
+            .map(Some)
+            .ok_or_else(|| {
+                ServiceError::Membership("this node does not hold the space's current key".into())
+            })
     }
 
     /// Posts a new idea.
@@ -123,9 +162,7 @@ impl<R: Replica> Service<R> {
         draft: IdeaDraft,
         now: Now,
     ) -> Result<DocId, ServiceError> {
-        if !self.spaces.contains_key(&space) {
-            return Err(ServiceError::UnknownSpace(space));
-        }
+        self.may_edit(space, DocKind::Idea)?;
         let salt: [u8; 16] = self.rng.random();
         let id = DocId::idea(&space, &self.replica.author(), &salt);
         self.local_edit(

@@ -211,7 +211,7 @@ impl<R: Replica> Service<R> {
                 outcomes[i] = result.err().map(Outcome::Rejected);
                 continue;
             };
-            match self.admit(space, topic) {
+            match self.admit(space, topic, false) {
                 Some(refused) => outcomes[i] = Some(Outcome::Rejected(refused)),
                 None => match result {
                     Ok(v) => match R::adopt(v, bytes) {
@@ -230,14 +230,52 @@ impl<R: Replica> Service<R> {
     }
 
     /// Why a decoded contribution naming `space`, received on `topic`, is refused before
-    /// verification (a topic of another space, a space not joined), if it is.
-    fn admit(&self, space: SpaceId, topic: Option<SpaceId>) -> Option<Rejection> {
+    /// verification (a topic of another space, a space not joined, a version that is not the
+    /// space's), if it is.
+    fn admit(&self, space: SpaceId, topic: Option<SpaceId>, sealed: bool) -> Option<Rejection> {
+        let private = self.private.contains_key(&space);
         if topic.is_some_and(|t| t != space) {
             Some(Rejection::WrongTopic)
-        } else if !self.spaces.contains_key(&space) {
+        } else if !private && !self.spaces.contains_key(&space) {
             Some(Rejection::UnknownSpace)
+        } else if private != sealed {
+            // A private space takes only sealed contributions (one in the clear would publish
+            // its content); an open space has no key to seal under.
+            Some(Rejection::UnsupportedVersion(if sealed { 2 } else { 1 }))
         } else {
             None
+        }
+    }
+
+    /// Whether the membership of a private space lets an author's change stand (14.7 of the
+    /// protocol); always for an open space. A removed author's change is kept while the
+    /// document lacks one of the heads its removal pinned (it may be in their past); once the
+    /// document holds them all, a change not already held is not in their past.
+    fn may_write(&mut self, item: &R::Item) -> Result<(), Rejection> {
+        use agora_protocol::membership::WriteRight;
+        let space = item.space();
+        let Some(view) = self.private.get(&space) else {
+            return Ok(());
+        };
+        let doc = item.doc();
+        match view
+            .membership()
+            .write_right(&item.author(), item.kind(), &doc)
+        {
+            WriteRight::Yes => Ok(()),
+            WriteRight::No => Err(Rejection::NotWriter),
+            WriteRight::Pinned(heads) => {
+                let hash = item.hash();
+                if heads.iter().any(|h| *h == hash.0) {
+                    return Ok(());
+                }
+                let heads: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
+                if heads.is_empty() || self.replica.missing(&space, &doc, &heads).is_empty() {
+                    Err(Rejection::NotWriter)
+                } else {
+                    Ok(())
+                }
+            }
         }
     }
 
@@ -253,7 +291,7 @@ impl<R: Replica> Service<R> {
         let mut decoded: Vec<(usize, R::Decoded)> = Vec::with_capacity(items.len());
         for (i, (bytes, topic)) in items.into_iter().enumerate() {
             match self.replica.decode(bytes) {
-                Ok(d) => match self.admit(R::place_of(&d).0, topic) {
+                Ok(d) => match self.admit(R::place_of(&d).0, topic, R::sealed(&d)) {
                     Some(refused) => outcomes[i] = Some(Outcome::Rejected(refused)),
                     None => decoded.push((i, d)),
                 },
@@ -310,7 +348,7 @@ impl<R: Replica> Service<R> {
     ) {
         let mut groups: Vec<Group<R::Item>> = Vec::new();
         for (slot, result) in verified {
-            let item = match result {
+            let item = match result.and_then(|item| self.may_write(&item).map(|()| item)) {
                 Ok(item) => item,
                 Err(e) => {
                     outcomes[slot] = Some(Outcome::Rejected(e));

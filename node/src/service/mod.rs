@@ -36,7 +36,7 @@ mod tests;
 pub use self::checked::{Checked, Verifier};
 pub use self::pending::{PendingLimits, PendingSet};
 pub use self::private::{Admitted, Invitation, MemberInfo, NodeKeys};
-pub use self::replica::{AutomergeReplica, Edit, Item, Replica};
+pub use self::replica::{AutomergeReplica, Edit, Item, Keyring, Replica, SpaceKeys};
 pub use self::sync::{PairStatus, SyncState};
 
 use self::outbox::{Outbox, When};
@@ -701,8 +701,17 @@ impl<S: Storage> Service<AutomergeReplica<S>> {
         let name = store.display_name()?;
         let keys = NodeKeys::new(identity.clone());
         let private = private::load(&store, &records, &keys)?;
-        let open = records.iter().filter(|(_, r)| !r.private).map(|(s, _)| *s);
-        let replica = AutomergeReplica::open(store, identity, rng.random(), open)?;
+        let mut keyring = Keyring::default();
+        for (space, view) in &private {
+            keyring.set(*space, private::keys_of(view));
+        }
+        let replica = AutomergeReplica::open(
+            store,
+            identity,
+            rng.random(),
+            records.keys().copied(),
+            keyring,
+        )?;
         let mut service = Service::with_rng(replica, records, name, config, rng);
         service.keys = Some(keys);
         for (space, view) in &private {
@@ -858,7 +867,10 @@ impl<R: Replica> Service<R> {
         // Private spaces back to what the store holds.
         for (space, (view, record)) in std::mem::take(&mut self.outbox.private_before) {
             match view {
-                Some(view) => self.private.insert(space, view),
+                Some(view) => {
+                    self.replica.set_keys(space, private::keys_of(&view));
+                    self.private.insert(space, view)
+                }
                 None => self.private.remove(&space),
             };
             match record {
@@ -890,10 +902,11 @@ impl<R: Replica> Service<R> {
     }
 
     fn gossip(&mut self, batch: Vec<GossipIn>, now: Now) {
-        // A private space's topic carries its operations and sealed contributions.
-        let (private, batch): (Vec<GossipIn>, Vec<GossipIn>) = batch
-            .into_iter()
-            .partition(|g| g.topic.is_some_and(|s| self.private.contains_key(&s)));
+        // A private space's topic carries its operations and sealed contributions; the
+        // operations are taken apart, the contributions ingested with the rest.
+        let (private, batch): (Vec<GossipIn>, Vec<GossipIn>) = batch.into_iter().partition(|g| {
+            g.topic.is_some_and(|s| self.private.contains_key(&s)) && !replica::is_sealed(&g.bytes)
+        });
         for g in private {
             let space = g.topic.expect("partitioned on it");
             let (verdict, when) = self.private_gossip(space, &g.bytes);
@@ -929,6 +942,9 @@ impl<R: Replica> Service<R> {
                 // Duplicates and early arrivals are not the sender's fault: do not relay them
                 // again (duplicates) or yet (early), and do not penalise.
                 Outcome::Duplicate | Outcome::Pending => (Verdict::Ignore, When::Now),
+                // Sealed under an epoch whose key has not arrived yet (its rotation is on its
+                // way): not the sender's fault either.
+                Outcome::Rejected(Rejection::UnknownKey) => (Verdict::Ignore, When::Now),
                 Outcome::Rejected(r) => {
                     tracing::info!(target: "agora::network", %from, reason = r.code(), "rejected gossip; penalising peer");
                     (Verdict::Reject, When::Now)

@@ -16,7 +16,7 @@
 //! so nothing of it is published on, or synced by, a version 1 topic or request.
 
 use super::outbox::When;
-use super::replica::Replica;
+use super::replica::{Replica, SpaceKeys};
 use super::{NetAction, NodeEvent, Now, Output, Service, ServiceError, Verdict};
 use crate::store::{SpaceRecord, Storage, Store, StoreError, Write};
 use agora_protocol::idea;
@@ -119,6 +119,18 @@ pub(crate) fn load<S: Storage>(
     Ok(out)
 }
 
+/// The content keys a member's view of a private space holds.
+pub(crate) fn keys_of(view: &PrivateSpace) -> SpaceKeys {
+    SpaceKeys {
+        ciphers: view
+            .secrets()
+            .keys()
+            .filter_map(|id| view.cipher(id).map(|c| (*id, c.clone())))
+            .collect(),
+        current: view.current().map(|(id, _)| id),
+    }
+}
+
 /// The write that stores a membership operation of `space`.
 fn op_write(space: &SpaceId, op: &VerifiedOp) -> Write {
     Write::op(space, &op.id().0, op.bytes().to_vec())
@@ -151,6 +163,7 @@ impl<R: Replica> Service<R> {
         self.remember_private(space);
         self.outbox.writes.extend(op_writes);
         self.outbox.writes.push(Write::space(&space, &record));
+        self.replica.set_keys(space, keys_of(&view));
         self.private.insert(space, view);
         self.private_records.insert(space, record);
         self.follow_private(space);
@@ -183,10 +196,21 @@ impl<R: Replica> Service<R> {
             view.insert(op.clone(), &me, &keys.device)?;
             self.publish_op(space, &op);
         }
-        if self.private_view(&space)?.topics() != before {
+        self.view_changed(space, before);
+        Ok(())
+    }
+
+    /// After a private space's view changed: the replica takes its keys, and the node follows
+    /// its topics again if they changed (`before`).
+    fn view_changed(&mut self, space: SpaceId, before: Vec<String>) {
+        let Some(view) = self.private.get(&space) else {
+            return;
+        };
+        let changed = view.topics() != before;
+        self.replica.set_keys(space, keys_of(view));
+        if changed {
             self.follow_private(space);
         }
-        Ok(())
     }
 
     /// Creates a private space owned by this node.
@@ -303,13 +327,12 @@ pub struct Admitted {
 }
 
 impl<R: Replica> Service<R> {
-    /// Gossip on a private space's topic: a membership operation (a CBOR map of seven entries)
-    /// or a sealed contribution (six). Returns the verdict and when it may be released.
+    /// A membership operation (a CBOR map of seven entries) on a private space's topic. (Sealed
+    /// contributions, six entries, go through ingest.) Returns the verdict and when it may be
+    /// released.
     pub(crate) fn private_gossip(&mut self, space: SpaceId, bytes: &[u8]) -> (Verdict, When) {
         match bytes.first() {
             Some(0xa7) => self.private_op_in(space, bytes),
-            // Sealed contributions are taken in once the replica holds private spaces' documents.
-            Some(0xa6) => (Verdict::Ignore, When::Now),
             _ => {
                 self.count_op_rejection("malformed");
                 (Verdict::Reject, When::Now)
@@ -364,9 +387,7 @@ impl<R: Replica> Service<R> {
                         self.outbox.writes.push(op_write(&space, op));
                     }
                 }
-                if view.topics() != before {
-                    self.follow_private(space);
-                }
+                self.view_changed(space, before);
                 (Verdict::Accept, When::Durable)
             }
             Ok(_) => (Verdict::Ignore, When::Now),

@@ -1691,3 +1691,375 @@ fn a_failed_flush_undoes_a_private_space_change() {
         "memory agrees with the store"
     );
 }
+
+/// Ideas in private spaces: sealed, opened by members, refused from non-writers.
+mod private_content {
+    use super::*;
+    use agora_protocol::automerge::AutoCommit;
+    use agora_protocol::membership::{build, Role};
+    use agora_protocol::DocKind;
+
+    /// Contributions and operations `outputs` publish on private topics, as gossip from `from`.
+    fn published(outputs: &[Output], from: PeerHandle, space: SpaceId) -> Vec<GossipIn> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Net(NetAction::PublishTo { bytes, .. }) => Some(bytes.clone()),
+                Output::Net(NetAction::Publish { .. }) => {
+                    panic!("nothing of a private space goes on a version 1 topic")
+                }
+                _ => None,
+            })
+            .enumerate()
+            .map(|(i, bytes)| GossipIn {
+                token: 2000 + i as u64,
+                from,
+                topic: Some(space),
+                bytes,
+            })
+            .collect()
+    }
+
+    fn verdicts(outputs: &[Output]) -> Vec<Verdict> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Net(NetAction::Verdict { verdict, .. }) => Some(*verdict),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// `owner` invites `seed`'s node with `role`; the newcomer joins with the owner's answer.
+    fn admit(owner: &mut Node, space: SpaceId, seed: u8, role: Role, t: u64) -> Node {
+        let mut node = Node::new(seed, config());
+        let Reply::Invitation(inv) = owner.command(
+            Command::Invite {
+                space,
+                role,
+                expires: 2_000_000_000,
+                uses: 1,
+            },
+            at(t),
+        ) else {
+            panic!()
+        };
+        let keys = NodeKeys::new(Identity::from_seed([seed; 32]));
+        let redeem = build::redeem(
+            &space,
+            inv.invite,
+            &Identity::from_seed(inv.secret),
+            &keys.identity,
+            &keys.device,
+        );
+        let Reply::Admitted(admitted) = owner.command(
+            Command::AdmitRedeem {
+                space,
+                redeem: Box::new(redeem),
+            },
+            at(t + 1),
+        ) else {
+            panic!()
+        };
+        node.command(
+            Command::JoinPrivate {
+                space,
+                ops: admitted.ops,
+            },
+            at(t + 2),
+        );
+        node
+    }
+
+    fn post(node: &mut Node, space: SpaceId, title: &str, t: u64) -> (DocId, Vec<Output>) {
+        let outputs = node.step(
+            Input::Command {
+                id: RequestId(77),
+                command: Command::CreateIdea {
+                    space,
+                    draft: draft(title),
+                },
+            },
+            at(t),
+        );
+        match replies(&outputs).remove(0) {
+            Ok(Reply::Created(id)) => (id, outputs),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn draft(title: &str) -> IdeaDraft {
+        IdeaDraft {
+            title: title.into(),
+            ..IdeaDraft::default()
+        }
+    }
+
+    fn titles(node: &mut Node, space: SpaceId) -> Vec<String> {
+        let Reply::Ideas(ideas) = node.command(Command::ListIdeas { space }, at(500)) else {
+            panic!()
+        };
+        ideas.into_iter().map(|i| i.title).collect()
+    }
+
+    #[test]
+    fn members_read_sealed_ideas_and_only_writers_write() {
+        let mut a = Node::new(1, config());
+        let Reply::Space(space) = a.command(
+            Command::CreatePrivateSpace {
+                name: "Board".into(),
+            },
+            at(0),
+        ) else {
+            panic!()
+        };
+        let mut b = admit(&mut a, space, 2, Role::Member, 10);
+        let mut c = admit(&mut a, space, 3, Role::Reader, 20);
+        // A posts: sealed, on the private topic only, and nothing of it in the clear.
+        let (idea, outputs) = post(&mut a, space, "Quarterly plan", 40);
+        let msgs = published(&outputs, a.name, space);
+        assert_eq!(msgs.len(), 1);
+        assert!(replica::is_sealed(&msgs[0].bytes));
+        let needle = b"Quarterly plan";
+        assert!(
+            !msgs[0].bytes.windows(needle.len()).any(|w| w == needle),
+            "the title travels sealed"
+        );
+        assert!(
+            !msgs[0].bytes.windows(16).any(|w| w == space.0),
+            "the space id is not on the wire"
+        );
+        // B and C open it.
+        assert_eq!(
+            verdicts(&b.step(Input::Gossip(msgs.clone()), at(41))),
+            vec![Verdict::Accept]
+        );
+        assert_eq!(
+            verdicts(&c.step(Input::Gossip(msgs.clone()), at(41))),
+            vec![Verdict::Accept]
+        );
+        assert_eq!(titles(&mut b, space), vec!["Quarterly plan"]);
+        assert_eq!(titles(&mut c, space), vec!["Quarterly plan"]);
+
+        // B comments; A and C take it in.
+        let outputs = b.step(
+            Input::Command {
+                id: RequestId(1),
+                command: Command::Comment {
+                    idea,
+                    text: "Agreed".into(),
+                },
+            },
+            at(50),
+        );
+        assert!(matches!(replies(&outputs)[0], Ok(Reply::Done)));
+        let msgs = published(&outputs, b.name, space);
+        assert_eq!(
+            verdicts(&a.step(Input::Gossip(msgs.clone()), at(51))),
+            vec![Verdict::Accept]
+        );
+
+        // C is a reader: its node refuses to post, and a post it forges anyway is refused by
+        // A and penalised.
+        let refused = c.step(
+            Input::Command {
+                id: RequestId(2),
+                command: Command::CreateIdea {
+                    space,
+                    draft: draft("A reader's idea"),
+                },
+            },
+            at(60),
+        );
+        assert!(
+            matches!(&replies(&refused)[0], Err(ServiceError::Membership(m)) if m.contains("reader")),
+            "{refused:?}"
+        );
+        let c_identity = Identity::from_seed([3; 32]);
+        let forged = forge_sealed(&a, space, &c_identity, "Forged by a reader");
+        let outputs = a.step(
+            Input::Gossip(vec![GossipIn {
+                token: 9,
+                from: c.name,
+                topic: Some(space),
+                bytes: forged.clone(),
+            }]),
+            at(61),
+        );
+        assert_eq!(verdicts(&outputs), vec![Verdict::Reject]);
+        assert_eq!(
+            a.service.status().counters.rejected.get("not_writer"),
+            Some(&1)
+        );
+        // A version 1 contribution naming the private space is refused too.
+        let mut plain_doc = AutoCommit::new().with_actor(agora_protocol::idea::actor_for(
+            &c_identity.author(),
+            &[0; 16],
+        ));
+        let plain_id = DocId::idea(&space, &c_identity.author(), &[1; 16]);
+        let change = agora_protocol::idea::create_idea(
+            &mut plain_doc,
+            &draft("In the clear"),
+            &c_identity.author(),
+            &[1; 16],
+            1,
+        )
+        .unwrap();
+        let plain =
+            Contribution::sign(&c_identity, space, plain_id, DocKind::Idea, &change).encode();
+        let outputs = a.step(
+            Input::Gossip(vec![GossipIn {
+                token: 10,
+                from: c.name,
+                topic: Some(space),
+                bytes: plain,
+            }]),
+            at(62),
+        );
+        assert_eq!(verdicts(&outputs), vec![Verdict::Reject]);
+        assert_eq!(titles(&mut a, space), vec!["Quarterly plan"]);
+
+        // Snapshots too are sealed: the store holds ciphertext only.
+        a.command(Command::Checkpoint, at(70));
+        for needle in [&b"Quarterly plan"[..], b"Agreed", b"Board"] {
+            assert!(
+                a.storage.trees_holding(needle).is_empty(),
+                "{:?} in the clear on disk",
+                String::from_utf8_lossy(needle)
+            );
+        }
+        // Everything survives a restart: snapshots and sealed contributions open again.
+        let store = Store::new(a.storage.clone()).unwrap();
+        let mut again = Node {
+            name: a.name,
+            service: Service::open(store, Identity::from_seed([1; 32]), config(), [1; 32])
+                .expect("reopen"),
+            storage: a.storage.clone(),
+        };
+        let Reply::Ideas(ideas) = again.command(Command::ListIdeas { space }, at(80)) else {
+            panic!()
+        };
+        assert_eq!(ideas.len(), 1);
+        assert_eq!(ideas[0].comments.len(), 1);
+    }
+
+    /// A sealed idea by `author` in `space`, under the current key of `holder`'s view (as a
+    /// member who is not entitled to write would make it).
+    fn forge_sealed(holder: &Node, space: SpaceId, author: &Identity, title: &str) -> Vec<u8> {
+        let view = &holder.service.private[&space];
+        let (key_id, cipher) = view.current().unwrap();
+        let mut doc = AutoCommit::new()
+            .with_actor(agora_protocol::idea::actor_for(&author.author(), &[0; 16]));
+        let id = DocId::idea(&space, &author.author(), &[5; 16]);
+        let change = agora_protocol::idea::create_idea(
+            &mut doc,
+            &draft(title),
+            &author.author(),
+            &[5; 16],
+            1,
+        )
+        .unwrap();
+        agora_protocol::sealed::Envelope::seal(
+            author,
+            &space,
+            key_id,
+            cipher,
+            &id,
+            DocKind::Idea,
+            change.raw_bytes(),
+            [7; 24],
+        )
+        .encode()
+    }
+
+    #[test]
+    fn a_removed_member_is_refused_and_cannot_open_new_ideas() {
+        let mut a = Node::new(1, config());
+        let Reply::Space(space) =
+            a.command(Command::CreatePrivateSpace { name: "Ops".into() }, at(0))
+        else {
+            panic!()
+        };
+        let mut b = admit(&mut a, space, 2, Role::Member, 10);
+        let b_identity = Identity::from_seed([2; 32]);
+        let outputs = a.run(
+            vec![Input::Command {
+                id: RequestId(3),
+                command: Command::RemoveMember {
+                    space,
+                    member: b_identity.author(),
+                },
+            }],
+            at(20),
+        );
+        let ops = published(&outputs, a.name, space);
+        b.step(Input::Gossip(ops[..1].to_vec()), at(21));
+        // B's node knows it was removed and refuses to post.
+        let refused = b.step(
+            Input::Command {
+                id: RequestId(4),
+                command: Command::CreateIdea {
+                    space,
+                    draft: draft("After removal"),
+                },
+            },
+            at(22),
+        );
+        assert!(matches!(
+            &replies(&refused)[0],
+            Err(ServiceError::Membership(_))
+        ));
+        // A post B seals under the key it still holds is refused by A and penalised.
+        let old = {
+            let view = &b.service.private[&space];
+            assert!(view.current().is_none(), "B holds no key of the new epoch");
+            let (id, _) = view.secrets().iter().next().unwrap();
+            *id
+        };
+        let cipher = b.service.private[&space].cipher(&old).unwrap().clone();
+        let mut doc = AutoCommit::new().with_actor(agora_protocol::idea::actor_for(
+            &b_identity.author(),
+            &[0; 16],
+        ));
+        let id = DocId::idea(&space, &b_identity.author(), &[6; 16]);
+        let change = agora_protocol::idea::create_idea(
+            &mut doc,
+            &draft("Late post"),
+            &b_identity.author(),
+            &[6; 16],
+            1,
+        )
+        .unwrap();
+        let late = agora_protocol::sealed::Envelope::seal(
+            &b_identity,
+            &space,
+            old,
+            &cipher,
+            &id,
+            DocKind::Idea,
+            change.raw_bytes(),
+            [8; 24],
+        )
+        .encode();
+        let outputs = a.step(
+            Input::Gossip(vec![GossipIn {
+                token: 11,
+                from: b.name,
+                topic: Some(space),
+                bytes: late,
+            }]),
+            at(23),
+        );
+        assert_eq!(verdicts(&outputs), vec![Verdict::Reject]);
+        // A's next idea is sealed under the new epoch: B cannot open it.
+        let (_, outputs) = post(&mut a, space, "After B left", 30);
+        let msgs = published(&outputs, a.name, space);
+        let outputs = b.step(Input::Gossip(msgs), at(31));
+        assert_eq!(verdicts(&outputs), vec![Verdict::Ignore]);
+        assert_eq!(
+            b.service.status().counters.rejected.get("unknown_key"),
+            Some(&1)
+        );
+        assert!(titles(&mut b, space).is_empty());
+    }
+}

@@ -31,7 +31,7 @@ impl<R: Replica> Service<R> {
         v.extend(self.private_records.iter().map(|(id, r)| SpaceInfo {
             id: *id,
             name: self.private_name(id),
-            ideas: 0,
+            ideas: self.replica.idea_count(id),
             joined_at: r.joined_at,
         }));
         v.sort_by_key(|s| s.joined_at);
@@ -53,7 +53,7 @@ impl<R: Replica> Service<R> {
 
     /// Every idea of a space, newest first.
     pub(crate) fn list_ideas(&self, space: SpaceId) -> Result<Vec<Idea>, ServiceError> {
-        if !self.spaces.contains_key(&space) {
+        if !self.spaces.contains_key(&space) && !self.private.contains_key(&space) {
             return Err(ServiceError::UnknownSpace(space));
         }
         let names = self.replica.display_names(&space);

@@ -48,6 +48,22 @@ impl MemoryStorage {
         self.lock().maps[tree.index()].len()
     }
 
+    /// The trees where some key or value holds `needle` (tests: what sits on "disk").
+    pub fn trees_holding(&self, needle: &[u8]) -> Vec<Tree> {
+        let inner = self.lock();
+        Tree::ALL
+            .iter()
+            .copied()
+            .filter(|t| {
+                inner.maps[t.index()].iter().any(|(k, v)| {
+                    [k, v]
+                        .iter()
+                        .any(|b| b.windows(needle.len()).any(|w| w == needle))
+                })
+            })
+            .collect()
+    }
+
     /// Whether every tree is empty.
     pub fn is_empty(&self) -> bool {
         self.lock().maps.iter().all(BTreeMap::is_empty)

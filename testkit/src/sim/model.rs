@@ -38,6 +38,8 @@ pub struct ModelChange {
     pub hash: ChangeHash,
     /// The hashes it depends on (the document's heads when it was made).
     pub deps: Vec<ChangeHash>,
+    /// Its author.
+    pub author: AuthorId,
     /// The size of the real contribution it stands for, in bytes.
     pub size: u32,
 }
@@ -105,6 +107,9 @@ impl Item for ModelItem {
     }
     fn doc(&self) -> DocId {
         self.change.doc
+    }
+    fn author(&self) -> AuthorId {
+        self.change.author
     }
     fn kind(&self) -> DocKind {
         self.change.kind
@@ -308,6 +313,7 @@ impl Replica for ModelReplica {
         kind: DocKind,
         edit: &Edit,
         _now_ms: i64,
+        _nonce: [u8; 24],
         _writes: &mut Vec<Write>,
     ) -> Result<Option<Vec<u8>>, ServiceError> {
         if !self.spaces.contains_key(&space) {
@@ -340,6 +346,7 @@ impl Replica for ModelReplica {
             kind,
             hash,
             deps,
+            author: self.author,
             size: edit_size(edit),
         });
         let index = world.changes.len() as u32;

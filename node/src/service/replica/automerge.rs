@@ -1,15 +1,68 @@
 //! The node's replica: every document an Automerge document in memory, backed by the store.
 
-use super::{Edit, Item, Replica};
+use super::{is_sealed, Edit, Item, Keyring, Replica, Sealing, SpaceKeys};
 use crate::service::ServiceError;
 use crate::store::{Storage, Store, StoreError, Write};
 use agora_protocol::automerge::{AutoCommit, Change, ChangeHash};
-use agora_protocol::contribution::{change_preview, verify_batch};
+use agora_protocol::contribution::{change_preview, check_change, verify_batch};
 use agora_protocol::idea::{self, Idea};
+use agora_protocol::keys::{self, XChaCha20Poly1305};
+use agora_protocol::sealed::{self, Envelope, Plaintext};
 use agora_protocol::{
     AuthorId, Contribution, DocId, DocKind, Identity, Rejection, SpaceId, VerifiedContribution,
 };
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Associated data of a sealed snapshot: a domain, then space, document and seq.
+const SNAPSHOT_AAD: &[u8] = b"agora-local-snapshot-v2\0";
+
+fn snapshot_aad(space: &SpaceId, doc: &DocId, seq: u64) -> Vec<u8> {
+    [SNAPSHOT_AAD, &space.0, &doc.0, &seq.to_be_bytes()].concat()
+}
+
+/// Seals a snapshot of a private space's document for this node's own disk: the nonce is the
+/// first 24 bytes of the saved document's SHA-256 (deterministic, so a snapshot written twice
+/// is the same bytes; distinct documents never share a nonce but by a hash collision), then the
+/// ciphertext.
+fn seal_snapshot(
+    cipher: &XChaCha20Poly1305,
+    space: &SpaceId,
+    doc: &DocId,
+    seq: u64,
+    saved: &[u8],
+) -> Vec<u8> {
+    let digest: [u8; 32] = Sha256::digest(saved).into();
+    let mut nonce = [0u8; 24];
+    nonce.copy_from_slice(&digest[..24]);
+    let ct = keys::seal_with(cipher, &nonce, &snapshot_aad(space, doc, seq), saved);
+    [&nonce[..], &ct].concat()
+}
+
+fn open_snapshot(
+    cipher: &XChaCha20Poly1305,
+    space: &SpaceId,
+    doc: &DocId,
+    seq: u64,
+    sealed: &[u8],
+) -> Result<Vec<u8>, StoreError> {
+    let bad = || StoreError::Corrupt {
+        tree: "snapshots",
+        detail: "a private document's snapshot does not open with this identity".into(),
+    };
+    let nonce: [u8; 24] = sealed
+        .get(..24)
+        .and_then(|n| n.try_into().ok())
+        .ok_or_else(bad)?;
+    keys::open_with(
+        cipher,
+        &nonce,
+        &snapshot_aad(space, doc, seq),
+        &sealed[24..],
+    )
+    .map_err(|_| bad())
+}
 
 /// A document gets a fresh snapshot once this many contributions were added since the last one
 /// (or a quarter of the document, whichever is more).
@@ -17,9 +70,26 @@ pub const SNAPSHOT_EVERY: u64 = 256;
 
 /// A contribution that decoded, with the bytes it came in (stored as they are: `decode` accepts
 /// only the canonical encoding, so they are what `encode()` would produce).
-pub struct Decoded {
-    contribution: Contribution,
-    bytes: Vec<u8>,
+pub enum Decoded {
+    /// Version 1, in the clear.
+    Plain {
+        /// The contribution.
+        contribution: Contribution,
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
+    /// Version 2, sealed: decrypted already (the AEAD vouches that a member sealed it), its
+    /// signature and change not checked yet.
+    Sealed {
+        /// The envelope.
+        envelope: Envelope,
+        /// The space its key id names.
+        space: SpaceId,
+        /// What it holds.
+        plain: Plaintext,
+        /// Its bytes.
+        bytes: Vec<u8>,
+    },
 }
 
 /// A verified contribution: the parsed change and the canonical bytes.
@@ -27,6 +97,7 @@ pub struct Verified {
     space: SpaceId,
     doc: DocId,
     kind: DocKind,
+    author: AuthorId,
     change: Change,
     bytes: Vec<u8>,
 }
@@ -39,6 +110,7 @@ impl Verified {
             space: c.space,
             doc: c.doc,
             kind: c.kind,
+            author: c.author,
             change,
             bytes,
         }
@@ -51,6 +123,9 @@ impl Item for Verified {
     }
     fn doc(&self) -> DocId {
         self.doc
+    }
+    fn author(&self) -> AuthorId {
+        self.author
     }
     fn kind(&self) -> DocKind {
         self.kind
@@ -74,6 +149,8 @@ struct DocState {
     last_seq: u64,
     /// Seq covered by the latest snapshot.
     snapshot_seq: u64,
+    /// The cipher its snapshots are sealed with (a private space's document).
+    seal: Option<Arc<XChaCha20Poly1305>>,
     /// The seq of every contribution held, by change hash: made from the store the first time
     /// a sync answer needs a contribution by its hash, then kept up to date (see
     /// [`hash_index`]).
@@ -87,8 +164,14 @@ impl DocState {
             doc,
             last_seq,
             snapshot_seq,
+            seal: None,
             index: None,
         }
+    }
+
+    fn sealed_with(mut self, seal: Option<Arc<XChaCha20Poly1305>>) -> DocState {
+        self.seal = seal;
+        self
     }
 
     /// Counts a contribution just stored (its write queued) as the next seq.
@@ -106,6 +189,7 @@ impl DocState {
 /// documents peers ask about by hash, once.
 fn hash_index<S: Storage>(
     store: &Store<S>,
+    keyring: &Keyring,
     space: &SpaceId,
     doc: &DocId,
 ) -> Result<HashMap<ChangeHash, u64>, StoreError> {
@@ -113,8 +197,8 @@ fn hash_index<S: Storage>(
         .contributions_of(space, doc, 0)?
         .into_iter()
         .map(|(seq, bytes)| {
-            let c = Contribution::decode(&bytes).map_err(corrupt)?;
-            let (hash, _) = change_preview(&c.change)
+            let (_, plain) = keyring.read(&bytes).map_err(corrupt)?;
+            let (hash, _) = change_preview(&plain.change)
                 .ok_or_else(|| corrupt("a change header does not parse"))?;
             Ok((hash, seq))
         })
@@ -132,13 +216,16 @@ fn corrupt(e: impl std::fmt::Display) -> StoreError {
 /// The Automerge changes of stored contributions, in order, with the document kind they name.
 /// Stored contributions were verified before they were written; decoding them again only guards
 /// against disk corruption.
-fn changes_of(tail: &[(u64, Vec<u8>)]) -> Result<(Vec<Change>, Option<DocKind>), StoreError> {
+fn changes_of(
+    keyring: &Keyring,
+    tail: &[(u64, Vec<u8>)],
+) -> Result<(Vec<Change>, Option<DocKind>), StoreError> {
     let mut kind = None;
     let mut changes = Vec::with_capacity(tail.len());
     for (_, bytes) in tail {
-        let c = Contribution::decode(bytes).map_err(corrupt)?;
-        kind = Some(c.kind);
-        changes.push(Change::from_bytes(c.change).map_err(corrupt)?);
+        let (_, plain) = keyring.read(bytes).map_err(corrupt)?;
+        kind = Some(plain.kind);
+        changes.push(Change::from_bytes(plain.change).map_err(corrupt)?);
     }
     Ok((changes, kind))
 }
@@ -153,18 +240,25 @@ pub struct AutomergeReplica<S> {
     /// Which space each idea lives in (idea ids are global).
     idea_space: HashMap<DocId, SpaceId>,
     contributions: u64,
+    /// The content keys of the private spaces held.
+    keyring: Keyring,
+    /// What this node seals its snapshots of private documents with.
+    local: Arc<XChaCha20Poly1305>,
 }
 
 impl<S: Storage> AutomergeReplica<S> {
     /// Loads the documents of `spaces` from the store: each from its latest snapshot plus the
-    /// contributions after it. `actor_nonce` must be fresh random bytes for this process start.
+    /// contributions after it (a private space's opened with the keys of `keyring`).
+    /// `actor_nonce` must be fresh random bytes for this process start.
     pub fn open(
         store: Store<S>,
         identity: Identity,
         actor_nonce: [u8; 16],
         spaces: impl IntoIterator<Item = SpaceId>,
+        keyring: Keyring,
     ) -> Result<Self, StoreError> {
         let author = identity.author();
+        let local = Arc::new(keys::local_cipher(&identity));
         let mut r = AutomergeReplica {
             store,
             identity,
@@ -173,20 +267,34 @@ impl<S: Storage> AutomergeReplica<S> {
             spaces: spaces.into_iter().map(|s| (s, BTreeMap::new())).collect(),
             idea_space: HashMap::new(),
             contributions: 0,
+            keyring,
+            local,
         };
         for stored in r.store.load_docs()? {
+            let seal = r.seal_for(&stored.space);
             let Some(docs) = r.spaces.get_mut(&stored.space) else {
                 continue;
             };
             let mut doc = match &stored.snapshot {
-                Some((_, saved)) => AutoCommit::load(saved).map_err(|e| StoreError::Corrupt {
-                    tree: "snapshots",
-                    detail: e.to_string(),
-                })?,
+                Some((seq, saved)) => {
+                    let opened;
+                    let saved = match &seal {
+                        Some(cipher) => {
+                            opened =
+                                open_snapshot(cipher, &stored.space, &stored.doc, *seq, saved)?;
+                            &opened
+                        }
+                        None => saved,
+                    };
+                    AutoCommit::load(saved).map_err(|e| StoreError::Corrupt {
+                        tree: "snapshots",
+                        detail: e.to_string(),
+                    })?
+                }
                 None => AutoCommit::new(),
             }
             .with_actor(idea::actor_for(&author, &actor_nonce));
-            let (changes, _) = changes_of(&stored.tail)?;
+            let (changes, _) = changes_of(&r.keyring, &stored.tail)?;
             doc.apply_changes(changes).map_err(corrupt)?;
             let snapshot_seq = stored.snapshot.as_ref().map_or(0, |(s, _)| *s);
             let last_seq = stored.tail.last().map_or(snapshot_seq, |(s, _)| *s);
@@ -196,10 +304,17 @@ impl<S: Storage> AutomergeReplica<S> {
             r.contributions += last_seq;
             docs.insert(
                 stored.doc,
-                DocState::new(stored.kind, doc, last_seq, snapshot_seq),
+                DocState::new(stored.kind, doc, last_seq, snapshot_seq).sealed_with(seal),
             );
         }
         Ok(r)
+    }
+
+    /// The cipher of a space's snapshots: this node's local one for a private space.
+    fn seal_for(&self, space: &SpaceId) -> Option<Arc<XChaCha20Poly1305>> {
+        self.keyring
+            .is_private(space)
+            .then(|| Arc::clone(&self.local))
     }
 
     /// The store it reads.
@@ -222,6 +337,7 @@ impl<S: Storage> AutomergeReplica<S> {
     /// Rebuilds a document from all its stored contributions (or forgets it if none are).
     fn reload(&mut self, space: SpaceId, doc: DocId) -> Result<(), StoreError> {
         let fresh = self.new_doc();
+        let seal = self.seal_for(&space);
         let Some(docs) = self.spaces.get_mut(&space) else {
             return Ok(());
         };
@@ -234,13 +350,13 @@ impl<S: Storage> AutomergeReplica<S> {
             return Ok(());
         }
         let mut d = fresh;
-        let (changes, kind) = changes_of(&tail)?;
+        let (changes, kind) = changes_of(&self.keyring, &tail)?;
         d.apply_changes(changes).map_err(corrupt)?;
         let last_seq = tail.last().map_or(0, |(s, _)| *s);
         self.contributions += last_seq;
         docs.insert(
             doc,
-            DocState::new(kind.unwrap_or(DocKind::Idea), d, last_seq, 0),
+            DocState::new(kind.unwrap_or(DocKind::Idea), d, last_seq, 0).sealed_with(seal),
         );
         Ok(())
     }
@@ -257,12 +373,12 @@ impl<S: Storage> AutomergeReplica<S> {
 
     /// Appends a snapshot of the document as it is now, covering its contributions so far.
     fn snapshot(state: &mut DocState, space: &SpaceId, doc: &DocId, writes: &mut Vec<Write>) {
-        writes.push(Write::snapshot(
-            space,
-            doc,
-            state.last_seq,
-            &state.doc.save(),
-        ));
+        let saved = state.doc.save();
+        let saved = match &state.seal {
+            Some(cipher) => seal_snapshot(cipher, space, doc, state.last_seq, &saved),
+            None => saved,
+        };
+        writes.push(Write::snapshot(space, doc, state.last_seq, &saved));
         state.snapshot_seq = state.last_seq;
     }
 
@@ -278,7 +394,7 @@ impl<S: Storage> AutomergeReplica<S> {
         let stored = self
             .store
             .contributions_of(&space, &doc, 0)
-            .and_then(|tail| changes_of(&tail))
+            .and_then(|tail| changes_of(&self.keyring, &tail))
             .map(|(changes, _)| changes)
             .unwrap_or_default();
         let _ = fresh.apply_changes(stored);
@@ -286,9 +402,10 @@ impl<S: Storage> AutomergeReplica<S> {
             .iter()
             .map(|(hash, bytes)| {
                 // These bytes decoded and their change parsed when they were verified.
-                Contribution::decode(bytes)
+                self.keyring
+                    .read(bytes)
                     .map_err(|e| e.to_string())
-                    .and_then(|c| Change::from_bytes(c.change).map_err(|e| e.to_string()))
+                    .and_then(|(_, p)| Change::from_bytes(p.change).map_err(|e| e.to_string()))
                     .and_then(|ch| fresh.apply_changes([ch]).map_err(|e| e.to_string()))
                     // Automerge queues a change whose dependencies it lacks and reports
                     // success: one that depends on a change refused just before is not in the
@@ -319,25 +436,100 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         self.spaces.entry(space).or_default();
     }
 
+    fn set_keys(&mut self, space: SpaceId, keys: SpaceKeys) {
+        self.add_space(space);
+        self.keyring.set(space, keys);
+    }
+
     fn decode(&self, bytes: Vec<u8>) -> Result<Decoded, Rejection> {
+        if is_sealed(&bytes) {
+            let envelope = Envelope::decode(&bytes)?;
+            let (space, cipher) = self
+                .keyring
+                .get(&envelope.key_id)
+                .ok_or(Rejection::UnknownKey)?;
+            let plain = envelope.unseal(space, cipher)?;
+            return Ok(Decoded::Sealed {
+                envelope,
+                space: *space,
+                plain,
+                bytes,
+            });
+        }
         let contribution = Contribution::decode(&bytes)?;
-        Ok(Decoded {
+        Ok(Decoded::Plain {
             contribution,
             bytes,
         })
     }
 
     fn place_of(decoded: &Decoded) -> (SpaceId, DocId) {
-        (decoded.contribution.space, decoded.contribution.doc)
+        match decoded {
+            Decoded::Plain { contribution, .. } => (contribution.space, contribution.doc),
+            Decoded::Sealed { space, plain, .. } => (*space, plain.doc),
+        }
+    }
+
+    fn sealed(decoded: &Decoded) -> bool {
+        matches!(decoded, Decoded::Sealed { .. })
     }
 
     fn verify(batch: Vec<Decoded>) -> Vec<Result<Verified, Rejection>> {
-        let (contributions, bytes): (Vec<Contribution>, Vec<Vec<u8>>) =
-            batch.into_iter().map(|d| (d.contribution, d.bytes)).unzip();
-        verify_batch(contributions)
+        let mut results: Vec<Option<Result<Verified, Rejection>>> =
+            (0..batch.len()).map(|_| None).collect();
+        let mut plain = Vec::new();
+        let mut sealed = Vec::new();
+        for (i, d) in batch.into_iter().enumerate() {
+            match d {
+                Decoded::Plain {
+                    contribution,
+                    bytes,
+                } => plain.push((i, contribution, bytes)),
+                Decoded::Sealed {
+                    envelope,
+                    space,
+                    plain,
+                    bytes,
+                } => sealed.push((i, envelope, space, plain, bytes)),
+            }
+        }
+        if !plain.is_empty() {
+            let (slots, rest): (Vec<usize>, Vec<(Contribution, Vec<u8>)>) =
+                plain.into_iter().map(|(i, c, b)| (i, (c, b))).unzip();
+            let (contributions, bytes): (Vec<Contribution>, Vec<Vec<u8>>) =
+                rest.into_iter().unzip();
+            for ((i, result), bytes) in slots
+                .into_iter()
+                .zip(verify_batch(contributions))
+                .zip(bytes)
+            {
+                results[i] = Some(result.map(|v| Verified::new(v, bytes)));
+            }
+        }
+        if !sealed.is_empty() {
+            let signed: Vec<(&Envelope, SpaceId)> = sealed
+                .iter()
+                .map(|(_, e, space, _, _)| (e, *space))
+                .collect();
+            let signatures = sealed::verify_signatures(&signed);
+            for ((i, e, space, plain, bytes), signature) in sealed.into_iter().zip(signatures) {
+                results[i] = Some(signature.and_then(|()| {
+                    let change =
+                        check_change(&space, &plain.doc, plain.kind, &e.author, &plain.change)?;
+                    Ok(Verified {
+                        space,
+                        doc: plain.doc,
+                        kind: plain.kind,
+                        author: e.author,
+                        change,
+                        bytes,
+                    })
+                }));
+            }
+        }
+        results
             .into_iter()
-            .zip(bytes)
-            .map(|(result, bytes)| Ok(Verified::new(result?, bytes)))
+            .map(|r| r.unwrap_or(Err(Rejection::Malformed("not verified".into()))))
             .collect()
     }
 
@@ -348,9 +540,9 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
     }
 
     fn preview(&self, bytes: &[u8]) -> Option<(DocId, ChangeHash, Vec<ChangeHash>)> {
-        let c = Contribution::decode(bytes).ok()?;
-        let (hash, deps) = change_preview(&c.change)?;
-        Some((c.doc, hash, deps))
+        let (_, plain) = self.keyring.read(bytes).ok()?;
+        let (hash, deps) = change_preview(&plain.change)?;
+        Some((plain.doc, hash, deps))
     }
 
     fn apply(
@@ -362,13 +554,14 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         writes: &mut Vec<Write>,
     ) -> Vec<Result<(), Rejection>> {
         let fresh = self.new_doc();
+        let seal = self.seal_for(&space);
         let Some(docs) = self.spaces.get_mut(&space) else {
             return items.iter().map(|_| Err(Rejection::UnknownSpace)).collect();
         };
         let is_new = !docs.contains_key(&doc);
         let state = docs
             .entry(doc)
-            .or_insert_with(|| DocState::new(kind, fresh, 0, 0));
+            .or_insert_with(|| DocState::new(kind, fresh, 0, 0).sealed_with(seal));
         let mut metas: Vec<(ChangeHash, Vec<u8>)> = Vec::with_capacity(items.len());
         let mut changes = Vec::with_capacity(items.len());
         for it in items {
@@ -423,10 +616,17 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         kind: DocKind,
         edit: &Edit,
         now_ms: i64,
+        nonce: [u8; 24],
         writes: &mut Vec<Write>,
     ) -> Result<Option<Vec<u8>>, ServiceError> {
         let fresh = self.new_doc();
         let author = self.author;
+        if matches!(self.keyring.sealing(&space), Sealing::NoKey) {
+            return Err(ServiceError::Membership(
+                "this node does not hold the space's current key".into(),
+            ));
+        }
+        let seal = self.seal_for(&space);
         let docs = self
             .spaces
             .get_mut(&space)
@@ -434,7 +634,7 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         let is_new = !docs.contains_key(&doc);
         let state = docs
             .entry(doc)
-            .or_insert_with(|| DocState::new(kind, fresh, 0, 0));
+            .or_insert_with(|| DocState::new(kind, fresh, 0, 0).sealed_with(seal));
         let d = &mut state.doc;
         let made = match edit {
             Edit::CreateIdea { draft, salt } => idea::create_idea(d, draft, &author, salt, now_ms),
@@ -457,8 +657,20 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
                 return if unchanged { Ok(None) } else { Err(e.into()) };
             }
         };
-        let contribution = Contribution::sign(&self.identity, space, doc, kind, &change);
-        let bytes = contribution.encode();
+        let bytes = match self.keyring.sealing(&space) {
+            Sealing::Key(key_id, cipher) => Envelope::seal(
+                &self.identity,
+                &space,
+                key_id,
+                cipher,
+                &doc,
+                kind,
+                change.raw_bytes(),
+                nonce,
+            )
+            .encode(),
+            _ => Contribution::sign(&self.identity, space, doc, kind, &change).encode(),
+        };
         let seq = state.push(change.hash());
         if is_new {
             writes.push(Write::doc(&space, &doc, kind));
@@ -545,7 +757,7 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         let seq = match &state.index {
             Some(index) => index.get(hash).copied(),
             None => {
-                let index = hash_index(&self.store, space, doc)?;
+                let index = hash_index(&self.store, &self.keyring, space, doc)?;
                 let seq = index.get(hash).copied();
                 // Kept only if it covers every contribution held: one whose write is still
                 // queued in the service's outbox (not yet in the store) would be missing from

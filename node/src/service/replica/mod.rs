@@ -20,8 +20,98 @@ use super::ServiceError;
 use crate::store::{StoreError, Write};
 use agora_protocol::automerge::ChangeHash;
 use agora_protocol::idea::{Idea, IdeaDraft, Status, Vote};
-use agora_protocol::{AuthorId, DocId, DocKind, Rejection, SpaceId, VerifiedContribution};
-use std::collections::BTreeMap;
+use agora_protocol::keys::{KeyId, XChaCha20Poly1305};
+use agora_protocol::sealed::{Envelope, Plaintext};
+use agora_protocol::{
+    AuthorId, Contribution, DocId, DocKind, Rejection, SpaceId, VerifiedContribution,
+};
+use std::collections::{BTreeMap, HashMap};
+
+/// The content keys of one private space, as the membership gives them to a member.
+#[derive(Clone, Default)]
+pub struct SpaceKeys {
+    /// Every epoch's content cipher the member holds, by key id.
+    pub ciphers: Vec<(KeyId, XChaCha20Poly1305)>,
+    /// The current epoch (what new contributions are sealed under), if the member holds it.
+    pub current: Option<KeyId>,
+}
+
+/// The content keys of every private space a replica holds: how a sealed contribution finds its
+/// space (by key id, the only name it carries) and how a local edit is sealed.
+#[derive(Clone, Default)]
+pub struct Keyring {
+    by_id: HashMap<KeyId, (SpaceId, XChaCha20Poly1305)>,
+    current: HashMap<SpaceId, Option<KeyId>>,
+}
+
+/// How a local edit to a space travels.
+pub enum Sealing<'a> {
+    /// An open space: a version 1 contribution.
+    Open,
+    /// A private space: sealed under this epoch.
+    Key(KeyId, &'a XChaCha20Poly1305),
+    /// A private space whose current key this member does not hold.
+    NoKey,
+}
+
+impl Keyring {
+    /// Takes in a private space's keys (they only grow; the current one is replaced).
+    pub fn set(&mut self, space: SpaceId, keys: SpaceKeys) {
+        for (id, cipher) in keys.ciphers {
+            self.by_id.insert(id, (space, cipher));
+        }
+        self.current.insert(space, keys.current);
+    }
+
+    /// The space and cipher of a key id.
+    pub fn get(&self, key: &KeyId) -> Option<&(SpaceId, XChaCha20Poly1305)> {
+        self.by_id.get(key)
+    }
+
+    /// Whether `space` is a private space.
+    pub fn is_private(&self, space: &SpaceId) -> bool {
+        self.current.contains_key(space)
+    }
+
+    /// How an edit to `space` is sealed.
+    pub fn sealing(&self, space: &SpaceId) -> Sealing<'_> {
+        match self.current.get(space) {
+            None => Sealing::Open,
+            Some(Some(id)) => match self.by_id.get(id) {
+                Some((_, cipher)) => Sealing::Key(*id, cipher),
+                None => Sealing::NoKey,
+            },
+            Some(None) => Sealing::NoKey,
+        }
+    }
+
+    /// Reads encoded contribution bytes of either version: the space, document, kind and raw
+    /// change. A sealed one is decrypted with the key its id names (no signature is checked:
+    /// this is for bytes verified before, and for previews).
+    pub fn read(&self, bytes: &[u8]) -> Result<(SpaceId, Plaintext), Rejection> {
+        if is_sealed(bytes) {
+            let e = Envelope::decode(bytes)?;
+            let (space, cipher) = self.get(&e.key_id).ok_or(Rejection::UnknownKey)?;
+            Ok((*space, e.unseal(space, cipher)?))
+        } else {
+            let c = Contribution::decode(bytes)?;
+            Ok((
+                c.space,
+                Plaintext {
+                    doc: c.doc,
+                    kind: c.kind,
+                    change: c.change,
+                },
+            ))
+        }
+    }
+}
+
+/// Whether encoded bytes are a sealed (version 2) contribution: a CBOR map of six entries,
+/// where a version 1 contribution has seven.
+pub fn is_sealed(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&0xa6)
+}
 
 /// A verified contribution, ready to be applied.
 pub trait Item {
@@ -29,6 +119,8 @@ pub trait Item {
     fn space(&self) -> SpaceId;
     /// Its document.
     fn doc(&self) -> DocId;
+    /// Its author (who signed it).
+    fn author(&self) -> AuthorId;
     /// The kind of its document.
     fn kind(&self) -> DocKind;
     /// The hash of its change (its identity inside the document).
@@ -85,10 +177,23 @@ pub trait Replica {
     /// Starts holding a space (joined now or at start-up).
     fn add_space(&mut self, space: SpaceId);
 
+    /// Takes in the keys of a private space (and starts holding it): its sealed contributions
+    /// are opened, and its local edits sealed, with them. A replica that holds no content (the
+    /// model) only holds the space.
+    fn set_keys(&mut self, space: SpaceId, keys: SpaceKeys) {
+        let _ = keys;
+        self.add_space(space);
+    }
+
     /// Decodes untrusted bytes (size, shape, version, canonical form).
     fn decode(&self, bytes: Vec<u8>) -> Result<Self::Decoded, Rejection>;
     /// The space and document a decoded contribution names.
     fn place_of(decoded: &Self::Decoded) -> (SpaceId, DocId);
+    /// Whether a decoded contribution is sealed (version 2).
+    fn sealed(decoded: &Self::Decoded) -> bool {
+        let _ = decoded;
+        false
+    }
     /// Verifies a batch (signatures, actor = signer, write rules). Results in input order.
     ///
     /// A pure function of its input (it sees no replica state), so that the service can run it
@@ -116,8 +221,10 @@ pub trait Replica {
         items: Vec<Self::Item>,
         writes: &mut Vec<Write>,
     ) -> Vec<Result<(), Rejection>>;
-    /// Makes a local edit, signs it and appends the writes that store it. Returns the encoded
-    /// contribution to publish, or `None` when the edit changed nothing.
+    /// Makes a local edit, signs it (sealed with `nonce` in a private space) and appends the
+    /// writes that store it. Returns the encoded contribution to publish, or `None` when the
+    /// edit changed nothing.
+    #[allow(clippy::too_many_arguments)]
     fn edit(
         &mut self,
         space: SpaceId,
@@ -125,6 +232,7 @@ pub trait Replica {
         kind: DocKind,
         edit: &Edit,
         now_ms: i64,
+        nonce: [u8; 24],
         writes: &mut Vec<Write>,
     ) -> Result<Option<Vec<u8>>, ServiceError>;
     /// Forgets the in-memory state of these documents and reloads them from the store (after a
