@@ -92,17 +92,79 @@ struct UpArgs {
 
 #[derive(Subcommand)]
 enum SpaceCmd {
-    /// Create a space and join it; prints its id.
+    /// Create a private space (you are its owner); prints its id. Invite others with
+    /// `space invite`.
     Create {
-        /// The space's name.
+        /// The space's name (members see it; others do not).
         name: String,
+        /// Create an open space instead: anyone who learns its id can read and write it, and
+        /// its content travels in the clear.
+        #[arg(long)]
+        open: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Join a space by id.
+    /// Join a private space with a ticket (`agora2:...`), or an open space by id with --open.
     Join {
-        /// The space id (32 hex characters).
+        /// The ticket someone gave you (or, with --open, an open space's id).
+        ticket: String,
+        /// Join an open space by its id.
+        #[arg(long)]
+        open: bool,
+    },
+    /// Make a ticket that lets someone join a private space; prints it.
+    Invite {
+        /// The space id.
+        space_id: String,
+        /// The newcomer's role: member (reads and writes), reader (reads only) or admin.
+        #[arg(long, default_value = "member")]
+        role: String,
+        /// How long the ticket stays valid (e.g. 30m, 12h, 7d).
+        #[arg(long, default_value = "7d")]
+        expires: String,
+        /// How many people it admits.
+        #[arg(long, default_value_t = 1)]
+        uses: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List a private space's members with their roles and names.
+    Members {
+        /// The space id.
+        space_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a member from a private space: its later contributions are refused, and it
+    /// cannot read anything written after the removal (keys rotate).
+    Remove {
+        /// The space id.
+        space_id: String,
+        /// The member's author id (from `space members`).
+        author_id: String,
+    },
+    /// Change a member's role: member, reader or admin.
+    Role {
+        /// The space id.
+        space_id: String,
+        /// The member's author id.
+        author_id: String,
+        /// The new role.
+        role: String,
+    },
+    /// Rename a private space (every member sees the new name).
+    Rename {
+        /// The space id.
+        space_id: String,
+        /// The new name.
+        name: String,
+    },
+    /// Leave a private space.
+    Leave {
+        /// The space id.
         space_id: String,
     },
     /// List joined spaces.
@@ -111,6 +173,30 @@ enum SpaceCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A role as the CLI takes it.
+fn parse_role(role: &str) -> Result<&'static str> {
+    match role.trim().to_lowercase().as_str() {
+        "member" => Ok("member"),
+        "reader" => Ok("reader"),
+        "admin" => Ok("admin"),
+        _ => bail!("the role must be member, reader or admin"),
+    }
+}
+
+/// The answer to `POST /spaces/{id}/invites`, and what `space invite --json` prints.
+#[derive(Serialize, Deserialize)]
+struct TicketOut {
+    ticket: String,
+}
+
+/// One member, as `GET /spaces/{id}/members` answers.
+#[derive(Serialize, Deserialize)]
+struct MemberOut {
+    author: AuthorId,
+    role: String,
+    name: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -276,6 +362,12 @@ struct ApiError {
 struct SpaceCreated {
     id: SpaceId,
     name: String,
+}
+
+/// The answer to `POST /join`.
+#[derive(Deserialize)]
+struct Joined {
+    id: SpaceId,
 }
 
 /// The answer to `POST /spaces/{id}/ideas`, and what `idea add --json` prints.
@@ -502,18 +594,119 @@ async fn client_command(c: &Client, cmd: Command) -> Result<()> {
                 .await?;
             println!("display name set");
         }
-        Command::Space(SpaceCmd::Create { name, json }) => {
-            let v: SpaceCreated = c.post("/spaces", json!({ "name": name })).await?;
+        Command::Space(SpaceCmd::Create { name, open, json }) => {
+            let v: SpaceCreated = c
+                .post("/spaces", json!({ "name": name, "open": open }))
+                .await?;
             if json {
                 print_json(&v);
             } else {
                 println!("{}", v.id);
             }
         }
-        Command::Space(SpaceCmd::Join { space_id }) => {
+        Command::Space(SpaceCmd::Join { ticket, open }) => {
+            let text = ticket.trim();
+            if text.starts_with(agora_protocol::ticket::TICKET_PREFIX) {
+                let v: Joined = c.post("/join", json!({ "ticket": text })).await?;
+                println!("joined {}", v.id);
+            } else if open {
+                let id = check_id::<SpaceId>(text)?;
+                let _: IgnoredAny = c.post(&format!("/spaces/{id}/join"), json!({})).await?;
+                println!("joined {id}");
+            } else {
+                bail!(
+                    "that is not a ticket (a ticket starts with {}): ask a member of the space for one with `agora space invite SPACE_ID`; to join an open space by its id, add --open",
+                    agora_protocol::ticket::TICKET_PREFIX
+                );
+            }
+        }
+        Command::Space(SpaceCmd::Invite {
+            space_id,
+            role,
+            expires,
+            uses,
+            json,
+        }) => {
             let id = check_id::<SpaceId>(&space_id)?;
-            let _: IgnoredAny = c.post(&format!("/spaces/{id}/join"), json!({})).await?;
-            println!("joined {id}");
+            let role = parse_role(&role)?;
+            let expires_in = humantime::parse_duration(expires.trim())
+                .map_err(|e| anyhow!("--expires {expires:?}: {e} (e.g. 30m, 12h, 7d)"))?
+                .as_secs();
+            let v: TicketOut = c
+                .post(
+                    &format!("/spaces/{id}/invites"),
+                    json!({ "role": role, "expires_in": expires_in, "uses": uses }),
+                )
+                .await?;
+            if json {
+                print_json(&v);
+            } else {
+                println!("{}", v.ticket);
+            }
+        }
+        Command::Space(SpaceCmd::Members { space_id, json }) => {
+            let id = check_id::<SpaceId>(&space_id)?;
+            let v: Vec<MemberOut> = c.get(&format!("/spaces/{id}/members")).await?;
+            if json {
+                print_json(&v);
+            } else {
+                for m in &v {
+                    println!(
+                        "{}  {:<7} {}",
+                        m.author,
+                        m.role,
+                        term_safe(m.name.as_deref().unwrap_or(""))
+                    );
+                }
+            }
+        }
+        Command::Space(SpaceCmd::Remove {
+            space_id,
+            author_id,
+        }) => {
+            let id = check_id::<SpaceId>(&space_id)?;
+            let author = check_id::<AuthorId>(&author_id)?;
+            let _: IgnoredAny = c
+                .send(
+                    reqwest::Method::DELETE,
+                    &format!("/spaces/{id}/members/{author}"),
+                    None,
+                )
+                .await?;
+            println!("removed {author} from {id}; keys rotated");
+        }
+        Command::Space(SpaceCmd::Role {
+            space_id,
+            author_id,
+            role,
+        }) => {
+            let id = check_id::<SpaceId>(&space_id)?;
+            let author = check_id::<AuthorId>(&author_id)?;
+            let role = parse_role(&role)?;
+            let _: IgnoredAny = c
+                .send(
+                    reqwest::Method::PUT,
+                    &format!("/spaces/{id}/members/{author}"),
+                    Some(json!({ "role": role })),
+                )
+                .await?;
+            println!("{author} is now {role} in {id}");
+        }
+        Command::Space(SpaceCmd::Rename { space_id, name }) => {
+            let id = check_id::<SpaceId>(&space_id)?;
+            let _: IgnoredAny = c
+                .send(
+                    reqwest::Method::PUT,
+                    &format!("/spaces/{id}/name"),
+                    Some(json!({ "name": name })),
+                )
+                .await?;
+            println!("renamed {id}");
+        }
+        Command::Space(SpaceCmd::Leave { space_id }) => {
+            let id = check_id::<SpaceId>(&space_id)?;
+            let _: IgnoredAny = c.post(&format!("/spaces/{id}/leave"), json!({})).await?;
+            println!("left {id}");
         }
         Command::Space(SpaceCmd::List { json }) => {
             let v: Vec<SpaceInfo> = c.get("/spaces").await?;
@@ -521,10 +714,16 @@ async fn client_command(c: &Client, cmd: Command) -> Result<()> {
                 print_json(&v);
             } else {
                 for s in &v {
+                    let kind = match (s.private, s.role.as_deref()) {
+                        (false, _) => "open".to_string(),
+                        (true, Some(role)) => role.to_string(),
+                        (true, None) => "left".to_string(),
+                    };
                     println!(
-                        "{}  {:<24} {} ideas",
+                        "{}  {:<24} {:<7} {} ideas",
                         s.id,
                         term_safe(s.name.as_deref().unwrap_or("(name unknown)")),
+                        kind,
                         s.ideas
                     );
                 }

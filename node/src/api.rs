@@ -12,13 +12,14 @@ use crate::error::NodeError;
 use crate::handle::NodeHandle;
 use crate::service::ServiceError as EngineError;
 use agora_protocol::idea::{IdeaDraft, Status, Vote};
+use agora_protocol::membership::Role;
 use agora_protocol::{DocId, SpaceId};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -45,6 +46,7 @@ impl From<EngineError> for ApiError {
         let code = match e {
             EngineError::UnknownSpace(_) | EngineError::UnknownIdea(_) => StatusCode::NOT_FOUND,
             EngineError::Schema(_) => StatusCode::BAD_REQUEST,
+            EngineError::Membership(_) => StatusCode::FORBIDDEN,
             EngineError::Stopped => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -59,6 +61,7 @@ impl From<NodeError> for ApiError {
                 StatusCode::BAD_REQUEST
             }
             NodeError::Engine(e) => return e.into(),
+            NodeError::Join(_) => StatusCode::FORBIDDEN,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())
@@ -105,13 +108,126 @@ struct NameBody {
     name: String,
 }
 
-async fn create_space(State(node): State<NodeHandle>, Json(b): Json<NameBody>) -> ApiResult {
-    let id = node.create_space(&b.name).await?;
+#[derive(Deserialize)]
+struct CreateSpaceBody {
+    name: String,
+    /// An open space (version 1: anyone who learns its id can read and write it) instead of a
+    /// private one.
+    #[serde(default)]
+    open: bool,
+}
+
+async fn create_space(State(node): State<NodeHandle>, Json(b): Json<CreateSpaceBody>) -> ApiResult {
+    let id = if b.open {
+        node.create_space(&b.name).await?
+    } else {
+        node.create_private_space(&b.name).await?
+    };
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "id": id, "name": b.name.trim() })),
+        Json(json!({ "id": id, "name": b.name.trim(), "private": !b.open })),
     )
         .into_response())
+}
+
+fn role(name: &str) -> Result<Role, ApiError> {
+    match name {
+        "reader" => Ok(Role::Reader),
+        "member" => Ok(Role::Member),
+        "admin" => Ok(Role::Admin),
+        _ => Err(bad_request("role must be one of: reader, member, admin")),
+    }
+}
+
+#[derive(Deserialize)]
+struct InviteBody {
+    #[serde(default)]
+    role: Option<String>,
+    /// Seconds the ticket stays valid (default 7 days).
+    #[serde(default)]
+    expires_in: Option<u64>,
+    /// Admissions it allows (default 1).
+    #[serde(default)]
+    uses: Option<u64>,
+}
+
+/// Seven days.
+pub const DEFAULT_TICKET_SECONDS: u64 = 7 * 24 * 3600;
+
+async fn invite(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    Json(b): Json<InviteBody>,
+) -> ApiResult {
+    let space: SpaceId = parse(&id)?;
+    let role = role(b.role.as_deref().unwrap_or("member"))?;
+    let uses = b.uses.unwrap_or(1);
+    if uses == 0 || uses > 1000 {
+        return Err(bad_request("uses must be between 1 and 1000"));
+    }
+    let expires_in = b.expires_in.unwrap_or(DEFAULT_TICKET_SECONDS);
+    if expires_in == 0 || expires_in > 366 * 24 * 3600 {
+        return Err(bad_request(
+            "expires_in must be between 1 second and a year",
+        ));
+    }
+    let ticket = node.invite(space, role, expires_in, uses).await?;
+    Ok((StatusCode::CREATED, Json(json!({ "ticket": ticket }))).into_response())
+}
+
+#[derive(Deserialize)]
+struct TicketBody {
+    ticket: String,
+}
+
+async fn join_ticket(State(node): State<NodeHandle>, Json(b): Json<TicketBody>) -> ApiResult {
+    let space = node.join_ticket(&b.ticket).await?;
+    ok(json!({ "id": space, "joined": true }))
+}
+
+async fn members(State(node): State<NodeHandle>, Path(id): Path<String>) -> ApiResult {
+    let members = node.members(parse(&id)?).await?;
+    ok(members
+        .into_iter()
+        .map(|m| json!({ "author": m.author, "role": m.role.name(), "name": m.name }))
+        .collect::<Vec<_>>())
+}
+
+async fn remove_member(
+    State(node): State<NodeHandle>,
+    Path((id, author)): Path<(String, String)>,
+) -> ApiResult {
+    node.remove_member(parse(&id)?, parse(&author)?).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct RoleBody {
+    role: String,
+}
+
+async fn set_role(
+    State(node): State<NodeHandle>,
+    Path((id, author)): Path<(String, String)>,
+    Json(b): Json<RoleBody>,
+) -> ApiResult {
+    node.set_role(parse(&id)?, parse(&author)?, role(&b.role)?)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn rename_space(
+    State(node): State<NodeHandle>,
+    Path(id): Path<String>,
+    Json(b): Json<NameBody>,
+) -> ApiResult {
+    node.rename_space(parse(&id)?, &b.name).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn leave_space(State(node): State<NodeHandle>, Path(id): Path<String>) -> ApiResult {
+    node.leave_space(parse(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn list_spaces(State(node): State<NodeHandle>) -> ApiResult {
@@ -262,6 +378,15 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/profile", put(set_name))
         .route("/spaces", get(list_spaces).post(create_space))
         .route("/spaces/{id}/join", post(join_space))
+        .route("/join", post(join_ticket))
+        .route("/spaces/{id}/invites", post(invite))
+        .route("/spaces/{id}/members", get(members))
+        .route(
+            "/spaces/{id}/members/{author}",
+            delete(remove_member).put(set_role),
+        )
+        .route("/spaces/{id}/name", put(rename_space))
+        .route("/spaces/{id}/leave", post(leave_space))
         .route("/spaces/{id}/ideas", get(list_ideas).post(create_idea))
         .route("/ideas/{id}", get(show_idea))
         .route("/ideas/{id}/comments", post(comment))

@@ -34,6 +34,9 @@ pub enum NodeError {
     /// Network error.
     #[error(transparent)]
     Network(#[from] network::NetworkError),
+    /// Joining a private space with a ticket failed (the message says why, for a person).
+    #[error("{0}")]
+    Join(String),
     /// Configuration error.
     #[error(transparent)]
     Config(#[from] config::ConfigError),

@@ -6,11 +6,14 @@ use crate::config;
 use crate::engine::EngineHandle;
 use crate::error::NodeError;
 use crate::network::{self, NetCommand, NetView, NetworkError};
-use crate::service::{Command, NodeEvent, Reply, ServiceError, ServiceStatus};
+use crate::service::{Command, MemberInfo, NodeEvent, Reply, ServiceError, ServiceStatus};
 use crate::service::{Counters, SpaceInfo};
 use crate::status::{NetStatus, NodeStatus, SyncInfo};
 use agora_protocol::automerge::ChangeHash;
 use agora_protocol::idea::{Idea, IdeaDraft, Status, Vote};
+use agora_protocol::join::{JoinRequest, JoinResponse};
+use agora_protocol::membership::Role;
+use agora_protocol::ticket::Ticket;
 use agora_protocol::{AuthorId, DocId, SpaceId};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -261,6 +264,185 @@ impl NodeHandle {
         }
     }
 
+    /// Creates a private space owned by this node.
+    pub async fn create_private_space(&self, name: &str) -> Result<SpaceId, ServiceError> {
+        let name = name.to_string();
+        match self.request(Command::CreatePrivateSpace { name }).await? {
+            Reply::Space(id) => Ok(id),
+            other => unexpected("CreatePrivateSpace", other),
+        }
+    }
+
+    /// The members of a private space, owner first.
+    pub async fn members(&self, space: SpaceId) -> Result<Vec<MemberInfo>, ServiceError> {
+        match self.request(Command::Members { space }).await? {
+            Reply::Members(m) => Ok(m),
+            other => unexpected("Members", other),
+        }
+    }
+
+    /// Invites to a private space: a ticket for `role`, valid for `valid_for` seconds and
+    /// `uses` admissions, holding the addresses of this node and of the members connected to it
+    /// (so that the newcomer can join while this node is offline).
+    pub async fn invite(
+        &self,
+        space: SpaceId,
+        role: Role,
+        valid_for: u64,
+        uses: u64,
+    ) -> Result<String, NodeError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let expires = now.saturating_add(valid_for);
+        let invitation = match self
+            .request(Command::Invite {
+                space,
+                role,
+                expires,
+                uses,
+            })
+            .await?
+        {
+            Reply::Invitation(i) => i,
+            other => unexpected("Invite", other),
+        };
+        let view = self.net_view().await?;
+        let members: std::collections::BTreeSet<AuthorId> = self
+            .members(space)
+            .await?
+            .into_iter()
+            .map(|m| m.author)
+            .collect();
+        let mut addrs: Vec<String> = view.listen_addrs.clone();
+        for (author, listen) in &view.dialable {
+            if members.contains(author) {
+                addrs.extend(listen.iter().cloned());
+            }
+        }
+        addrs.retain(|a| a.len() <= agora_protocol::ticket::MAX_ADDR_BYTES);
+        addrs.dedup();
+        addrs.truncate(agora_protocol::ticket::MAX_TICKET_ADDRS);
+        let ticket = Ticket {
+            space,
+            invite: invitation.invite,
+            secret: invitation.secret,
+            addrs,
+        };
+        Ok(ticket.encode())
+    }
+
+    /// Joins a private space with a ticket: asks the members at the ticket's addresses, in
+    /// order, until one admits this node; then holds the space. A refusal that no other member
+    /// would answer differently (expired, revoked, used up) ends the attempt at once.
+    pub async fn join_ticket(&self, text: &str) -> Result<SpaceId, NodeError> {
+        let ticket = Ticket::decode(text.trim()).map_err(|e| NodeError::Join(e.to_string()))?;
+        let space = ticket.space;
+        if let Ok(members) = self.members(space).await {
+            if members.iter().any(|m| m.author == self.author()) {
+                return Err(NodeError::Join(
+                    "this node is a member of that space already".into(),
+                ));
+            }
+        }
+        let redeem = match self
+            .request(Command::MakeRedeem {
+                space,
+                invite: ticket.invite,
+                secret: ticket.secret,
+            })
+            .await?
+        {
+            Reply::Redeem(r) => *r,
+            other => unexpected("MakeRedeem", other),
+        };
+        let mut tried = Vec::new();
+        for addr in &ticket.addrs {
+            let Ok(parsed) = network::parse_addr(addr) else {
+                tried.push(format!("{addr}: not an address"));
+                continue;
+            };
+            let (tx, rx) = oneshot::channel();
+            self.inner
+                .net
+                .send(NetCommand::Join {
+                    addr: parsed,
+                    request: JoinRequest {
+                        space,
+                        redeem: redeem.clone(),
+                    },
+                    reply: tx,
+                })
+                .await
+                .map_err(|_| NetworkError::Stopped)?;
+            let answer = rx.await.map_err(|_| NetworkError::Stopped)?;
+            match answer {
+                Ok(JoinResponse::Admitted(ops)) => {
+                    match self.request(Command::JoinPrivate { space, ops }).await {
+                        Ok(_) => return Ok(space),
+                        Err(e) => tried.push(format!("{addr}: {e}")),
+                    }
+                }
+                Ok(JoinResponse::Refused(code)) => {
+                    let why = refusal_text(&code);
+                    if matches!(
+                        code.as_str(),
+                        "expired" | "revoked" | "used_up" | "already_member"
+                    ) {
+                        return Err(NodeError::Join(format!("the ticket was refused: {why}")));
+                    }
+                    tried.push(format!("{addr}: {why}"));
+                }
+                Err(e) => tried.push(format!("{addr}: unreachable ({e})")),
+            }
+        }
+        Err(NodeError::Join(if tried.is_empty() {
+            "the ticket holds no member address to ask".into()
+        } else {
+            format!("no member admitted this node: {}", tried.join("; "))
+        }))
+    }
+
+    /// Removes a member from a private space (a new epoch starts: it cannot read what follows).
+    pub async fn remove_member(
+        &self,
+        space: SpaceId,
+        member: AuthorId,
+    ) -> Result<(), ServiceError> {
+        self.request(Command::RemoveMember { space, member })
+            .await
+            .map(drop)
+    }
+
+    /// Changes a member's role in a private space.
+    pub async fn set_role(
+        &self,
+        space: SpaceId,
+        member: AuthorId,
+        role: Role,
+    ) -> Result<(), ServiceError> {
+        self.request(Command::SetRole {
+            space,
+            member,
+            role,
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Renames a private space.
+    pub async fn rename_space(&self, space: SpaceId, name: &str) -> Result<(), ServiceError> {
+        let name = name.to_string();
+        self.request(Command::RenameSpace { space, name })
+            .await
+            .map(drop)
+    }
+
+    /// Leaves a private space.
+    pub async fn leave_space(&self, space: SpaceId) -> Result<(), ServiceError> {
+        self.request(Command::LeaveSpace { space }).await.map(drop)
+    }
+
     /// Stops the node: API, network, then the engine (which saves snapshots and flushes).
     /// Idempotent.
     pub async fn shutdown(&self) {
@@ -277,5 +459,29 @@ impl NodeHandle {
         let _ = tokio::task::spawn_blocking(move || engine_thread.join()).await;
         let _ = std::fs::remove_file(self.inner.data_dir.join(config::API_FILE));
         tracing::info!(target: "agora::node", "node stopped");
+    }
+}
+
+/// What a join refusal's code means, for a person.
+fn refusal_text(code: &str) -> String {
+    match code {
+        "expired" => "the ticket has expired; ask for a new one".into(),
+        "revoked" => "the ticket was revoked; ask for a new one".into(),
+        "used_up" => {
+            "the ticket has been used as many times as it allows; ask for a new one".into()
+        }
+        "already_member" => "this node is a member of the space already".into(),
+        "unknown_invite" => "that member does not know this invitation (yet)".into(),
+        "unknown_space" => "that node is not a member of the space".into(),
+        "bad_redeem" => "the ticket does not check out (was it copied whole?)".into(),
+        "busy" | "unavailable" => "that member is busy; try again".into(),
+        other => format!(
+            "refused ({})",
+            other
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(64)
+                .collect::<String>()
+        ),
     }
 }

@@ -1,6 +1,7 @@
 //! The swarm's parts: transport, behaviours, gossipsub settings, and the sync codec.
 
 use super::{NetConfig, NetworkError};
+use agora_protocol::join::{self, JoinRequest, JoinResponse};
 use agora_protocol::sync::{self, SyncDecodeError, SyncRequest, SyncResponse};
 use agora_protocol::Contribution;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -18,6 +19,7 @@ pub const IDENTIFY_PROTOCOL: &str = "/agora/id/1.0.0";
 pub(crate) struct Behaviour {
     pub gossipsub: gossipsub::Behaviour,
     pub sync: request_response::Behaviour<SyncCodec>,
+    pub join: request_response::Behaviour<JoinCodec>,
     pub identify: identify::Behaviour,
     pub mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -138,6 +140,61 @@ impl request_response::Codec for SyncCodec {
     }
 }
 
+/// Carries the join exchange (`/agora/join/2`): one canonical CBOR message per stream
+/// direction, read to the end of the stream within the protocol's size limits.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct JoinCodec;
+
+fn invalid_join(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+impl request_response::Codec for JoinCodec {
+    type Protocol = StreamProtocol;
+    type Request = JoinRequest;
+    type Response = JoinResponse;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<JoinRequest>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let bytes = read_limited(io, join::MAX_JOIN_REQUEST_BYTES as u64).await?;
+        JoinRequest::decode(&bytes).map_err(invalid_join)
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<JoinResponse>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let bytes = read_limited(io, join::MAX_JOIN_RESPONSE_BYTES as u64).await?;
+        JoinResponse::decode(&bytes).map_err(invalid_join)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        request: JoinRequest,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&request.encode()).await
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        response: JoinResponse,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        io.write_all(&response.encode()).await
+    }
+}
+
 /// The decode error inside an I/O error made by [`SyncCodec`], if that is what it is.
 pub(crate) fn decode_error(e: &io::Error) -> Option<&SyncDecodeError> {
     e.get_ref()?.downcast_ref::<SyncDecodeError>()
@@ -193,9 +250,18 @@ pub(crate) fn build_swarm(
                 )],
                 request_response::Config::default().with_request_timeout(request_timeout),
             );
+            let join = request_response::Behaviour::with_codec(
+                JoinCodec,
+                [(
+                    StreamProtocol::new(join::JOIN_PROTOCOL),
+                    ProtocolSupport::Full,
+                )],
+                request_response::Config::default().with_request_timeout(request_timeout),
+            );
             Ok(Behaviour {
                 gossipsub,
                 sync,
+                join,
                 identify,
                 mdns: Toggle::from(mdns),
             })

@@ -1,16 +1,17 @@
 //! The task that owns the swarm and translates between libp2p and the service.
 
 use super::behaviour::{build_swarm, decode_error, topic_score_params, Behaviour, BehaviourEvent};
-use super::peers::Peers;
+use super::peers::{author_of, Peers};
 use super::{
     parse_addr, NetCommand, NetConfig, NetView, NetworkError, MAX_AWAITING_VERDICT, MAX_BACKLOG,
-    MAX_INBOUND_SYNC, MAX_QUEUED_PER_TOPIC,
+    MAX_INBOUND_JOIN, MAX_INBOUND_SYNC, MAX_LISTEN_ADDRS, MAX_QUEUED_PER_TOPIC,
 };
 use crate::engine::{EngineHandle, EngineInput};
 use crate::service::{
     Checked, ExchangeId, GossipIn, InboundId, Input, NetAction, PeerHandle, SyncFailure, Verdict,
 };
 use crate::status::PeerInfo;
+use agora_protocol::join::{JoinRequest, JoinResponse};
 use agora_protocol::sync::{SyncDecodeError, SyncResponse};
 use agora_protocol::SpaceId;
 use libp2p::futures::StreamExt;
@@ -19,7 +20,10 @@ use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, Respons
 use libp2p::swarm::SwarmEvent;
 use libp2p::{identify, mdns, Multiaddr, PeerId, Swarm};
 use std::collections::{HashMap, HashSet, VecDeque};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+
+/// Where the answer to one of our join requests goes.
+type JoinReply = oneshot::Sender<Result<JoinResponse, String>>;
 
 /// The task that owns the swarm.
 pub struct EventLoop {
@@ -41,6 +45,10 @@ pub struct EventLoop {
     next_inbound: u64,
     /// Our outbound sync requests: which peer and which of the service's requests.
     outbound: HashMap<OutboundRequestId, (PeerHandle, ExchangeId)>,
+    /// Inbound join requests awaiting the service's response.
+    join_inbound: HashMap<InboundId, ResponseChannel<JoinResponse>>,
+    /// Our join requests awaiting an answer.
+    join_outbound: HashMap<OutboundRequestId, JoinReply>,
     /// Peer and sync events that did not fit into the engine's queue, in order.
     backlog: VecDeque<Input>,
     /// Sync answers whose contributions are being verified off this task (see `Checked`), and
@@ -85,6 +93,8 @@ impl EventLoop {
             inbound: HashMap::new(),
             next_inbound: 0,
             outbound: HashMap::new(),
+            join_inbound: HashMap::new(),
+            join_outbound: HashMap::new(),
             backlog: VecDeque::new(),
             checked_tx,
             checked_rx,
@@ -269,6 +279,15 @@ impl EventLoop {
                     checked: None,
                 }),
             },
+            NetAction::JoinResponse { inbound, response } => {
+                if let Some(channel) = self.join_inbound.remove(&inbound) {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .join
+                        .send_response(channel, response);
+                }
+            }
             NetAction::SyncResponse {
                 inbound, response, ..
             } => {
@@ -341,6 +360,30 @@ impl EventLoop {
     fn on_command(&mut self, cmd: NetCommand) {
         match cmd {
             NetCommand::Dial(addr) => self.dial(addr),
+            NetCommand::Join {
+                addr,
+                request,
+                reply,
+            } => {
+                let peer = addr.iter().find_map(|p| match p {
+                    libp2p::multiaddr::Protocol::P2p(id) => Some(id),
+                    _ => None,
+                });
+                let Some(peer) = peer else {
+                    let _ = reply.send(Err(format!("{addr} does not end in /p2p/<peer id>")));
+                    return;
+                };
+                if peer == *self.swarm.local_peer_id() {
+                    let _ = reply.send(Err("that address is this node's own".into()));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().join.send_request_with_addresses(
+                    &peer,
+                    request,
+                    vec![addr],
+                );
+                self.join_outbound.insert(id, reply);
+            }
             NetCommand::Status(reply) => {
                 let me = *self.swarm.local_peer_id();
                 let listen_addrs = self
@@ -377,6 +420,19 @@ impl EventLoop {
                     peers,
                     queued: self.queued.values().map(|q| q.len() as u64).sum(),
                     names: self.peers.names(),
+                    dialable: self
+                        .peers
+                        .listen
+                        .iter()
+                        .filter(|(p, _)| self.peers.connected.contains_key(*p))
+                        .filter_map(|(p, addrs)| {
+                            let addrs = addrs
+                                .iter()
+                                .map(|a| a.clone().with_p2p(*p).unwrap_or_else(|a| a).to_string())
+                                .collect();
+                            Some((author_of(p)?, addrs))
+                        })
+                        .collect(),
                 });
             }
         }
@@ -423,6 +479,7 @@ impl EventLoop {
                         }
                     }
                     self.inbound.retain(|_, (p, _)| *p != peer_id);
+                    self.peers.listen.remove(&peer_id);
                     self.peers.forget_if_idle(&peer_id);
                 } else if let Some(addrs) = self.peers.connected.get_mut(&peer_id) {
                     if let Some(i) = addrs
@@ -435,6 +492,7 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(ev)) => self.on_gossip(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(ev)) => self.on_sync_event(ev),
+            SwarmEvent::Behaviour(BehaviourEvent::Join(ev)) => self.on_join_event(ev),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(list))) => {
                 let mut seen = HashSet::new();
                 for (peer, addr) in list {
@@ -460,6 +518,15 @@ impl EventLoop {
                 ..
             })) => {
                 tracing::debug!(target: "agora::network", peer = %peer_id, agent = %info.agent_version, "identified");
+                if self.peers.connected.contains_key(&peer_id) {
+                    let addrs = info
+                        .listen_addrs
+                        .into_iter()
+                        .filter(|a| a.to_string().len() <= 200)
+                        .take(MAX_LISTEN_ADDRS)
+                        .collect();
+                    self.peers.listen.insert(peer_id, addrs);
+                }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(target: "agora::network", ?peer_id, %error, "outgoing connection failed");
@@ -526,6 +593,63 @@ impl EventLoop {
                 }
             }
             _ => {}
+        }
+    }
+
+    fn on_join_event(&mut self, ev: request_response::Event<JoinRequest, JoinResponse>) {
+        match ev {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let busy = |swarm: &mut Swarm<Behaviour>, channel| {
+                    let busy = JoinResponse::Refused("busy".into());
+                    let _ = swarm.behaviour_mut().join.send_response(channel, busy);
+                };
+                if self.join_inbound.len() >= MAX_INBOUND_JOIN {
+                    return busy(&mut self.swarm, channel);
+                }
+                self.next_inbound += 1;
+                let inbound = InboundId(self.next_inbound);
+                let handle = self.peers.handle(peer);
+                match self.engine.try_input(Input::JoinRequest {
+                    peer: handle,
+                    inbound,
+                    request,
+                }) {
+                    Ok(()) => {
+                        self.join_inbound.insert(inbound, channel);
+                    }
+                    Err(_) => busy(&mut self.swarm, channel),
+                }
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.join_outbound.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(reply) = self.join_outbound.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(target: "agora::network", %peer, %error, "inbound join failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
         }
     }
 

@@ -37,6 +37,10 @@ pub const MAX_AWAITING_VERDICT: usize = 20_000;
 pub const MAX_BACKLOG: usize = 16_384;
 /// Most inbound sync requests awaiting the engine's response.
 pub const MAX_INBOUND_SYNC: usize = 1_024;
+/// Most inbound join requests awaiting the engine's response (beyond, refused as busy).
+pub const MAX_INBOUND_JOIN: usize = 64;
+/// Most listen addresses remembered per connected peer (from identify).
+pub const MAX_LISTEN_ADDRS: usize = 8;
 
 /// Errors of the network layer.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +94,15 @@ pub enum NetCommand {
     Dial(Multiaddr),
     /// Report the network's view.
     Status(oneshot::Sender<NetView>),
+    /// Ask the member at `addr` (which must end in `/p2p/<peer id>`) to admit us.
+    Join {
+        /// Where.
+        addr: Multiaddr,
+        /// The request.
+        request: agora_protocol::join::JoinRequest,
+        /// Its answer, or why there is none.
+        reply: oneshot::Sender<Result<agora_protocol::join::JoinResponse, String>>,
+    },
 }
 
 /// The network's view, for status.
@@ -105,6 +118,8 @@ pub struct NetView {
     pub queued: u64,
     /// The peer id behind each handle the service may mention.
     pub names: BTreeMap<PeerHandle, String>,
+    /// Connected peers' authors and the addresses they listen on (with `/p2p/`), for tickets.
+    pub dialable: Vec<(agora_protocol::AuthorId, Vec<String>)>,
 }
 
 /// Network settings (a slice of the node's `Config`).

@@ -29,6 +29,12 @@ impl<R: Replica> Service<R> {
         if self.spaces.contains_key(&space) {
             return Ok(());
         }
+        if self.private.contains_key(&space) {
+            // Never the same id as an open space: that would publish its content in the clear.
+            return Err(ServiceError::Membership(
+                "that is a private space: it is joined with a ticket, not by id".into(),
+            ));
+        }
         let record = SpaceRecord {
             name,
             joined_at: now.wall_ms,

@@ -199,6 +199,11 @@ pub enum Command {
         /// The new role.
         role: Role,
     },
+    /// Leave a private space (this node's membership ends; it stops following the space).
+    LeaveSpace {
+        /// The space.
+        space: SpaceId,
+    },
     /// Rename a private space.
     RenameSpace {
         /// The space.
@@ -250,6 +255,7 @@ impl Command {
                 | Command::RemoveMember { .. }
                 | Command::SetRole { .. }
                 | Command::RenameSpace { .. }
+                | Command::LeaveSpace { .. }
                 | Command::AdmitRedeem { .. }
                 | Command::JoinPrivate { .. }
         )
@@ -393,6 +399,15 @@ pub enum Input {
     },
     /// A sync batch handed out earlier as [`Output::Ingest`].
     Ingest(SyncBatch),
+    /// A newcomer's request to join a private space with a ticket (`/agora/join/2`).
+    JoinRequest {
+        /// The peer that asks.
+        peer: PeerHandle,
+        /// Names our response.
+        inbound: InboundId,
+        /// The request.
+        request: agora_protocol::join::JoinRequest,
+    },
     /// Time passed: run what is due (see [`Service::next_wakeup`]).
     Tick,
 }
@@ -440,6 +455,13 @@ pub enum NetAction {
         exchange: ExchangeId,
         /// The request.
         request: SyncRequest,
+    },
+    /// Answer a newcomer's join request.
+    JoinResponse {
+        /// Which request.
+        inbound: InboundId,
+        /// The answer.
+        response: agora_protocol::join::JoinResponse,
     },
     /// Answer a peer's sync request.
     SyncResponse {
@@ -572,6 +594,13 @@ pub struct SpaceInfo {
     pub ideas: usize,
     /// When this node joined.
     pub joined_at: i64,
+    /// Whether it is a private space (members only, sealed content).
+    #[serde(default)]
+    pub private: bool,
+    /// This node's role in a private space (`owner`, `admin`, `member`, `reader`); `None` in an
+    /// open space, or once this node left or was removed.
+    #[serde(default)]
+    pub role: Option<String>,
 }
 
 /// The service's part of a node's status.
@@ -833,6 +862,11 @@ impl<R: Replica> Service<R> {
                 checked,
             } => self.on_sync_response(peer, exchange, result, checked, now),
             Input::Ingest(batch) => self.on_sync_batch(batch, now),
+            Input::JoinRequest {
+                peer,
+                inbound,
+                request,
+            } => self.answer_join(peer, inbound, request, now),
             Input::Tick => self.tick(now),
         }
     }
@@ -1017,6 +1051,10 @@ impl<R: Replica> Service<R> {
             }
             Command::RenameSpace { space, name } => {
                 self.rename_space(space, &name)?;
+                Reply::Done
+            }
+            Command::LeaveSpace { space } => {
+                self.leave_space(space)?;
                 Reply::Done
             }
             Command::AdmitRedeem { space, redeem } => {

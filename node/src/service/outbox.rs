@@ -103,6 +103,12 @@ impl Outbox {
                         },
                     }))
                 }
+                (Output::Net(NetAction::JoinResponse { inbound, .. }), When::Durable) => {
+                    Some(Output::Net(NetAction::JoinResponse {
+                        inbound,
+                        response: agora_protocol::join::JoinResponse::Refused("unavailable".into()),
+                    }))
+                }
                 (
                     Output::Net(
                         NetAction::Publish { .. }

@@ -17,9 +17,12 @@
 
 use super::outbox::When;
 use super::replica::{Replica, SpaceKeys};
-use super::{NetAction, NodeEvent, Now, Output, Service, ServiceError, Verdict};
+use super::{
+    InboundId, NetAction, NodeEvent, Now, Output, PeerHandle, Service, ServiceError, Verdict,
+};
 use crate::store::{SpaceRecord, Storage, Store, StoreError, Write};
 use agora_protocol::idea;
+use agora_protocol::join::{self, JoinRequest, JoinResponse};
 use agora_protocol::keys::DeviceKey;
 use agora_protocol::membership::{ActionError, Inserted, Op, PrivateSpace, Role, VerifiedOp};
 use agora_protocol::{AuthorId, Identity, SpaceId};
@@ -299,6 +302,19 @@ impl<R: Replica> Service<R> {
         self.own_ops(space, vec![op])
     }
 
+    /// Leaves a private space: a signed `remove` of this node by itself (PROTOCOL §14.3; it
+    /// pins nothing and starts no epoch: the admins' nodes rotate). The node stops following
+    /// the space's topics; its record stays, listed without a role.
+    pub(crate) fn leave_space(&mut self, space: SpaceId) -> Result<(), ServiceError> {
+        let keys = self.node_keys()?.clone();
+        let op = self
+            .private_view(&space)?
+            .leave(&keys.identity, Vec::new())?;
+        self.own_ops(space, vec![op])?;
+        self.follow_private(space);
+        Ok(())
+    }
+
     /// Renames a private space.
     pub(crate) fn rename_space(&mut self, space: SpaceId, name: &str) -> Result<(), ServiceError> {
         let name = idea::validate_name(name)?;
@@ -460,6 +476,52 @@ impl<R: Replica> Service<R> {
             .map(|o| o.bytes().to_vec())
             .collect();
         Ok(Admitted { space, ops })
+    }
+
+    /// A newcomer's join request: admitted (the answer leaves once the admission is durable), or
+    /// refused with the protocol's reason code. A space this node does not hold, or no longer
+    /// is a member of, gets `unknown_space`, as if it never heard of it.
+    pub(crate) fn answer_join(
+        &mut self,
+        peer: PeerHandle,
+        inbound: InboundId,
+        request: JoinRequest,
+        now: Now,
+    ) {
+        let space = request.space;
+        let me = self.keys.as_ref().map(|k| k.identity.author());
+        let held = self
+            .private
+            .get(&space)
+            .filter(|v| me.is_some_and(|me| v.membership().role(&me).is_some()));
+        let refusal = match held {
+            None => Some(join::UNKNOWN_SPACE.to_string()),
+            Some(view) => {
+                let now_s = u64::try_from(now.wall_ms / 1000).unwrap_or(0);
+                view.check_redeem(&request.redeem, now_s)
+                    .err()
+                    .map(|r| r.code().to_string())
+            }
+        };
+        let (response, when) = match refusal {
+            Some(code) => (JoinResponse::Refused(code), When::Now),
+            None => match self.admit_redeem(&request.redeem, space, now) {
+                Ok(admitted) => (JoinResponse::Admitted(admitted.ops), When::Durable),
+                Err(e) => {
+                    tracing::warn!(target: "agora::network", %space, %e, "could not admit a newcomer");
+                    (JoinResponse::Refused("unavailable".into()), When::Now)
+                }
+            },
+        };
+        if let JoinResponse::Refused(code) = &response {
+            tracing::info!(target: "agora::network", %peer, %space, reason = %code, "refused a join request");
+        } else {
+            tracing::info!(target: "agora::network", %peer, %space, "admitted a newcomer");
+        }
+        self.outbox.push(
+            Output::Net(NetAction::JoinResponse { inbound, response }),
+            when,
+        );
     }
 
     /// The newcomer's side of a join: the operations a member handed over, verified; this node

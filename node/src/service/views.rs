@@ -26,13 +26,24 @@ impl<R: Replica> Service<R> {
                 name: r.name.clone(),
                 ideas: self.replica.idea_count(id),
                 joined_at: r.joined_at,
+                private: false,
+                role: None,
             })
             .collect();
-        v.extend(self.private_records.iter().map(|(id, r)| SpaceInfo {
-            id: *id,
-            name: self.private_name(id),
-            ideas: self.replica.idea_count(id),
-            joined_at: r.joined_at,
+        let me = self.replica.author();
+        v.extend(self.private_records.iter().map(|(id, r)| {
+            SpaceInfo {
+                id: *id,
+                name: self.private_name(id),
+                ideas: self.replica.idea_count(id),
+                joined_at: r.joined_at,
+                private: true,
+                role: self
+                    .private
+                    .get(id)
+                    .and_then(|v| v.membership().role(&me))
+                    .map(|r| r.name().to_string()),
+            }
         }));
         v.sort_by_key(|s| s.joined_at);
         v
