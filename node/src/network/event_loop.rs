@@ -241,6 +241,17 @@ impl EventLoop {
                     let _ = gs.set_topic_params(topic.clone(), topic_score_params());
                     self.topics.insert(topic.hash(), space);
                 }
+                // Peers that followed these topics before we did announced it already: tell the
+                // service now (it syncs with them).
+                let followers: Vec<PeerId> = gs
+                    .all_peers()
+                    .filter(|(_, topics)| topics.iter().any(|t| hashes.contains(t)))
+                    .map(|(p, _)| *p)
+                    .collect();
+                for peer_id in followers {
+                    let peer = self.peers.handle(peer_id);
+                    self.send_to_engine(Input::PeerSubscribed { peer, space });
+                }
             }
             NetAction::PublishTo { topic, bytes } => {
                 self.publish(IdentTopic::new(topic).hash(), bytes);
@@ -463,6 +474,9 @@ impl EventLoop {
                 if first {
                     let peer = self.peers.handle(peer_id);
                     self.send_to_engine(Input::PeerConnected { peer });
+                    if let Some(author) = author_of(&peer_id) {
+                        self.send_to_engine(Input::PeerIdentified { peer, author });
+                    }
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -579,21 +593,26 @@ impl EventLoop {
             gossipsub::Event::Subscribed { peer_id, topic } => {
                 tracing::debug!(target: "agora::network", peer = %peer_id, %topic, "peer subscribed");
                 self.flush_queue(&topic);
-                if let Some(space) = SpaceId::from_topic(topic.as_str()) {
+                if let Some(space) = self.space_of_topic(&topic) {
                     let peer = self.peers.handle(peer_id);
                     self.send_to_engine(Input::PeerSubscribed { peer, space });
                 }
             }
             gossipsub::Event::Unsubscribed { peer_id, topic } => {
-                if let (Some(space), Some(peer)) = (
-                    SpaceId::from_topic(topic.as_str()),
-                    self.peers.known(&peer_id),
-                ) {
+                if let (Some(space), Some(peer)) =
+                    (self.space_of_topic(&topic), self.peers.known(&peer_id))
+                {
                     self.send_to_engine(Input::PeerUnsubscribed { peer, space });
                 }
             }
             _ => {}
         }
+    }
+
+    /// The space a topic stands for: a version 1 topic names it; a private space's topic is
+    /// known only as one this node follows.
+    fn space_of_topic(&self, topic: &TopicHash) -> Option<SpaceId> {
+        SpaceId::from_topic(topic.as_str()).or_else(|| self.topics.get(topic).copied())
     }
 
     fn on_join_event(&mut self, ev: request_response::Event<JoinRequest, JoinResponse>) {

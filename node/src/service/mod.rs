@@ -358,6 +358,14 @@ pub enum Input {
         /// The peer.
         peer: PeerHandle,
     },
+    /// The author behind a connected peer (its libp2p key is the author's ed25519 key, which
+    /// noise authenticated): what private spaces' sync answers are gated on.
+    PeerIdentified {
+        /// The peer.
+        peer: PeerHandle,
+        /// Its author.
+        author: AuthorId,
+    },
     /// A peer's last connection closed.
     PeerDisconnected {
         /// The peer.
@@ -847,6 +855,7 @@ impl<R: Replica> Service<R> {
             }
             Input::Gossip(batch) => self.gossip(batch, now),
             Input::PeerConnected { peer } => self.peer_connected(peer, now),
+            Input::PeerIdentified { peer, author } => self.peer_identified(peer, author),
             Input::PeerDisconnected { peer } => self.peer_disconnected(peer, now),
             Input::PeerSubscribed { peer, space } => self.peer_subscribed(peer, space, now),
             Input::PeerUnsubscribed { peer, space } => self.peer_unsubscribed(peer, space, now),

@@ -169,6 +169,8 @@ impl<R: Replica> Service<R> {
         self.replica.set_keys(space, keys_of(&view));
         self.private.insert(space, view);
         self.private_records.insert(space, record);
+        self.digests.remove(&space);
+        self.sync_rejoin(space);
         self.follow_private(space);
         self.outbox.event(NodeEvent::SpaceJoined { space });
     }
@@ -211,6 +213,10 @@ impl<R: Replica> Service<R> {
         };
         let changed = view.topics() != before;
         self.replica.set_keys(space, keys_of(view));
+        // Its operations are part of the space's sync digest, and who may sync it may have
+        // changed.
+        self.digests.remove(&space);
+        self.sync_rejoin(space);
         if changed {
             self.follow_private(space);
         }

@@ -2062,4 +2062,136 @@ mod private_content {
         );
         assert!(titles(&mut b, space).is_empty());
     }
+
+    /// `a` and `b` connect (each knowing the other's author), follow `space`, and run their
+    /// sync rounds to the end. Every output.
+    fn link_private(a: &mut Node, b: &mut Node, space: SpaceId, now: Now) -> Vec<Output> {
+        let meet = |x: &mut Node, y: PeerHandle| {
+            let author = Identity::from_seed([y.0 as u8; 32]).author();
+            x.run(
+                vec![
+                    Input::PeerConnected { peer: y },
+                    Input::PeerIdentified { peer: y, author },
+                    Input::PeerSubscribed { peer: y, space },
+                ],
+                now,
+            )
+        };
+        let (an, bn) = (a.name, b.name);
+        let from_a = meet(a, bn);
+        let from_b = meet(b, an);
+        relay(a, b, from_a, from_b, now)
+    }
+
+    #[test]
+    fn a_member_catches_up_by_sync_and_a_stranger_learns_nothing() {
+        let mut a = Node::new(1, config());
+        let Reply::Space(space) =
+            a.command(Command::CreatePrivateSpace { name: "Lab".into() }, at(0))
+        else {
+            panic!()
+        };
+        let mut b = admit(&mut a, space, 2, Role::Member, 10);
+        // While B is away: ideas, a comment, a rename, and a third member (whose admission
+        // B must learn to accept its posts).
+        let (idea, _) = post(&mut a, space, "Microscope booking", 20);
+        post(&mut a, space, "Reagent order", 21);
+        a.command(
+            Command::Comment {
+                idea,
+                text: "Thursdays".into(),
+            },
+            at(22),
+        );
+        a.command(
+            Command::RenameSpace {
+                space,
+                name: "Lab 2".into(),
+            },
+            at(23),
+        );
+        let mut c = admit(&mut a, space, 3, Role::Member, 30);
+        let (_, _) = post(&mut c, space, "From C", 40);
+        // C's post reaches A by gossip.
+        let c_post = contributions_of_node(&mut c, space);
+        for (i, bytes) in c_post.into_iter().enumerate() {
+            let out = a.step(
+                Input::Gossip(vec![GossipIn {
+                    token: 50 + i as u64,
+                    from: c.name,
+                    topic: Some(space),
+                    bytes,
+                }]),
+                at(41),
+            );
+            assert!(!verdicts(&out).contains(&Verdict::Reject));
+        }
+
+        let outputs = link_private(&mut a, &mut b, space, at(50));
+        // Requests name the space by its locator, never by its id.
+        for (_, _, request) in requests(&outputs) {
+            assert_ne!(request.space(), space, "the space id is not on the wire");
+        }
+        assert!(
+            bans(&outputs).is_empty(),
+            "an honest member is not banned: {:?}",
+            bans(&outputs)
+        );
+        let mut titles = titles(&mut b, space);
+        titles.sort();
+        assert_eq!(titles, vec!["From C", "Microscope booking", "Reagent order"]);
+        let Reply::Spaces(spaces) = b.command(Command::Spaces, at(60)) else {
+            panic!()
+        };
+        assert_eq!(spaces[0].name.as_deref(), Some("Lab 2"));
+        assert_eq!(b.service.heads(&space), a.service.heads(&space));
+        assert_eq!(b.service.digest(&space), a.service.digest(&space));
+
+        // A stranger's node, even one that knows the locator (a removed member would), is
+        // answered exactly as for a space A does not hold.
+        let stranger = PeerHandle(9);
+        a.run(
+            vec![
+                Input::PeerConnected { peer: stranger },
+                Input::PeerIdentified {
+                    peer: stranger,
+                    author: Identity::from_seed([9; 32]).author(),
+                },
+            ],
+            at(70),
+        );
+        let locator = a.service.wire_name(&space);
+        for name in [locator, space.0, [7; 16]] {
+            let answer = a.answer(
+                stranger,
+                SyncRequest::Summary {
+                    v: 1,
+                    space: name,
+                    digest: [0; 32],
+                },
+                at(71),
+            );
+            assert_eq!(
+                answer,
+                SyncResponse::Refused {
+                    reason: "space not held here".into()
+                }
+            );
+        }
+    }
+
+    /// Every stored contribution of a node in a space (what it would send by sync).
+    fn contributions_of_node(node: &mut Node, space: SpaceId) -> Vec<Vec<u8>> {
+        let docs = node.service.heads(&space);
+        let mut out = Vec::new();
+        for doc in docs.keys() {
+            out.extend(
+                node.service
+                    .replica_mut()
+                    .stored_after(&space, doc, &[], usize::MAX)
+                    .unwrap(),
+            );
+        }
+        out
+    }
 }

@@ -128,6 +128,86 @@ impl OpLog {
         out
     }
 
+    /// The resolvable operations that are neither in `have` nor among their ancestors, parents
+    /// first (what a peer whose heads are `have` lacks). Ids in `have` this log does not hold
+    /// are ignored.
+    pub fn after(&self, have: &[OpId]) -> Vec<&VerifiedOp> {
+        let mut known: std::collections::HashSet<OpId> = std::collections::HashSet::new();
+        let mut stack: Vec<OpId> = have
+            .iter()
+            .filter(|h| self.ops.contains_key(h))
+            .copied()
+            .collect();
+        while let Some(id) = stack.pop() {
+            if known.insert(id) {
+                if let Some(op) = self.ops.get(&id) {
+                    stack.extend(op.op().parents.iter().copied());
+                }
+            }
+        }
+        // Parents first: depth (the longest path from the creation) orders them, ids break
+        // ties, as resolution does.
+        let mut depth: HashMap<OpId, usize> = HashMap::new();
+        let mut rest: Vec<(usize, OpId)> = Vec::new();
+        for id in self.ops.keys() {
+            let d = self.depth_of(id, &mut depth);
+            if !known.contains(id) {
+                rest.push((d, *id));
+            }
+        }
+        rest.sort();
+        rest.iter().filter_map(|(_, id)| self.ops.get(id)).collect()
+    }
+
+    /// The depth of a held operation (0 for one without parents), memoised in `memo`.
+    fn depth_of(&self, id: &OpId, memo: &mut HashMap<OpId, usize>) -> usize {
+        if let Some(d) = memo.get(id) {
+            return *d;
+        }
+        // Iteratively, so that a long chain does not overflow the stack.
+        let mut stack = vec![*id];
+        while let Some(top) = stack.last().copied() {
+            let parents: Vec<OpId> = self
+                .ops
+                .get(&top)
+                .map(|o| o.op().parents.clone())
+                .unwrap_or_default();
+            let pending: Vec<OpId> = parents
+                .iter()
+                .filter(|p| !memo.contains_key(p) && self.ops.contains_key(p))
+                .copied()
+                .collect();
+            if pending.is_empty() {
+                let d = parents
+                    .iter()
+                    .filter_map(|p| memo.get(p))
+                    .map(|d| d + 1)
+                    .max()
+                    .unwrap_or(0);
+                memo.insert(top, d);
+                stack.pop();
+            } else {
+                stack.extend(pending);
+            }
+        }
+        memo[id]
+    }
+
+    /// The resolvable operations' heads: those no other resolvable operation names as a
+    /// parent, in id order.
+    pub fn heads(&self) -> Vec<OpId> {
+        let parents: std::collections::HashSet<&OpId> = self
+            .ops
+            .values()
+            .flat_map(|o| o.op().parents.iter())
+            .collect();
+        self.ops
+            .keys()
+            .filter(|id| !parents.contains(id))
+            .copied()
+            .collect()
+    }
+
     /// Resolves the resolvable operations.
     pub fn resolve(&self) -> Result<Membership, ResolveError> {
         resolve(self.space, self.ops.values())

@@ -14,6 +14,9 @@
 //! pair at a time.
 
 mod exchange;
+mod private;
+
+pub use self::private::OPS_DOC;
 
 use self::exchange::{Exchange, InFlight, Phase};
 use super::outbox::When;
@@ -97,6 +100,11 @@ pub(crate) struct Scheduler {
     next_id: u64,
     /// Outbound requests that failed (timeouts, transport failures, refusals).
     pub failures: u64,
+    /// The author behind each connected peer, where the network could tell.
+    pub(crate) authors: BTreeMap<PeerHandle, agora_protocol::AuthorId>,
+    /// Private spaces whose membership changed: the next tick opens pairs with the peers that
+    /// follow them and are members now.
+    pub(crate) rejoin: BTreeSet<SpaceId>,
     /// [`Service::sync_next_wakeup`], until something it depends on changes (every method
     /// that changes pairs, exchanges, the queue, early arrivals or bans forgets it first).
     wakeup: std::cell::Cell<Option<Option<Millis>>>,
@@ -114,13 +122,18 @@ pub struct PairStatus {
 }
 
 /// The document, hash and dependencies of item `i` of a sync answer: from its verification on
-/// arrival if it has one, else read from its bytes.
+/// arrival if it has one, else read from its bytes (in a private space, an item that is not a
+/// sealed contribution is a membership operation).
 fn preview<R: Replica>(
     replica: &R,
+    private: bool,
     checked: Option<&Checked>,
     i: usize,
     bytes: &[u8],
 ) -> Option<(DocId, ChangeHash, Vec<ChangeHash>)> {
+    if private && !crate::service::replica::is_sealed(bytes) {
+        return self::private::op_preview(bytes);
+    }
     checked
         .and_then(|c| c.preview(i))
         .or_else(|| replica.preview(bytes))
@@ -141,6 +154,7 @@ impl<R: Replica> Service<R> {
     pub(super) fn peer_disconnected(&mut self, peer: PeerHandle, now: Now) {
         self.sync.wakeup.set(None);
         self.sync.peers.remove(&peer);
+        self.sync.authors.remove(&peer);
         self.forget_peer(peer);
         self.start_queued(now);
     }
@@ -155,7 +169,7 @@ impl<R: Replica> Service<R> {
             return;
         }
         spaces.insert(space);
-        if self.spaces.contains_key(&space) {
+        if self.syncs_with(peer, &space) {
             self.open_pair((peer, space), now);
             self.start_exchange((peer, space), now);
         }
@@ -194,6 +208,9 @@ impl<R: Replica> Service<R> {
             .map(|(p, _)| *p)
             .collect();
         for peer in peers {
+            if !self.syncs_with(peer, &space) {
+                continue;
+            }
             self.open_pair((peer, space), now);
             self.start_exchange((peer, space), now);
         }
@@ -242,7 +259,7 @@ impl<R: Replica> Service<R> {
             p.early = later;
             let theirs: Vec<DocHeads> = ready
                 .into_iter()
-                .filter(|(doc, hash, _)| !self.replica.missing(&pair.1, doc, &[*hash]).is_empty())
+                .filter(|(doc, hash, _)| !self.sync_holds(&pair.1, doc, hash))
                 .map(|(doc, hash, _)| DocHeads {
                     doc: doc.0,
                     heads: vec![hash.into()],
@@ -349,7 +366,7 @@ impl<R: Replica> Service<R> {
             exchange: id,
             request: SyncRequest::Summary {
                 v: 1,
-                space: space.0,
+                space: self.wire_name(&space),
                 digest,
             },
         });
@@ -393,7 +410,7 @@ impl<R: Replica> Service<R> {
             exchange: id,
             request: SyncRequest::Fetch {
                 v: 1,
-                space: pair.1 .0,
+                space: self.wire_name(&pair.1),
                 wants,
                 max_bytes,
             },
@@ -553,24 +570,35 @@ impl<R: Replica> Service<R> {
     ) {
         self.sync.wakeup.set(None);
         let (peer, space) = pair;
-        let Service {
-            sync: scheduler,
-            replica,
-            ..
-        } = self;
-        let Some(ex) = scheduler.exchanges.get_mut(&pair) else {
+        if !self.sync.exchanges.contains_key(&pair) {
             return;
-        };
+        }
+        // A private space's answer holds operations and sealed contributions, which the shell
+        // does not verify.
+        let private = self.is_private(&space);
+        let checked = checked.filter(|_| !private);
         // Plan the next request from what this batch will add, before it is ingested, so that
         // the peer prepares the next batch while this one is verified and applied.
+        let previews: Vec<(DocId, ChangeHash, Vec<ChangeHash>)> = items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, bytes)| preview(&self.replica, private, checked.as_ref(), i, bytes))
+            .collect();
         let mut new = 0;
-        for (i, bytes) in items.iter().enumerate() {
-            let Some((doc, hash, deps)) = preview(&*replica, checked.as_ref(), i, bytes) else {
-                continue;
-            };
-            if !ex.holds(&doc, &hash) && !replica.missing(&space, &doc, &[hash]).is_empty() {
+        for (doc, hash, _) in &previews {
+            let in_exchange = self
+                .sync
+                .exchanges
+                .get(&pair)
+                .is_some_and(|ex| ex.holds(doc, hash));
+            if !in_exchange && !self.sync_holds(&space, doc, hash) {
                 new += 1;
             }
+        }
+        let Some(ex) = self.sync.exchanges.get_mut(&pair) else {
+            return;
+        };
+        for (doc, hash, deps) in previews {
             ex.in_flight.entry(doc).or_default().push((hash, deps));
         }
         if !items.is_empty() {
@@ -645,27 +673,49 @@ impl<R: Replica> Service<R> {
             tracing::debug!(target: "agora::sync", %peer, "dropped a batch of an exchange that ended");
             return;
         }
+        let private = self.is_private(&space);
+        let checked = checked.filter(|_| !private);
         let done: Vec<(DocId, ChangeHash)> = items
             .iter()
             .enumerate()
             .filter_map(|(i, b)| {
-                preview(&self.replica, checked.as_ref(), i, b).map(|(d, h, _)| (d, h))
+                preview(&self.replica, private, checked.as_ref(), i, b).map(|(d, h, _)| (d, h))
             })
             .collect();
         let n = items.len();
+        // A private space's membership operations are taken in first (a rotation among them
+        // brings the key that opens the contributions after it).
+        let (ops, items): (Vec<Vec<u8>>, Vec<Vec<u8>>) = items
+            .into_iter()
+            .partition(|b| private && !crate::service::replica::is_sealed(b));
+        let mut ops_accepted = 0u64;
+        for op in ops {
+            match self.private_gossip(space, &op).0 {
+                crate::service::Verdict::Reject => {
+                    return self.ban(peer, "sync_invalid_operation", now)
+                }
+                crate::service::Verdict::Accept => ops_accepted += 1,
+                crate::service::Verdict::Ignore => {}
+            }
+        }
         let items = items.into_iter().map(|b| (b, Some(space))).collect();
         let outcomes = self.ingest(items, checked, now, &mut Vec::new());
         let invalid = outcomes.iter().find_map(|o| match o {
-            Outcome::Rejected(r) if !matches!(r, Rejection::UnknownSpace) => Some(r.code()),
+            Outcome::Rejected(r)
+                if !matches!(r, Rejection::UnknownSpace | Rejection::UnknownKey) =>
+            {
+                Some(r.code())
+            }
             _ => None,
         });
         if let Some(reason) = invalid {
             return self.ban(peer, reason, now);
         }
-        let accepted = outcomes
-            .iter()
-            .filter(|o| matches!(o, Outcome::Accepted))
-            .count() as u64;
+        let accepted = ops_accepted
+            + outcomes
+                .iter()
+                .filter(|o| matches!(o, Outcome::Accepted))
+                .count() as u64;
         self.outbox.exchanges.push((pair, exchange));
         let Some(ex) = self.sync.exchanges.get_mut(&pair) else {
             return;
@@ -763,7 +813,7 @@ impl<R: Replica> Service<R> {
             let known = |h: &ChangeHash| flying.is_some_and(|v| v.iter().any(|(x, _)| x == h));
             let (mut lacking, mut missing) = (false, false);
             for h in d.heads.iter().map(|h| ChangeHash::from(*h)) {
-                if !self.replica.holds(space, &doc, &h) {
+                if !self.sync_holds(space, &doc, &h) {
                     missing = true;
                     if !known(&h) {
                         lacking = true;
@@ -778,7 +828,7 @@ impl<R: Replica> Service<R> {
             // Our heads once what is in flight is applied: held heads and received changes that
             // nothing received depends on.
             let mut ours: BTreeSet<ChangeHash> =
-                self.replica.heads(space, &doc).into_iter().collect();
+                self.sync_heads(space, &doc).into_iter().collect();
             if let Some(v) = flying {
                 ours.extend(v.iter().map(|(h, _)| *h));
                 for (_, deps) in v {
@@ -811,7 +861,7 @@ impl<R: Replica> Service<R> {
         if theirs.len() <= FEW_DOCS {
             // A few documents (what an exchange still waits for): look each one up.
             for (t, differ) in theirs.iter().zip(differ.iter_mut()) {
-                *differ = !same_heads(t, &self.replica.heads(space, &DocId(t.doc)));
+                *differ = !same_heads(t, &self.sync_heads(space, &DocId(t.doc)));
             }
             return differ;
         }
@@ -819,7 +869,7 @@ impl<R: Replica> Service<R> {
             return differ;
         }
         let mut i = 0;
-        self.replica.visit_heads(space, &mut |doc, ours| {
+        self.visit_sync_heads(space, &mut |doc, ours| {
             while i < theirs.len() && theirs[i].doc < doc.0 {
                 i += 1;
             }
@@ -837,7 +887,7 @@ impl<R: Replica> Service<R> {
         if theirs.is_sorted_by_key(|d| d.doc) {
             // A `Heads` answer lists documents in id order, as we visit ours: walk both.
             let mut rest = theirs.iter().peekable();
-            self.replica.visit_heads(space, &mut |doc, ours| {
+            self.visit_sync_heads(space, &mut |doc, ours| {
                 while rest.next_if(|t| t.doc < doc.0).is_some() {}
                 lacks |= !rest
                     .next_if(|t| t.doc == doc.0)
@@ -845,7 +895,7 @@ impl<R: Replica> Service<R> {
             });
         } else {
             let theirs: BTreeMap<[u8; 16], &DocHeads> = theirs.iter().map(|d| (d.doc, d)).collect();
-            self.replica.visit_heads(space, &mut |doc, ours| {
+            self.visit_sync_heads(space, &mut |doc, ours| {
                 lacks |= !theirs.get(&doc.0).is_some_and(|t| same_heads(t, ours));
             });
         }
@@ -858,8 +908,7 @@ impl<R: Replica> Service<R> {
             return *d;
         }
         let mut digest = sync::SpaceDigest::new();
-        self.replica
-            .visit_heads(space, &mut |doc, heads| digest.add(doc, heads));
+        self.visit_sync_heads(space, &mut |doc, heads| digest.add(doc, heads));
         let digest = digest.finish();
         self.digests.insert(*space, digest);
         digest
@@ -895,12 +944,16 @@ impl<R: Replica> Service<R> {
         if let Err(reason) = request.check() {
             return SyncResponse::Refused { reason };
         }
-        let space = request.space();
-        if !self.spaces.contains_key(&space) {
+        // A private space is named by its locator; it is answered only to a member's node, and
+        // anyone else gets exactly what a space not held gets.
+        let Some(space) = self
+            .space_named(request.space().0)
+            .filter(|s| self.syncs_with(peer, s))
+        else {
             return SyncResponse::Refused {
                 reason: "space not held here".into(),
             };
-        }
+        };
         match request {
             SyncRequest::Summary { digest, .. } => {
                 if self.digest(&space) == digest {
@@ -924,7 +977,7 @@ impl<R: Replica> Service<R> {
                 let mut more = false;
                 'docs: for want in wants {
                     let doc = DocId(want.doc);
-                    if self.replica.doc_kind(&space, &doc).is_none() {
+                    if !self.sync_has_doc(&space, &doc) {
                         continue;
                     }
                     // Heads the requester has that we know; changes beyond them are what it lacks.
@@ -932,9 +985,9 @@ impl<R: Replica> Service<R> {
                         .heads
                         .iter()
                         .map(|h| ChangeHash::from(*h))
-                        .filter(|h| self.replica.missing(&space, &doc, &[*h]).is_empty())
+                        .filter(|h| self.sync_holds(&space, &doc, h))
                         .collect();
-                    let stored = match self.replica.stored_after(
+                    let stored = match self.sync_stored_after(
                         &space,
                         &doc,
                         &have,
@@ -963,7 +1016,7 @@ impl<R: Replica> Service<R> {
     /// Every non-empty document's heads, in id order (what a `Heads` answer carries).
     fn doc_heads(&mut self, space: &SpaceId) -> Vec<DocHeads> {
         let mut out = Vec::new();
-        self.replica.visit_heads(space, &mut |doc, heads| {
+        self.visit_sync_heads(space, &mut |doc, heads| {
             if out.len() < MAX_DOCS_PER_SPACE {
                 out.push(DocHeads {
                     doc: doc.0,
@@ -978,6 +1031,9 @@ impl<R: Replica> Service<R> {
 
     pub(super) fn sync_tick(&mut self, now: Now) {
         self.sync.wakeup.set(None);
+        for space in std::mem::take(&mut self.sync.rejoin) {
+            self.sync_joined(space, now);
+        }
         let expired: Vec<Pair> = self
             .sync
             .exchanges
@@ -1035,6 +1091,9 @@ impl<R: Replica> Service<R> {
         }
         let mut next: Option<Millis> = None;
         let mut at = |t: Millis| next = Some(next.map_or(t, |n| n.min(t)));
+        if !self.sync.rejoin.is_empty() {
+            at(0);
+        }
         for (pair, p) in &self.sync.pairs {
             if self.sync.exchanges.contains_key(pair) {
                 continue;
