@@ -78,7 +78,8 @@ fn peer_text_is_escaped_for_the_terminal() {
     let created: SpaceCreated = a.cli_json(&["space", "create", SPACE, "--json"]);
     assert_eq!(created.name, SPACE);
     let space = created.id.to_string();
-    b.cli_ok(&["space", "join", &space]);
+    let ticket = a.invite(&space, 1);
+    b.cli_ok(&["space", "join", &ticket]);
     let id = a.add_idea(&space, TITLE, BODY, &["ok", TAG]).to_string();
     a.cli_ok(&["idea", "comment", &id, COMMENT]);
 

@@ -13,7 +13,7 @@
 use agora_node::PeerInfo;
 use agora_protocol::Idea;
 use agora_testkit::netns::{require_root_and_iproute2, Lan};
-use agora_testkit::process::{wait_until, AgoraProc, Cli, InitOutput, SpaceCreated};
+use agora_testkit::process::{wait_until, AgoraProc, Cli, InitOutput};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -126,12 +126,8 @@ fn three_nodes_on_a_lan_find_each_other_by_mdns_and_converge() {
     }
     eprintln!("[{:?}] discovered each other", t0.elapsed());
 
-    // A space on node 1, joined by 2 and 3.
-    let created: SpaceCreated = nodes[0].cli_json(&["space", "create", "Lab", "--json"]);
-    let space = created.id.to_string();
-    for n in &nodes[1..] {
-        n.cli_ok(&["space", "join", &space]);
-    }
+    // A private space on node 1; 2 and 3 join it with a ticket.
+    let space = nodes[0].share_space("Lab", &[&nodes[1], &nodes[2]]);
     wait_until(
         "every node to see the two others subscribed to the space",
         CONVERGE,

@@ -20,7 +20,7 @@
 use agora_node::NodeStatus;
 use agora_protocol::Idea;
 use agora_testkit::netns::{require_root_and_iproute2, Lan};
-use agora_testkit::process::{wait_until, AgoraProc, Cli, InitOutput, SpaceCreated};
+use agora_testkit::process::{wait_until, AgoraProc, Cli, InitOutput};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -178,11 +178,8 @@ fn five_nodes_split_in_two_post_on_both_sides_heal_and_converge() {
     log("five nodes up");
 
     // One space, joined by everyone; wait for the full mesh of subscriptions.
-    let created: SpaceCreated = nodes[0].cli_json(&["space", "create", "Partition", "--json"]);
-    let space = created.id.to_string();
-    for n in &nodes[1..] {
-        n.cli_ok(&["space", "join", &space]);
-    }
+    let others: Vec<&AgoraProc> = nodes[1..].iter().collect();
+    let space = nodes[0].share_space("Partition", &others);
     wait_until(
         "every node to see the four others subscribed to the space",
         CONVERGE,

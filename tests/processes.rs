@@ -243,13 +243,8 @@ fn three_processes_converge_and_survive_a_restart() {
     eprintln!("[{:?}] three nodes up", t0.elapsed());
 
     // A space on node 1, joined by 2 and 3.
-    let created: SpaceCreated = n1.cli_json(&["space", "create", "Team", "--json"]);
-    assert_eq!(created.name, "Team", "{created:?}");
-    let space = created.id.to_string();
-    for n in [&n2, &n3] {
-        let out = n.cli_ok(&["space", "join", &space]);
-        assert!(out.contains(&space), "{}: join printed {out:?}", n.name);
-    }
+    // A private space on node 1; 2 and 3 join it with one ticket, as the README shows.
+    let space = n1.share_space("Team", &[&n2, &n3]);
     for n in nodes {
         let spaces: Vec<SpaceInfo> = n.cli_json(&["space", "list", "--json"]);
         assert!(
@@ -532,8 +527,8 @@ fn cli_rejects_bad_input_with_one_line_errors() {
     );
     assert_one_line_error(
         &n.cli(&["space", "join", "nope"]),
-        "join a malformed space id",
-        "hex",
+        "join with something that is not a ticket",
+        "not a ticket",
     );
     assert_one_line_error(
         &n.cli(&["idea", "list", "--space", unknown, "--json"]),

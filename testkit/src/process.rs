@@ -603,6 +603,41 @@ impl AgoraProc {
         created.id
     }
 
+    /// Invites to a private space (`space invite`, one ticket for `uses` newcomers) and
+    /// returns the ticket.
+    #[track_caller]
+    pub fn invite(&self, space: &str, uses: usize) -> String {
+        let uses = uses.to_string();
+        let out = self.cli_ok(&["space", "invite", space, "--uses", &uses]);
+        let ticket = out.trim().to_string();
+        assert!(
+            ticket.starts_with("agora2:"),
+            "{}: invite printed {out:?}",
+            self.name
+        );
+        ticket
+    }
+
+    /// Creates a private space named `name` here and brings every node of `others` into it with
+    /// one ticket (`space invite`, then `space join TICKET` on each). Returns the space id.
+    #[track_caller]
+    pub fn share_space(&self, name: &str, others: &[&AgoraProc]) -> String {
+        let created: serde_json::Value = self.cli_json(&["space", "create", name, "--json"]);
+        let space = created["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{}: create printed {created}", self.name))
+            .to_string();
+        if others.is_empty() {
+            return space;
+        }
+        let ticket = self.invite(&space, others.len());
+        for n in others {
+            let out = n.cli_ok(&["space", "join", &ticket]);
+            assert!(out.contains(&space), "{}: join printed {out:?}", n.name);
+        }
+        space
+    }
+
     /// The peer ids `peers --json` shows: all connected peers, or those subscribed to `space`.
     pub fn peer_ids(&self, space: Option<&str>) -> Result<BTreeSet<String>, String> {
         let peers: Vec<PeerInfo> = self.try_cli_json(&["peers", "--json"])?;

@@ -79,7 +79,12 @@ impl<R: Replica> Service<R> {
         Ok(())
     }
 
-    fn write_profile(&mut self, space: SpaceId, name: &str, now: Now) -> Result<(), ServiceError> {
+    pub(super) fn write_profile(
+        &mut self,
+        space: SpaceId,
+        name: &str,
+        now: Now,
+    ) -> Result<(), ServiceError> {
         let author = self.replica.author();
         if self
             .replica

@@ -173,6 +173,12 @@ impl<R: Replica> Service<R> {
         self.sync_rejoin(space);
         self.follow_private(space);
         self.outbox.event(NodeEvent::SpaceJoined { space });
+        // Tell the members who we are, if we have a name.
+        if let Some(name) = self.display_name.clone() {
+            if let Err(e) = self.write_profile(space, &name, now) {
+                tracing::warn!(target: "agora::engine", %space, %e, "could not write our profile into a private space");
+            }
+        }
     }
 
     /// Remembers a private space as it is before this group changes it (once per group), so

@@ -2139,7 +2139,10 @@ mod private_content {
         );
         let mut titles = titles(&mut b, space);
         titles.sort();
-        assert_eq!(titles, vec!["From C", "Microscope booking", "Reagent order"]);
+        assert_eq!(
+            titles,
+            vec!["From C", "Microscope booking", "Reagent order"]
+        );
         let Reply::Spaces(spaces) = b.command(Command::Spaces, at(60)) else {
             panic!()
         };

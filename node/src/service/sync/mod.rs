@@ -827,8 +827,7 @@ impl<R: Replica> Service<R> {
             }
             // Our heads once what is in flight is applied: held heads and received changes that
             // nothing received depends on.
-            let mut ours: BTreeSet<ChangeHash> =
-                self.sync_heads(space, &doc).into_iter().collect();
+            let mut ours: BTreeSet<ChangeHash> = self.sync_heads(space, &doc).into_iter().collect();
             if let Some(v) = flying {
                 ours.extend(v.iter().map(|(h, _)| *h));
                 for (_, deps) in v {
