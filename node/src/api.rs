@@ -62,6 +62,7 @@ impl From<NodeError> for ApiError {
             }
             NodeError::Engine(e) => return e.into(),
             NodeError::Join(_) => StatusCode::FORBIDDEN,
+            NodeError::BadTicket(_) => StatusCode::BAD_REQUEST,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(code, e.to_string())

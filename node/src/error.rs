@@ -34,6 +34,9 @@ pub enum NodeError {
     /// Network error.
     #[error(transparent)]
     Network(#[from] network::NetworkError),
+    /// The text given as a ticket is not one.
+    #[error("that is not a valid ticket: {0}")]
+    BadTicket(String),
     /// Joining a private space with a ticket failed (the message says why, for a person).
     #[error("{0}")]
     Join(String),

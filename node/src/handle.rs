@@ -336,7 +336,8 @@ impl NodeHandle {
     /// order, until one admits this node; then holds the space. A refusal that no other member
     /// would answer differently (expired, revoked, used up) ends the attempt at once.
     pub async fn join_ticket(&self, text: &str) -> Result<SpaceId, NodeError> {
-        let ticket = Ticket::decode(text.trim()).map_err(|e| NodeError::Join(e.to_string()))?;
+        let ticket =
+            Ticket::decode(text.trim()).map_err(|e| NodeError::BadTicket(e.to_string()))?;
         let space = ticket.space;
         if let Ok(members) = self.members(space).await {
             if members.iter().any(|m| m.author == self.author()) {
@@ -367,10 +368,10 @@ impl NodeHandle {
                 .net
                 .send(NetCommand::Join {
                     addr: parsed,
-                    request: JoinRequest {
+                    request: Box::new(JoinRequest {
                         space,
                         redeem: redeem.clone(),
-                    },
+                    }),
                     reply: tx,
                 })
                 .await

@@ -390,7 +390,7 @@ impl EventLoop {
                 }
                 let id = self.swarm.behaviour_mut().join.send_request_with_addresses(
                     &peer,
-                    request,
+                    *request,
                     vec![addr],
                 );
                 self.join_outbound.insert(id, reply);
@@ -638,7 +638,7 @@ impl EventLoop {
                 match self.engine.try_input(Input::JoinRequest {
                     peer: handle,
                     inbound,
-                    request,
+                    request: Box::new(request),
                 }) {
                     Ok(()) => {
                         self.join_inbound.insert(inbound, channel);

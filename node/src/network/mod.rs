@@ -99,7 +99,7 @@ pub enum NetCommand {
         /// Where.
         addr: Multiaddr,
         /// The request.
-        request: agora_protocol::join::JoinRequest,
+        request: Box<agora_protocol::join::JoinRequest>,
         /// Its answer, or why there is none.
         reply: oneshot::Sender<Result<agora_protocol::join::JoinResponse, String>>,
     },

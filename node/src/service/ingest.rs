@@ -266,7 +266,7 @@ impl<R: Replica> Service<R> {
             WriteRight::No => Err(Rejection::NotWriter),
             WriteRight::Pinned(heads) => {
                 let hash = item.hash();
-                if heads.iter().any(|h| *h == hash.0) {
+                if heads.contains(&hash.0) {
                     return Ok(());
                 }
                 let heads: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();

@@ -414,7 +414,7 @@ pub enum Input {
         /// Names our response.
         inbound: InboundId,
         /// The request.
-        request: agora_protocol::join::JoinRequest,
+        request: Box<agora_protocol::join::JoinRequest>,
     },
     /// Time passed: run what is due (see [`Service::next_wakeup`]).
     Tick,
@@ -875,7 +875,7 @@ impl<R: Replica> Service<R> {
                 peer,
                 inbound,
                 request,
-            } => self.answer_join(peer, inbound, request, now),
+            } => self.answer_join(peer, inbound, *request, now),
             Input::Tick => self.tick(now),
         }
     }
