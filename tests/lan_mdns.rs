@@ -220,3 +220,136 @@ fn three_nodes_on_a_lan_find_each_other_by_mdns_and_converge() {
     drop(nodes);
     drop(lan);
 }
+
+/// Two nodes on a LAN (mDNS on) that share no private space learn nothing of each other's: not
+/// the id, the name or any content, in what they show or in what they store. As a positive
+/// control they share an open space, through which gossip provably flows between them.
+#[test]
+fn two_nodes_on_a_lan_learn_nothing_of_each_others_private_spaces() {
+    require_root_and_iproute2(NEED_ROOT);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let lan = Lan::builder("agq", 232, 2).multicast().build();
+    let names = ["Ida", "Jon"];
+    let mut nodes = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let dir = tmp.path().join(format!("solo{}", i + 1));
+        let _: InitOutput = Cli::new(&dir)
+            .wrapped(&lan.wrapper(i))
+            .json(&["init", "--name", name, "--json"]);
+        nodes.push(AgoraProc::start_with(
+            &lan.wrapper(i),
+            &dir,
+            &["--listen", "/ip4/0.0.0.0/tcp/0", "--api", "127.0.0.1:0"],
+        ));
+    }
+    let refs: Vec<&AgoraProc> = nodes.iter().collect();
+    let pids: Vec<String> = nodes.iter().map(|n| n.status().peer_id).collect();
+    wait_until("the two nodes to connect (mDNS)", CONVERGE, &refs, || {
+        for (i, n) in nodes.iter().enumerate() {
+            if !n.peer_ids(None)?.contains(&pids[1 - i]) {
+                return Err(format!("{} is not connected to the other", n.name));
+            }
+        }
+        Ok(())
+    });
+
+    // Each has a private space of its own, with an idea in it.
+    let secrets = ["Budget 2027 draft", "Reorg rumours"];
+    let mut spaces = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let space = n.share_space(&format!("Private of {}", names[i]), &[]);
+        n.add_idea(&space, secrets[i], "members only", &[]);
+        spaces.push(space);
+    }
+    // The positive control: an open space both follow; each posts there and sees the other's.
+    let open: serde_json::Value =
+        nodes[0].cli_json(&["space", "create", "Corridor", "--open", "--json"]);
+    let open = open["id"].as_str().expect("id").to_string();
+    nodes[1].cli_ok(&["space", "join", "--open", &open]);
+    for (i, n) in nodes.iter().enumerate() {
+        n.add_idea(&open, &format!("Hello from {}", names[i]), "", &[]);
+    }
+    wait_until("both to read both open ideas", CONVERGE, &refs, || {
+        for n in &nodes {
+            let l: Vec<Idea> = n.try_cli_json(&["idea", "list", "--space", &open, "--json"])?;
+            if l.len() != 2 {
+                return Err(format!("{} lists {} open ideas", n.name, l.len()));
+            }
+        }
+        Ok(())
+    });
+
+    // Neither shows, nor can open, nor stores anything of the other's private space.
+    for (i, n) in nodes.iter().enumerate() {
+        let other = 1 - i;
+        let listed = n.cli_ok(&["space", "list", "--json"]);
+        assert!(!listed.contains(&spaces[other]), "{}: {listed}", n.name);
+        let peers: Vec<PeerInfo> = n.cli_json(&["peers", "--json"]);
+        for p in &peers {
+            assert!(
+                p.spaces
+                    .iter()
+                    .all(|s| s.to_string() == open || s.to_string() == spaces[i]),
+                "{} sees {} in {:?}",
+                n.name,
+                p.peer_id,
+                p.spaces
+            );
+        }
+        let refused = n.cli(&["idea", "list", "--space", &spaces[other]]);
+        assert!(
+            !refused.status.success(),
+            "{} lists the other's space",
+            n.name
+        );
+    }
+    for n in nodes.iter_mut() {
+        assert!(n.stop().success(), "{}", n.diagnostics());
+    }
+    for (i, n) in nodes.iter().enumerate() {
+        let other = 1 - i;
+        let raw_id: Vec<u8> = (0..spaces[other].len())
+            .step_by(2)
+            .map(|k| u8::from_str_radix(&spaces[other][k..k + 2], 16).expect("hex id"))
+            .collect();
+        let name = format!("Private of {}", names[other]);
+        for needle in [
+            secrets[other].as_bytes(),
+            name.as_bytes(),
+            spaces[other].as_bytes(),
+            &raw_id[..],
+        ] {
+            let found = files_holding(Path::new(&n.dir).join("store").as_path(), needle);
+            assert!(
+                found.is_empty(),
+                "{}'s store holds {:?}: {found:?}",
+                n.name,
+                String::from_utf8_lossy(needle)
+            );
+        }
+    }
+    drop(nodes);
+    drop(lan);
+}
+
+/// The files under `dir` whose bytes contain `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path)
+                .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
