@@ -123,10 +123,14 @@ pub enum Rejection {
     /// the canonical encoding of a document, kind and change).
     #[error("sealed contribution does not decrypt")]
     Undecryptable,
-    /// The author may not write this document in this space: not a member, a reader, removed,
-    /// or a removed member's change outside what its removal kept.
+    /// The author may not write this document in this space: not a member, or a reader.
     #[error("the author may not write in this space")]
     NotWriter,
+    /// The author's right ended (removed or demoted) and the change is not in the causal past of
+    /// what the removal kept: a late write. Not the relaying peer's fault (it may have taken the
+    /// change in before it heard of the removal).
+    #[error("the author's right to write ended before this change")]
+    LateWrite,
     /// Automerge refused to apply the (validly signed) change to the document.
     #[error("change does not apply to the document: {0}")]
     Inapplicable(String),
@@ -154,6 +158,7 @@ impl Rejection {
             Rejection::UnknownKey => "unknown_key",
             Rejection::Undecryptable => "undecryptable",
             Rejection::NotWriter => "not_writer",
+            Rejection::LateWrite => "late_write",
             Rejection::Inapplicable(_) => "inapplicable",
         }
     }

@@ -271,7 +271,7 @@ impl<R: Replica> Service<R> {
                 }
                 let heads: Vec<ChangeHash> = heads.iter().map(|h| ChangeHash(*h)).collect();
                 if heads.is_empty() || self.replica.missing(&space, &doc, &heads).is_empty() {
-                    Err(Rejection::NotWriter)
+                    Err(Rejection::LateWrite)
                 } else {
                     Ok(())
                 }

@@ -988,6 +988,9 @@ impl<R: Replica> Service<R> {
                 // Sealed under an epoch whose key has not arrived yet (its rotation is on its
                 // way): not the sender's fault either.
                 Outcome::Rejected(Rejection::UnknownKey) => (Verdict::Ignore, When::Now),
+                // A removed author's late change, relayed by someone who took it in before it
+                // heard of the removal: refused, without blame for the relay.
+                Outcome::Rejected(Rejection::LateWrite) => (Verdict::Ignore, When::Now),
                 Outcome::Rejected(r) => {
                     tracing::info!(target: "agora::network", %from, reason = r.code(), "rejected gossip; penalising peer");
                     (Verdict::Reject, When::Now)

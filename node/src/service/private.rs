@@ -24,7 +24,7 @@ use crate::store::{SpaceRecord, Storage, Store, StoreError, Write};
 use agora_protocol::idea;
 use agora_protocol::join::{self, JoinRequest, JoinResponse};
 use agora_protocol::keys::DeviceKey;
-use agora_protocol::membership::{ActionError, Inserted, Op, PrivateSpace, Role, VerifiedOp};
+use agora_protocol::membership::{ActionError, Inserted, Op, Pin, PrivateSpace, Role, VerifiedOp};
 use agora_protocol::{AuthorId, Identity, SpaceId};
 use std::collections::BTreeMap;
 
@@ -285,18 +285,20 @@ impl<R: Replica> Service<R> {
         })
     }
 
-    /// Removes a member (and starts a new epoch).
+    /// Removes a member (and starts a new epoch), pinning what it wrote until now.
     pub(crate) fn remove_member(
         &mut self,
         space: SpaceId,
         member: AuthorId,
     ) -> Result<(), ServiceError> {
         let keys = self.node_keys()?.clone();
+        self.private_view(&space)?;
+        let pins = self.pins(space, &member);
         let view = self
             .private
             .get(&space)
             .ok_or(ServiceError::UnknownSpace(space))?;
-        let ops = view.remove(&keys.identity, &member, Vec::new(), &mut self.rng)?;
+        let ops = view.remove(&keys.identity, &member, pins, &mut self.rng)?;
         self.own_ops(space, ops)
     }
 
@@ -308,23 +310,40 @@ impl<R: Replica> Service<R> {
         role: Role,
     ) -> Result<(), ServiceError> {
         let keys = self.node_keys()?.clone();
+        let pins = self.pins(space, &member);
         let op = self
             .private_view(&space)?
-            .set_role(&keys.identity, &member, role, Vec::new())?;
+            .set_role(&keys.identity, &member, role, pins)?;
         self.own_ops(space, vec![op])
     }
 
     /// Leaves a private space: a signed `remove` of this node by itself (PROTOCOL §14.3; it
-    /// pins nothing and starts no epoch: the admins' nodes rotate). The node stops following
+    /// pins what it wrote and starts no epoch: the admins' nodes rotate). The node stops following
     /// the space's topics; its record stays, listed without a role.
     pub(crate) fn leave_space(&mut self, space: SpaceId) -> Result<(), ServiceError> {
         let keys = self.node_keys()?.clone();
-        let op = self
-            .private_view(&space)?
-            .leave(&keys.identity, Vec::new())?;
+        let me = keys.identity.author();
+        let pins = self.pins(space, &me);
+        let op = self.private_view(&space)?.leave(&keys.identity, pins)?;
         self.own_ops(space, vec![op])?;
         self.follow_private(space);
         Ok(())
+    }
+
+    /// What removing or demoting `member` pins: every document it has changes in, at its heads
+    /// now, so that everything it wrote until now stays (PROTOCOL §14.7). At most `MAX_PINS`
+    /// documents, each with at most `MAX_PIN_HEADS` heads; beyond them its changes are whited
+    /// out unless someone entitled built on them (a known limit).
+    fn pins(&mut self, space: SpaceId, member: &AuthorId) -> Vec<Pin> {
+        use agora_protocol::membership::{MAX_PINS, MAX_PIN_HEADS};
+        self.replica
+            .pins_for(&space, member, MAX_PINS)
+            .into_iter()
+            .map(|(doc, heads)| Pin {
+                doc,
+                heads: heads.into_iter().take(MAX_PIN_HEADS).map(|h| h.0).collect(),
+            })
+            .collect()
     }
 
     /// Renames a private space.

@@ -1982,6 +1982,26 @@ mod private_content {
         };
         let mut b = admit(&mut a, space, 2, Role::Member, 10);
         let b_identity = Identity::from_seed([2; 32]);
+        // Before its removal B posts and comments on A's idea; A takes both in.
+        let (a_idea, outputs) = post(&mut a, space, "A's plan", 12);
+        b.step(Input::Gossip(published(&outputs, a.name, space)), at(13));
+        let (_, outputs) = post(&mut b, space, "Before removal", 14);
+        let mut msgs = published(&outputs, b.name, space);
+        let outputs = b.step(
+            Input::Command {
+                id: RequestId(9),
+                command: Command::Comment {
+                    idea: a_idea,
+                    text: "B was here".into(),
+                },
+            },
+            at(15),
+        );
+        msgs.extend(published(&outputs, b.name, space));
+        assert_eq!(
+            verdicts(&a.step(Input::Gossip(msgs), at(16))),
+            vec![Verdict::Accept, Verdict::Accept]
+        );
         let outputs = a.run(
             vec![Input::Command {
                 id: RequestId(3),
@@ -2009,7 +2029,8 @@ mod private_content {
             &replies(&refused)[0],
             Err(ServiceError::Membership(_))
         ));
-        // A post B seals under the key it still holds is refused by A and penalised.
+        // A post B seals under the key it still holds is refused by A as a late write (whoever
+        // relays it may have taken it in before it heard of the removal: no penalty).
         let old = {
             let view = &b.service.private[&space];
             assert!(view.current().is_none(), "B holds no key of the new epoch");
@@ -2046,11 +2067,15 @@ mod private_content {
                 token: 11,
                 from: b.name,
                 topic: Some(space),
-                bytes: late,
+                bytes: late.clone(),
             }]),
             at(23),
         );
-        assert_eq!(verdicts(&outputs), vec![Verdict::Reject]);
+        assert_eq!(verdicts(&outputs), vec![Verdict::Ignore]);
+        assert_eq!(
+            a.service.status().counters.rejected.get("late_write"),
+            Some(&1)
+        );
         // A's next idea is sealed under the new epoch: B cannot open it.
         let (_, outputs) = post(&mut a, space, "After B left", 30);
         let msgs = published(&outputs, a.name, space);
@@ -2060,7 +2085,37 @@ mod private_content {
             b.service.status().counters.rejected.get("unknown_key"),
             Some(&1)
         );
-        assert!(titles(&mut b, space).is_empty());
+        assert_eq!(titles(&mut b, space), vec!["Before removal", "A's plan"]);
+
+        // A newcomer admitted after the removal gets, by sync from A, everything B wrote before
+        // its removal (the removal pinned it), and nobody is banned for it; B's late post
+        // stays out.
+        let mut c = admit(&mut a, space, 3, Role::Member, 40);
+        let outputs = link_private(&mut a, &mut c, space, at(50));
+        assert!(bans(&outputs).is_empty(), "{:?}", bans(&outputs));
+        assert_eq!(
+            titles(&mut c, space),
+            vec!["After B left", "Before removal", "A's plan"]
+        );
+        let Reply::Idea(plan) = c.command(Command::ShowIdea { idea: a_idea }, at(51)) else {
+            panic!()
+        };
+        assert_eq!(
+            plan.comments.len(),
+            1,
+            "B's comment before its removal stays"
+        );
+        let outputs = c.step(
+            Input::Gossip(vec![GossipIn {
+                token: 12,
+                from: a.name,
+                topic: Some(space),
+                bytes: late,
+            }]),
+            at(52),
+        );
+        assert_eq!(verdicts(&outputs), vec![Verdict::Ignore]);
+        assert_eq!(titles(&mut c, space).len(), 3);
     }
 
     /// `a` and `b` connect (each knowing the other's author), follow `space`, and run their

@@ -790,6 +790,37 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         self.store.contributions_upto(space, doc, max_bytes)
     }
 
+    fn pins_for(
+        &mut self,
+        space: &SpaceId,
+        author: &AuthorId,
+        max: usize,
+    ) -> Vec<(DocId, Vec<ChangeHash>)> {
+        let Some(docs) = self.spaces.get_mut(space) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (doc, state) in docs.iter_mut() {
+            if out.len() >= max {
+                break;
+            }
+            // An author's own profile and ideas are named after it; other documents (others'
+            // ideas it commented or voted on) are found by the actors of their changes.
+            let touched = *doc == DocId::profile(space, author)
+                || state
+                    .doc
+                    .get_changes_meta(&[])
+                    .iter()
+                    .any(|c| idea::author_of_actor(&c.actor) == Some(*author));
+            if touched {
+                let mut heads = state.doc.get_heads();
+                heads.sort();
+                out.push((*doc, heads));
+            }
+        }
+        out
+    }
+
     fn contributions(&self) -> u64 {
         self.contributions
     }

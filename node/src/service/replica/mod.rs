@@ -290,6 +290,18 @@ pub trait Replica {
     ) -> Result<Vec<Vec<u8>>, StoreError> {
         stored_by_hash(self, space, doc, have, max_bytes)
     }
+    /// What a removal or demotion of `author` in `space` pins (PROTOCOL §14.7): each document
+    /// the author has changes in, with its heads now (so that every change of the author held
+    /// now stays), at most `max` documents. A replica that holds no content pins nothing.
+    fn pins_for(
+        &mut self,
+        space: &SpaceId,
+        author: &AuthorId,
+        max: usize,
+    ) -> Vec<(DocId, Vec<ChangeHash>)> {
+        let _ = (space, author, max);
+        Vec::new()
+    }
     /// Contributions held, in all spaces.
     fn contributions(&self) -> u64;
     /// Whether the store holds a contribution with exactly these bytes (tests; a full scan).

@@ -702,7 +702,10 @@ impl<R: Replica> Service<R> {
         let outcomes = self.ingest(items, checked, now, &mut Vec::new());
         let invalid = outcomes.iter().find_map(|o| match o {
             Outcome::Rejected(r)
-                if !matches!(r, Rejection::UnknownSpace | Rejection::UnknownKey) =>
+                if !matches!(
+                    r,
+                    Rejection::UnknownSpace | Rejection::UnknownKey | Rejection::LateWrite
+                ) =>
             {
                 Some(r.code())
             }
