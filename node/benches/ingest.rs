@@ -308,6 +308,88 @@ fn measure_engine(w: &Workload) -> EngineRun {
     run
 }
 
+/// The same workload's shape in a private space: its contributions sealed by their authors,
+/// all of them admitted members of a space the measured service owns.
+struct SealedWorkload {
+    members: Vec<agora_protocol::Identity>,
+    space: SpaceId,
+    items: Vec<Vec<u8>>,
+}
+
+/// A fresh store whose service owns the private space with every member admitted (the same
+/// space and keys each time: the service's randomness is seeded), with its storage.
+fn private_store(
+    dir: &std::path::Path,
+    members: &[agora_protocol::Identity],
+    clock: &Clock,
+) -> (
+    agora_testkit::store::SledService,
+    SledStorage,
+    agora_testkit::private::SealingKey,
+) {
+    let storage = SledStorage::open(dir, CACHE_BYTES).expect("open store");
+    let store = Store::new(storage).expect("open store");
+    agora_testkit::private::private_service(
+        store,
+        clock,
+        members,
+        agora_protocol::membership::Role::Member,
+    )
+}
+
+fn generate_sealed(n: usize, seed: u64) -> SealedWorkload {
+    let mut rng = Rng::new(seed);
+    let writers = history::writers(&mut rng, history::DELIVERY_AUTHORS);
+    let members: Vec<agora_protocol::Identity> =
+        writers.iter().map(|w| w.identity.clone()).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, _, key) = private_store(dir.path(), &members, &Clock::new());
+    let d = history::delivery_by(&mut rng, n, key.space, writers);
+    let items = agora_testkit::private::seal_delivery(&d, &key, &mut rng)
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
+    SealedWorkload {
+        members,
+        space: key.space,
+        items,
+    }
+}
+
+/// The engine path on sealed contributions (decrypt, batch-verify, the membership's write rule,
+/// apply, store), as [`measure_engine`] runs the plain ones.
+fn measure_engine_sealed(w: &SealedWorkload) -> Sample {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let clock = Clock::new();
+    let (mut service, storage, key) = private_store(dir.path(), &w.members, &clock);
+    assert_eq!(key.space, w.space, "the same space each time");
+    let batches: Vec<Input> = w
+        .items
+        .chunks(MAX_BATCH)
+        .map(|c| agora_testkit::store::gossip(w.space, c.iter().map(Vec::as_slice)))
+        .collect();
+    let mut outputs: Vec<Output> = Vec::new();
+    let t = Stopwatch::start();
+    for batch in batches {
+        outputs.extend(run_group(&mut service, &storage, vec![batch], clock.now()));
+    }
+    let elapsed = t.stop();
+    for o in &outputs {
+        if let Output::Net(NetAction::Verdict {
+            verdict: Verdict::Reject,
+            ..
+        }) = o
+        {
+            panic!("a sealed contribution was rejected");
+        }
+    }
+    let status = service.status();
+    assert_eq!(status.counters.rejected_total(), 0, "{:?}", status.counters);
+    assert_eq!(status.counters.pending, 0);
+    assert_eq!(status.contributions, w.items.len() as u64);
+    elapsed
+}
+
 /// The naive path on the first `m` contributions: decode, verify, apply and store+flush each
 /// one on its own.
 fn measure_naive(w: &Workload, m: usize) -> Sample {
@@ -401,6 +483,14 @@ fn main() {
         gen_time.as_secs_f64()
     );
 
+    let sealed = generate_sealed(n, 0x5EED_A60A_2026_0001);
+    let sealed_bytes =
+        sealed.items.iter().map(Vec::len).sum::<usize>() as f64 / sealed.items.len() as f64;
+    println!(
+        "  sealed (private space, {} members): avg {sealed_bytes:.0} bytes per contribution",
+        sealed.members.len() + 1
+    );
+
     if std::env::var("AGORA_BENCH_ONLY").as_deref() == Ok("engine") {
         // For profiling (`perf record`): the engine path alone.
         for _ in 0..REPEATS {
@@ -422,6 +512,7 @@ fn main() {
         Rates::default(),
     );
     let (mut decode, mut verify) = (Rates::default(), Rates::default());
+    let mut sealed_rates = Rates::default();
     let mut first_pending = 0;
     // Interleaved, so that a noisy moment hits one run of each rather than all runs of one.
     for _ in 0..REPEATS {
@@ -431,6 +522,7 @@ fn main() {
         let run = measure_engine(&w);
         first_pending = run.first_pending;
         e.push(n, run.elapsed);
+        sealed_rates.push(n, measure_engine_sealed(&sealed));
         naive.push(m, measure_naive(&w, m));
         decode.push(n, measure_decode(&w));
         verify.push(n, measure_protocol_verify(&w));
@@ -470,6 +562,7 @@ fn main() {
     show("(c) sled insert, one flush at the end", &c);
     row("ceiling = 1/(1/a + 1/b + 1/c)", ceiling, cpu_ceiling, &[]);
     show("engine.ingest, batches of MAX_BATCH", &e);
+    show("engine.ingest sealed (private space)", &sealed_rates);
     show(
         &format!("naive: one at a time, flush each (first {m})"),
         &naive,
@@ -481,6 +574,17 @@ fn main() {
     show("protocol Contribution::decode", &decode);
     show("protocol verify_batch (includes a)", &verify);
     println!();
+    println!(
+        "sealed / plain engine.ingest = {:.2} by wall clock{} (goal >= 0.8)",
+        sealed_rates.median_wall() / e.median_wall(),
+        sealed_rates
+            .median_cpu()
+            .zip(e.median_cpu())
+            .map_or(String::new(), |(s, p)| format!(
+                ", {:.2} by CPU time",
+                s / p
+            ))
+    );
     println!(
         "engine / ceiling = {:.2} by wall clock (goal >= 0.68, aim 0.8){}; {first_pending} contributions \
          were reported Pending first and accepted with a later batch; total time {:.1} s",

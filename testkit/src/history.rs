@@ -287,6 +287,8 @@ pub fn space_history(rng: &mut Rng, ideas: usize, per_idea: usize) -> SpaceHisto
 pub struct Delivery {
     /// The space.
     pub space: SpaceId,
+    /// Its authors.
+    pub writers: Vec<Writer>,
     /// The documents.
     pub docs: Vec<DocId>,
     /// In delivery order: the index of the contribution's document in `docs`, and its bytes.
@@ -328,6 +330,16 @@ pub fn delivery_shape() -> Shape {
 pub fn delivery(rng: &mut Rng, n: usize) -> Delivery {
     let space = SpaceId(rng.bytes());
     let writers = writers(rng, DELIVERY_AUTHORS);
+    delivery_by(rng, n, space, writers)
+}
+
+/// A [`delivery`] in a given space by given writers (at least [`BIG_WRITERS`] of them): the
+/// same mix, for a private space whose id and members exist before its content.
+pub fn delivery_by(rng: &mut Rng, n: usize, space: SpaceId, writers: Vec<Writer>) -> Delivery {
+    assert!(
+        writers.len() >= BIG_WRITERS,
+        "a delivery needs {BIG_WRITERS} writers"
+    );
 
     // Each plan is (changes, writers, start time, time span).
     let mut counts = [0usize; 3];
@@ -358,15 +370,16 @@ pub fn delivery(rng: &mut Rng, n: usize) -> Delivery {
     let [big, medium, tiny] = counts;
     let mix = format!(
         "{big} big docs x ~{} changes ({BIG_WRITERS} writers each), {medium} medium docs (40-160 \
-         changes, 2-5 writers), {tiny} tiny docs (1-5 changes, 1-2 writers); {DELIVERY_AUTHORS} \
+         changes, 2-5 writers), {tiny} tiny docs (1-5 changes, 1-2 writers); {} \
          authors",
-        big_total / BIG_DOCS.max(1)
+        big_total / BIG_DOCS.max(1),
+        writers.len()
     );
 
     let shape = delivery_shape();
     let mut docs = Vec::with_capacity(plans.len());
     let mut timed: Vec<(f64, usize, Vec<u8>)> = Vec::with_capacity(n);
-    let mut pool: Vec<usize> = (0..DELIVERY_AUTHORS).collect();
+    let mut pool: Vec<usize> = (0..writers.len()).collect();
     for (d, &(size, nwriters, start, span)) in plans.iter().enumerate() {
         rng.shuffle(&mut pool);
         let ws: Vec<&Writer> = pool[..nwriters].iter().map(|&i| &writers[i]).collect();
@@ -394,6 +407,7 @@ pub fn delivery(rng: &mut Rng, n: usize) -> Delivery {
     }
     Delivery {
         space,
+        writers,
         docs,
         items: timed.into_iter().map(|(_, d, bytes)| (d, bytes)).collect(),
         mix,

@@ -6,6 +6,7 @@
 //! - [`history`]: signed contributions: hand-made (genuine or forged) ideas, and seeded idea
 //!   histories with concurrent branches, as the benchmarks replay them.
 //! - [`store`]: data directories prepared by writing contributions straight into a store.
+//! - [`private`]: a service owning a private space with given members, and sealed workloads.
 //! - [`node`]: nodes in this process on loopback, and bounded waits (mesh, convergence).
 //! - [`process`]: real `agora` processes driven through the CLI, with typed `--json` output.
 //! - [`netns`]: virtual LANs of network namespaces, veth pairs and bridges (root, iproute2).
@@ -21,6 +22,7 @@ pub mod history;
 pub mod netns;
 pub mod node;
 pub mod peer;
+pub mod private;
 pub mod process;
 pub mod rng;
 pub mod sim;

@@ -1,0 +1,164 @@
+//! Private spaces for benchmarks and tests: a service that owns one with given writers admitted
+//! (each by invitation and redeem, as the node does it), and workloads sealed as those writers
+//! would seal them.
+
+use crate::history::{Delivery, Writer};
+use crate::store::SledService;
+use crate::Rng;
+use agora_node::engine::{run_group, Clock};
+use agora_node::service::{Command, Input, Output, Reply, RequestId, Service, ServiceConfig};
+use agora_node::store::{SledStorage, Store};
+use agora_protocol::keys::{DeviceKey, KeyId, XChaCha20Poly1305};
+use agora_protocol::membership::{build, PrivateSpace, Role};
+use agora_protocol::sealed::Envelope;
+use agora_protocol::{Contribution, Identity, SpaceId};
+
+/// The owner's identity seed in [`private_service`].
+pub const OWNER_SEED: [u8; 32] = [7; 32];
+
+/// Runs one command as the engine does; its reply (which must be a success).
+pub fn command(
+    service: &mut SledService,
+    storage: &SledStorage,
+    clock: &Clock,
+    c: Command,
+) -> Reply {
+    let outputs = run_group(
+        service,
+        storage,
+        vec![Input::Command {
+            id: RequestId(1),
+            command: c,
+        }],
+        clock.now(),
+    );
+    outputs
+        .into_iter()
+        .find_map(|o| match o {
+            Output::Reply { result, .. } => Some(result.expect("the command succeeds")),
+            _ => None,
+        })
+        .expect("a reply")
+}
+
+/// A private space as one of its members sees it: the space, every operation, and the current
+/// epoch's key id and cipher.
+pub struct SealingKey {
+    /// The space.
+    pub space: SpaceId,
+    /// Every membership operation, encoded.
+    pub ops: Vec<Vec<u8>>,
+    /// The current epoch.
+    pub key_id: KeyId,
+    /// Its content cipher.
+    pub cipher: XChaCha20Poly1305,
+}
+
+/// A service on `store` (owner [`OWNER_SEED`]) that created a private space and admitted every
+/// one of `members` with `role`, each by its own invitation and redeem. Returns it with the
+/// storage the engine flushes and the space's current key.
+pub fn private_service(
+    store: Store<SledStorage>,
+    clock: &Clock,
+    members: &[Identity],
+    role: Role,
+) -> (SledService, SledStorage, SealingKey) {
+    let storage = store.storage().clone();
+    let mut service = Service::open(
+        store,
+        Identity::from_seed(OWNER_SEED),
+        ServiceConfig::default(),
+        [9; 32],
+    )
+    .expect("open the service");
+    let Reply::Space(space) = command(
+        &mut service,
+        &storage,
+        clock,
+        Command::CreatePrivateSpace {
+            name: "Bench".into(),
+        },
+    ) else {
+        panic!("create")
+    };
+    let mut ops = Vec::new();
+    for member in members {
+        let Reply::Invitation(inv) = command(
+            &mut service,
+            &storage,
+            clock,
+            Command::Invite {
+                space,
+                role,
+                expires: u64::MAX / 2,
+                uses: 1,
+            },
+        ) else {
+            panic!("invite")
+        };
+        let redeem = build::redeem(
+            &space,
+            inv.invite,
+            &Identity::from_seed(inv.secret),
+            member,
+            &DeviceKey::for_identity(member),
+        );
+        let Reply::Admitted(admitted) = command(
+            &mut service,
+            &storage,
+            clock,
+            Command::AdmitRedeem {
+                space,
+                redeem: Box::new(redeem),
+            },
+        ) else {
+            panic!("admit")
+        };
+        ops = admitted.ops;
+    }
+    let owner = Identity::from_seed(OWNER_SEED);
+    let key = sealing_key(space, ops, &owner);
+    (service, storage, key)
+}
+
+/// The current key of a private space, as `member` unlocks it from the space's operations.
+pub fn sealing_key(space: SpaceId, ops: Vec<Vec<u8>>, member: &Identity) -> SealingKey {
+    let verified: Vec<_> = ops
+        .iter()
+        .map(|b| agora_protocol::membership::Op::verify(b).expect("a valid operation"))
+        .collect();
+    let view = PrivateSpace::from_ops(space, verified, member, &DeviceKey::for_identity(member))
+        .expect("the member's view");
+    let (key_id, cipher) = view.current().expect("the member holds the current key");
+    SealingKey {
+        space,
+        key_id,
+        cipher: cipher.clone(),
+        ops,
+    }
+}
+
+/// A delivery's contributions sealed as their authors would seal them under `key` (each with a
+/// fresh nonce from `rng`), in the same order, with their document index.
+pub fn seal_delivery(d: &Delivery, key: &SealingKey, rng: &mut Rng) -> Vec<(usize, Vec<u8>)> {
+    let by_author: std::collections::HashMap<_, &Writer> =
+        d.writers.iter().map(|w| (w.author, w)).collect();
+    d.items
+        .iter()
+        .map(|(doc, bytes)| {
+            let c = Contribution::decode(bytes).expect("we encoded it");
+            let writer = by_author[&c.author];
+            let sealed = Envelope::seal(
+                &writer.identity,
+                &key.space,
+                key.key_id,
+                &key.cipher,
+                &c.doc,
+                c.kind,
+                &c.change,
+                rng.bytes(),
+            );
+            (*doc, sealed.encode())
+        })
+        .collect()
+}
