@@ -6,7 +6,7 @@ use crate::history::{Delivery, Writer};
 use crate::store::SledService;
 use crate::Rng;
 use agora_node::engine::{run_group, Clock};
-use agora_node::service::{Command, Input, Output, Reply, RequestId, Service, ServiceConfig};
+use agora_node::service::{Command, Input, Output, Reply, RequestId, Service};
 use agora_node::store::{SledStorage, Store};
 use agora_protocol::keys::{DeviceKey, KeyId, XChaCha20Poly1305};
 use agora_protocol::membership::{build, PrivateSpace, Role};
@@ -67,7 +67,7 @@ pub fn private_service(
     let mut service = Service::open(
         store,
         Identity::from_seed(OWNER_SEED),
-        ServiceConfig::default(),
+        crate::store::unlimited(),
         [9; 32],
     )
     .expect("open the service");

@@ -15,6 +15,18 @@ use std::time::{Duration, Instant};
 /// A service on a sled store, as a node's engine holds it.
 pub type SledService = Service<AutomergeReplica<SledStorage>>;
 
+/// The node's settings without the per-author bound on gossip: benchmarks and prepared stores
+/// feed a whole history through gossip at once, to measure ingest, not the bound.
+pub fn unlimited() -> ServiceConfig {
+    ServiceConfig {
+        author_rate: agora_node::service::AuthorRate {
+            burst: u32::MAX,
+            per_second: u32::MAX,
+        },
+        ..ServiceConfig::default()
+    }
+}
+
 /// A service on `store` (a fixed identity and RNG seed) that has joined `space`, run as the
 /// engine runs it; with the storage the engine flushes.
 pub fn joined_service(
@@ -23,13 +35,8 @@ pub fn joined_service(
     clock: &Clock,
 ) -> (SledService, SledStorage) {
     let storage = store.storage().clone();
-    let mut service = Service::open(
-        store,
-        Identity::from_seed([7; 32]),
-        ServiceConfig::default(),
-        [9; 32],
-    )
-    .expect("open the service");
+    let mut service = Service::open(store, Identity::from_seed([7; 32]), unlimited(), [9; 32])
+        .expect("open the service");
     let join = Input::Command {
         id: RequestId(0),
         command: Command::JoinSpace { space },

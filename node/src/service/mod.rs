@@ -685,6 +685,27 @@ pub struct ServiceConfig {
     /// Whether a large batch of contributions is verified on a second thread while this one
     /// applies what was verified before (the outcomes are the same either way).
     pub verify_in_parallel: bool,
+    /// How many contributions one author may bring into one space by gossip (PROTOCOL 14.12).
+    pub author_rate: AuthorRate,
+}
+
+/// A token bucket per (space, author) over the contributions gossip brings: `burst` at once,
+/// then `per_second` (PROTOCOL 14.12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthorRate {
+    /// Tokens the bucket holds when full.
+    pub burst: u32,
+    /// Tokens added per second.
+    pub per_second: u32,
+}
+
+impl Default for AuthorRate {
+    fn default() -> Self {
+        AuthorRate {
+            burst: 600,
+            per_second: 20,
+        }
+    }
 }
 
 impl Default for ServiceConfig {
@@ -699,6 +720,7 @@ impl Default for ServiceConfig {
             ban_for: 600_000,
             pending: PendingLimits::default(),
             verify_in_parallel: true,
+            author_rate: AuthorRate::default(),
         }
     }
 }
@@ -723,7 +745,13 @@ pub struct Service<R: Replica> {
     private: BTreeMap<SpaceId, agora_protocol::membership::PrivateSpace>,
     /// Their records.
     private_records: BTreeMap<SpaceId, SpaceRecord>,
+    /// Per (space, author): the tokens left for gossip and when they were last counted.
+    buckets: BTreeMap<(SpaceId, AuthorId), (f64, Millis)>,
 }
+
+/// Most (space, author) buckets kept; beyond, full ones are forgotten (a full bucket is what a
+/// new one starts as).
+const MAX_BUCKETS: usize = 100_000;
 
 impl<S: Storage> Service<AutomergeReplica<S>> {
     /// Opens a node's service on its store: spaces, display name and every document.
@@ -810,6 +838,7 @@ impl<R: Replica> Service<R> {
             keys: None,
             private: BTreeMap::new(),
             private_records,
+            buckets: BTreeMap::new(),
         }
     }
 
@@ -961,6 +990,31 @@ impl<R: Replica> Service<R> {
                 when,
             );
         }
+        // Each author's share of a space's gossip is bounded (PROTOCOL 14.12): what is over it
+        // is neither stored nor relayed, and only its author's own node is penalised for it.
+        let (batch, limited): (Vec<GossipIn>, Vec<GossipIn>) =
+            batch.into_iter().partition(|g| self.within_rate(g, now));
+        for g in limited {
+            let author = contribution_author(&g.bytes);
+            let own = author.is_some() && self.sync.authors.get(&g.from) == author.as_ref();
+            *self
+                .counters
+                .rejected
+                .entry("rate_limited".to_string())
+                .or_default() += 1;
+            let verdict = if own {
+                Verdict::Reject
+            } else {
+                Verdict::Ignore
+            };
+            self.outbox.push(
+                Output::Net(NetAction::Verdict {
+                    token: g.token,
+                    verdict,
+                }),
+                When::Now,
+            );
+        }
         let meta: Vec<(u64, PeerHandle, Option<SpaceId>)> =
             batch.iter().map(|g| (g.token, g.from, g.topic)).collect();
         let mut early = Vec::new();
@@ -998,6 +1052,35 @@ impl<R: Replica> Service<R> {
             };
             self.outbox
                 .push(Output::Net(NetAction::Verdict { token, verdict }), when);
+        }
+    }
+
+    /// Takes a token from the bucket of the gossip message's (space, author), if the message
+    /// names both and the bucket has one; false when it is empty.
+    fn within_rate(&mut self, g: &GossipIn, now: Now) -> bool {
+        let (Some(space), Some(author)) = (g.topic, contribution_author(&g.bytes)) else {
+            return true;
+        };
+        let rate = self.config.author_rate;
+        let burst = f64::from(rate.burst);
+        if self.buckets.len() >= MAX_BUCKETS {
+            let per_ms = f64::from(rate.per_second) / 1000.0;
+            self.buckets.retain(|_, (tokens, at)| {
+                *tokens + now.mono.saturating_sub(*at) as f64 * per_ms < burst
+            });
+        }
+        let (tokens, at) = self
+            .buckets
+            .entry((space, author))
+            .or_insert((burst, now.mono));
+        let refill = now.mono.saturating_sub(*at) as f64 * f64::from(rate.per_second) / 1000.0;
+        *tokens = (*tokens + refill).min(burst);
+        *at = now.mono;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
@@ -1094,5 +1177,18 @@ impl<R: Replica> Service<R> {
                 Reply::Done
             }
         })
+    }
+}
+
+/// The author a contribution names (sealed or not), read without checking anything else.
+fn contribution_author(bytes: &[u8]) -> Option<AuthorId> {
+    if replica::is_sealed(bytes) {
+        agora_protocol::sealed::Envelope::decode(bytes)
+            .ok()
+            .map(|e| e.author)
+    } else {
+        agora_protocol::Contribution::decode(bytes)
+            .ok()
+            .map(|c| c.author)
     }
 }

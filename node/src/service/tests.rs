@@ -24,6 +24,7 @@ fn config() -> ServiceConfig {
         ban_for: 100_000,
         pending: PendingLimits::default(),
         verify_in_parallel: true,
+        author_rate: AuthorRate::default(),
     }
 }
 
@@ -2252,4 +2253,82 @@ mod private_content {
         }
         out
     }
+}
+
+/// One author's gossip in a space is bounded by a token bucket: a burst, then a steady rate.
+/// What is over it is neither stored nor relayed; the author's own node is penalised for it, a
+/// relay is not. Sync still brings it later, at the pace the receiver chooses.
+#[test]
+fn an_authors_gossip_is_rate_limited_per_space() {
+    let rate = AuthorRate {
+        burst: 50,
+        per_second: 10,
+    };
+    let (mut a, space) = seeded(config(), 80, 0);
+    let mut b = joined(
+        space,
+        ServiceConfig {
+            author_rate: rate,
+            ..config()
+        },
+    );
+    let all = contributions(&mut a, space);
+    assert_eq!(all.len(), 80);
+    let own = a.name;
+    let relay = PeerHandle(50);
+    b.step(
+        Input::PeerIdentified {
+            peer: own,
+            author: Identity::from_seed([1; 32]).author(),
+        },
+        at(0),
+    );
+    let gossip = |from: PeerHandle, items: &[Vec<u8>], first: u64| {
+        Input::Gossip(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, bytes)| GossipIn {
+                    token: first + i as u64,
+                    from,
+                    topic: Some(space),
+                    bytes: bytes.clone(),
+                })
+                .collect(),
+        )
+    };
+    let verdicts = |outputs: &[Output]| -> Vec<Verdict> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Net(NetAction::Verdict { verdict, .. }) => Some(*verdict),
+                _ => None,
+            })
+            .collect()
+    };
+    // From the author's own node: the burst is taken in, the rest refused with a penalty.
+    let out = b.step(gossip(own, &all[..60], 0), at(1_000));
+    let v = verdicts(&out);
+    assert_eq!(v.iter().filter(|v| **v == Verdict::Accept).count(), 50);
+    assert_eq!(v.iter().filter(|v| **v == Verdict::Reject).count(), 10);
+    assert_eq!(
+        b.service.status().counters.rejected.get("rate_limited"),
+        Some(&10)
+    );
+    // From a relay, at the same moment: still over, ignored without blame.
+    let out = b.step(gossip(relay, &all[60..65], 100), at(1_000));
+    assert_eq!(verdicts(&out), vec![Verdict::Ignore; 5]);
+    // Two seconds on, twenty more tokens.
+    let out = b.step(gossip(relay, &all[50..80], 200), at(3_000));
+    let v = verdicts(&out);
+    assert_eq!(
+        v.iter().filter(|v| **v == Verdict::Accept).count(),
+        20,
+        "{v:?}"
+    );
+    // Nothing over the bound was stored; sync brings the rest.
+    assert_eq!(b.service.replica().contributions(), 70);
+    let outputs = link(&mut a, &mut b, space, at(4_000));
+    assert!(bans(&outputs).is_empty());
+    assert_eq!(b.service.replica().contributions(), 80);
 }
