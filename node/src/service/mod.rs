@@ -1017,6 +1017,8 @@ impl<R: Replica> Service<R> {
         }
         let meta: Vec<(u64, PeerHandle, Option<SpaceId>)> =
             batch.iter().map(|g| (g.token, g.from, g.topic)).collect();
+        // Sealed contributions whose author the private space never knew: junk from a stranger.
+        let strangers: Vec<bool> = batch.iter().map(|g| self.from_stranger(g)).collect();
         let mut early = Vec::new();
         let outcomes = self.ingest(
             batch.into_iter().map(|g| (g.bytes, g.topic)).collect(),
@@ -1030,7 +1032,9 @@ impl<R: Replica> Service<R> {
                 self.sync_early_arrival(from, space, doc, hash, now);
             }
         }
-        for ((token, from, topic), outcome) in meta.into_iter().zip(outcomes) {
+        for (((token, from, topic), outcome), stranger) in
+            meta.into_iter().zip(outcomes).zip(strangers)
+        {
             if let (Outcome::Accepted, Some(space)) = (&outcome, topic) {
                 self.sync_busy(space, now);
             }
@@ -1040,8 +1044,10 @@ impl<R: Replica> Service<R> {
                 // again (duplicates) or yet (early), and do not penalise.
                 Outcome::Duplicate | Outcome::Pending => (Verdict::Ignore, When::Now),
                 // Sealed under an epoch whose key has not arrived yet (its rotation is on its
-                // way): not the sender's fault either.
-                Outcome::Rejected(Rejection::UnknownKey) => (Verdict::Ignore, When::Now),
+                // way): not the sender's fault either, unless its author never was a member.
+                Outcome::Rejected(Rejection::UnknownKey) if !stranger => {
+                    (Verdict::Ignore, When::Now)
+                }
                 // A removed author's late change, relayed by someone who took it in before it
                 // heard of the removal: refused, without blame for the relay.
                 Outcome::Rejected(Rejection::LateWrite) => (Verdict::Ignore, When::Now),
@@ -1053,6 +1059,16 @@ impl<R: Replica> Service<R> {
             self.outbox
                 .push(Output::Net(NetAction::Verdict { token, verdict }), when);
         }
+    }
+
+    /// Whether a gossip message on a private space's topic is a sealed contribution by an author
+    /// the space never knew (not a member now or before).
+    fn from_stranger(&self, g: &GossipIn) -> bool {
+        let Some(view) = g.topic.and_then(|s| self.private.get(&s)) else {
+            return false;
+        };
+        replica::is_sealed(&g.bytes)
+            && contribution_author(&g.bytes).is_some_and(|a| !view.knows(&a))
     }
 
     /// Takes a token from the bucket of the gossip message's (space, author), if the message

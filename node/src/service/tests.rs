@@ -983,6 +983,12 @@ fn verifying_on_a_second_thread_changes_no_outcome() {
             space,
             ServiceConfig {
                 verify_in_parallel: parallel,
+                // The whole batch from one author: the bound on its gossip is not what this
+                // test is about.
+                author_rate: AuthorRate {
+                    burst: u32::MAX,
+                    per_second: u32::MAX,
+                },
                 ..config()
             },
         );
@@ -1942,6 +1948,72 @@ mod private_content {
         };
         assert_eq!(ideas.len(), 1);
         assert_eq!(ideas[0].comments.len(), 1);
+    }
+
+    /// A sealed contribution under a key nobody in the space holds: from a stranger (an author
+    /// the space never knew) it is junk and penalised; from a member it may be sealed under a
+    /// rotation still on its way, and is only ignored.
+    #[test]
+    fn an_unknown_key_is_blamed_only_on_strangers() {
+        let mut a = Node::new(1, config());
+        let Reply::Space(space) = a.command(
+            Command::CreatePrivateSpace {
+                name: "Keys".into(),
+            },
+            at(0),
+        ) else {
+            panic!()
+        };
+        let _b = admit(&mut a, space, 2, Role::Member, 10);
+        let secret = agora_protocol::keys::EpochSecret::from_bytes([3; 32]);
+        let sealed_by = |who: &Identity, salt: u8| {
+            let mut doc = AutoCommit::new()
+                .with_actor(agora_protocol::idea::actor_for(&who.author(), &[0; 16]));
+            let id = DocId::idea(&space, &who.author(), &[salt; 16]);
+            let change = agora_protocol::idea::create_idea(
+                &mut doc,
+                &draft("Unknown key"),
+                &who.author(),
+                &[salt; 16],
+                1,
+            )
+            .unwrap();
+            agora_protocol::sealed::Envelope::seal(
+                who,
+                &space,
+                secret.key_id(),
+                &secret.content_key().cipher(),
+                &id,
+                DocKind::Idea,
+                change.raw_bytes(),
+                [salt; 24],
+            )
+            .encode()
+        };
+        let member = Identity::from_seed([2; 32]);
+        let stranger = Identity::from_seed([66; 32]);
+        let outputs = a.step(
+            Input::Gossip(vec![
+                GossipIn {
+                    token: 1,
+                    from: PeerHandle(2),
+                    topic: Some(space),
+                    bytes: sealed_by(&member, 1),
+                },
+                GossipIn {
+                    token: 2,
+                    from: PeerHandle(66),
+                    topic: Some(space),
+                    bytes: sealed_by(&stranger, 2),
+                },
+            ]),
+            at(20),
+        );
+        assert_eq!(verdicts(&outputs), vec![Verdict::Ignore, Verdict::Reject]);
+        assert_eq!(
+            a.service.status().counters.rejected.get("unknown_key"),
+            Some(&2)
+        );
     }
 
     /// A sealed idea by `author` in `space`, under the current key of `holder`'s view (as a
