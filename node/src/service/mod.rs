@@ -1018,7 +1018,7 @@ impl<R: Replica> Service<R> {
         let meta: Vec<(u64, PeerHandle, Option<SpaceId>)> =
             batch.iter().map(|g| (g.token, g.from, g.topic)).collect();
         // Sealed contributions whose author the private space never knew: junk from a stranger.
-        let strangers: Vec<bool> = batch.iter().map(|g| self.from_stranger(g)).collect();
+        let strangers: Vec<bool> = batch.iter().map(|g| self.sent_by_stranger(g)).collect();
         let mut early = Vec::new();
         let outcomes = self.ingest(
             batch.into_iter().map(|g| (g.bytes, g.topic)).collect(),
@@ -1063,7 +1063,7 @@ impl<R: Replica> Service<R> {
 
     /// Whether a gossip message on a private space's topic is a sealed contribution by an author
     /// the space never knew (not a member now or before).
-    fn from_stranger(&self, g: &GossipIn) -> bool {
+    fn sent_by_stranger(&self, g: &GossipIn) -> bool {
         let Some(view) = g.topic.and_then(|s| self.private.get(&s)) else {
             return false;
         };
