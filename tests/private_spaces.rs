@@ -301,3 +301,209 @@ async fn invite_join_while_the_inviter_is_offline_and_remove() {
         }
     }
 }
+
+/// A member that floods a private space by gossip is held to its bound (PROTOCOL §14.12) and
+/// penalised by the node it floods until that node graylists it; a stranger that read the topic off gossipsub's subscriptions
+/// and publishes junk on it is penalised below gossipsub's graylist threshold (its gossip is no
+/// longer taken in); meanwhile three honest members keep posting and converge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spammers_are_bounded_while_honest_members_converge() {
+    use agora_testkit::private::{sealed_idea, sealing_key};
+    let nodes = spawn_nodes(3).await;
+    let (a, b, c) = (
+        nodes[0].handle.clone(),
+        nodes[1].handle.clone(),
+        nodes[2].handle.clone(),
+    );
+    let space = a.create_private_space("Busy board").await.expect("create");
+    let ticket = a
+        .invite(space, Role::Member, 3600, 2)
+        .await
+        .expect("invite");
+    b.join_ticket(&ticket).await.expect("B joins");
+    c.join_ticket(&ticket).await.expect("C joins");
+
+    // The spamming member: a raw peer admitted like anyone (its redeem handed to A).
+    let spammer = Peer::gossip([91; 32]);
+    let Ok(Reply::Invitation(inv)) = a
+        .request(Command::Invite {
+            space,
+            role: Role::Member,
+            expires: u64::MAX / 2,
+            uses: 1,
+        })
+        .await
+    else {
+        panic!("invite")
+    };
+    let redeem = agora_protocol::membership::build::redeem(
+        &space,
+        inv.invite,
+        &agora_protocol::Identity::from_seed(inv.secret),
+        &spammer.identity,
+        &agora_protocol::keys::DeviceKey::for_identity(&spammer.identity),
+    );
+    let Ok(Reply::Admitted(admitted)) = a
+        .request(Command::AdmitRedeem {
+            space,
+            redeem: Box::new(redeem),
+        })
+        .await
+    else {
+        panic!("admit")
+    };
+    let key = sealing_key(space, admitted.ops, &spammer.identity);
+    spammer.dial(&nodes[0]).await;
+    spammer.subscribe_topic(&key.topic).await;
+    // The stranger: follows the same topic (its name is in the members' subscriptions).
+    let stranger = Peer::gossip([92; 32]);
+    stranger.dial(&nodes[1]).await;
+    stranger.subscribe_topic(&key.topic).await;
+    let me = [spammer.peer_id.to_string(), stranger.peer_id.to_string()];
+    for (node, peer) in [(&a, &me[0]), (&b, &me[1])] {
+        wait_until(
+            "the node to see the raw peer follow the space",
+            SPREAD,
+            || {
+                let (node, peer) = (node.clone(), peer.clone());
+                async move {
+                    node.net_status().await.is_ok_and(|s| {
+                        s.peers
+                            .iter()
+                            .any(|p| p.peer_id == peer && p.spaces.contains(&space))
+                    })
+                }
+            },
+        )
+        .await;
+    }
+
+    // And each raw peer sees its node follow the topic (so that its publications go out).
+    let topic_hash = libp2p::gossipsub::IdentTopic::new(key.topic.as_str()).hash();
+    for (peer, node) in [(&spammer, &nodes[0]), (&stranger, &nodes[1])] {
+        let id: libp2p::PeerId = node.handle.peer_id().parse().expect("peer id");
+        wait_until(
+            "the raw peer to see the node follow the topic",
+            SPREAD,
+            || {
+                let seen = peer.state().subscribed.contains(&(id, topic_hash.clone()));
+                async move { seen }
+            },
+        )
+        .await;
+    }
+    let mut rng = agora_testkit::Rng::new(91);
+    let junk_key = sealing_key_of_nobody(space);
+    let flood = 2_000;
+    let mut failed = Vec::new();
+    let started = std::time::Instant::now();
+    for i in 0..flood {
+        let idea = sealed_idea(&spammer.identity, &key, &format!("spam {i}"), &mut rng);
+        if let Err(e) = spammer.publish_topic(&key.topic, idea).await {
+            failed.push(e.to_string());
+        }
+        if i % 100 == 0 {
+            let junk = sealed_idea(&stranger.identity, &junk_key, "junk", &mut rng);
+            let _ = stranger.publish_topic(&key.topic, junk).await;
+        }
+    }
+    // Honest members post through it all.
+    for (n, who) in [(&a, "A"), (&b, "B"), (&c, "C")] {
+        let draft = agora_protocol::IdeaDraft {
+            title: format!("Honest {who}"),
+            body: String::new(),
+            tags: vec![],
+        };
+        n.create_idea(space, draft).await.expect("honest idea");
+    }
+    assert!(
+        failed.len() < flood / 2,
+        "{} publications failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    // Past the bound, A refuses the spammer's ideas and penalises its node, whose score soon
+    // falls below gossipsub's graylist threshold: A then drops its messages unread.
+    let wanted = 1;
+    agora_testkit::node::wait_for("A to refuse the flood past its bound", SPREAD, || {
+        let a = a.clone();
+        async move {
+            let c = a.counters().await.map_err(|e| e.to_string())?;
+            if c.rejected.get("rate_limited").copied().unwrap_or(0) >= wanted {
+                Ok(())
+            } else {
+                Err(format!("{c:?}"))
+            }
+        }
+    })
+    .await;
+    wait_until("the three honest members to converge", SPREAD, || {
+        let (a, b, c) = (a.clone(), b.clone(), c.clone());
+        async move {
+            let (ha, hb, hc) = (
+                a.heads(space).await,
+                b.heads(space).await,
+                c.heads(space).await,
+            );
+            let honest = titles(&a, space).await;
+            ha.is_ok()
+                && ha.as_ref().ok() == hb.as_ref().ok()
+                && hb.as_ref().ok() == hc.as_ref().ok()
+                && ["Honest A", "Honest B", "Honest C"]
+                    .iter()
+                    .all(|t| honest.iter().any(|h| h == t))
+        }
+    })
+    .await;
+    // The flood stopped at the bound: A holds at most a burst of the spammer's ideas, plus what
+    // the steady rate allowed while it lasted.
+    let elapsed = started.elapsed().as_secs() + 1;
+    let spam = titles(&a, space)
+        .await
+        .into_iter()
+        .filter(|t| t.starts_with("spam "))
+        .count() as u64;
+    assert!(
+        spam <= 600 + 20 * elapsed,
+        "A took in {spam} of the {flood} spam ideas in {elapsed} s"
+    );
+    assert!(spam >= 100, "the bound let a burst through ({spam})");
+    // Both raw peers are penalised where they sent: the stranger below the graylist threshold.
+    wait_until("B to graylist the stranger", SPREAD, || {
+        let (b, who) = (b.clone(), me[1].clone());
+        async move {
+            b.net_status().await.is_ok_and(|s| {
+                s.peers
+                    .iter()
+                    .any(|p| p.peer_id == who && p.score.is_some_and(|x| x < -80.0))
+            })
+        }
+    })
+    .await;
+    wait_until("A to graylist the flooding member's node", SPREAD, || {
+        let (a, who) = (a.clone(), me[0].clone());
+        async move {
+            a.net_status().await.is_ok_and(|s| {
+                s.peers
+                    .iter()
+                    .any(|p| p.peer_id == who && p.score.is_some_and(|x| x < -80.0))
+            })
+        }
+    })
+    .await;
+    spammer.stop().await;
+    stranger.stop().await;
+    shutdown_all(&nodes).await;
+}
+
+/// A key of the space nobody holds (what a stranger can make up).
+fn sealing_key_of_nobody(space: SpaceId) -> agora_testkit::private::SealingKey {
+    let secret = agora_protocol::keys::EpochSecret::from_bytes([42; 32]);
+    agora_testkit::private::SealingKey {
+        space,
+        key_id: secret.key_id(),
+        cipher: secret.content_key().cipher(),
+        topic: String::new(),
+        ops: Vec::new(),
+    }
+}

@@ -324,6 +324,24 @@ impl Peer {
         .await;
     }
 
+    /// Subscribes to a topic by its name (a private space's derived topic, say).
+    pub async fn subscribe_topic(&self, topic: &str) {
+        self.send(Cmd::Subscribe(IdentTopic::new(topic))).await;
+    }
+
+    /// Publishes `bytes` on a topic by its name; `Err` if gossipsub refuses (e.g. no peers, or
+    /// the peer is graylisted and its queues are full).
+    pub async fn publish_topic(
+        &self,
+        topic: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), gossipsub::PublishError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Publish(IdentTopic::new(topic).hash(), bytes, tx))
+            .await;
+        rx.await.expect("the peer replies")
+    }
+
     /// Publishes `bytes` on `space`'s topic; panics if gossipsub refuses (e.g. no peers).
     pub async fn publish(&self, space: SpaceId, bytes: Vec<u8>) {
         let (tx, rx) = oneshot::channel();

@@ -52,6 +52,8 @@ pub struct SealingKey {
     pub key_id: KeyId,
     /// Its content cipher.
     pub cipher: XChaCha20Poly1305,
+    /// Its gossip topic.
+    pub topic: String,
 }
 
 /// A service on `store` (owner [`OWNER_SEED`]) that created a private space and admitted every
@@ -134,6 +136,7 @@ pub fn sealing_key(space: SpaceId, ops: Vec<Vec<u8>>, member: &Identity) -> Seal
         space,
         key_id,
         cipher: cipher.clone(),
+        topic: view.topics()[0].clone(),
         ops,
     }
 }
@@ -161,4 +164,32 @@ pub fn seal_delivery(d: &Delivery, key: &SealingKey, rng: &mut Rng) -> Vec<(usiz
             (*doc, sealed.encode())
         })
         .collect()
+}
+
+/// An idea by `author` in `space`, sealed under `key` (with a fresh nonce from `rng`): what a
+/// member's node would publish.
+pub fn sealed_idea(author: &Identity, key: &SealingKey, title: &str, rng: &mut Rng) -> Vec<u8> {
+    let salt: [u8; 16] = rng.bytes();
+    let doc = agora_protocol::DocId::idea(&key.space, &author.author(), &salt);
+    let mut d = agora_protocol::automerge::AutoCommit::new().with_actor(
+        agora_protocol::idea::actor_for(&author.author(), &rng.bytes()),
+    );
+    let draft = agora_protocol::IdeaDraft {
+        title: title.into(),
+        body: String::new(),
+        tags: Vec::new(),
+    };
+    let change = agora_protocol::idea::create_idea(&mut d, &draft, &author.author(), &salt, 1)
+        .expect("a valid idea");
+    Envelope::seal(
+        author,
+        &key.space,
+        key.key_id,
+        &key.cipher,
+        &doc,
+        agora_protocol::DocKind::Idea,
+        change.raw_bytes(),
+        rng.bytes(),
+    )
+    .encode()
 }
