@@ -101,6 +101,9 @@ fn derive(secret: &[u8; 32], info: &[u8]) -> [u8; 32] {
 /// the wire: it only keeps a node's snapshots ciphertext at rest).
 pub const INFO_LOCAL: &[u8] = b"agora/v2/local-store";
 
+/// HKDF info of the key a node derives its local seals' nonces with.
+pub const INFO_LOCAL_NONCE: &[u8] = b"agora/v2/local-nonce";
+
 /// The cipher a node seals what it stores of private spaces for itself (document snapshots)
 /// with: derived from its identity seed, so it opens for that identity only.
 pub fn local_cipher(identity: &crate::identity::Identity) -> XChaCha20Poly1305 {
@@ -108,6 +111,12 @@ pub fn local_cipher(identity: &crate::identity::Identity) -> XChaCha20Poly1305 {
     let cipher = XChaCha20Poly1305::new(&key.into());
     key.zeroize();
     cipher
+}
+
+/// A secret key for deriving the nonces of a node's local seals (a keyed hash of what is
+/// sealed, so that a nonce tells nothing about the plaintext to someone without the key).
+pub fn local_nonce_key(identity: &crate::identity::Identity) -> [u8; 32] {
+    derive(&identity.seed(), INFO_LOCAL_NONCE)
 }
 
 impl EpochSecret {

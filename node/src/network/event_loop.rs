@@ -437,9 +437,11 @@ impl EventLoop {
                         .iter()
                         .filter(|(p, _)| self.peers.connected.contains_key(*p))
                         .filter_map(|(p, addrs)| {
+                            // An address that names some other peer is not this peer's.
                             let addrs = addrs
                                 .iter()
-                                .map(|a| a.clone().with_p2p(*p).unwrap_or_else(|a| a).to_string())
+                                .filter_map(|a| a.clone().with_p2p(*p).ok())
+                                .map(|a| a.to_string())
                                 .collect();
                             Some((author_of(p)?, addrs))
                         })

@@ -991,9 +991,22 @@ impl<R: Replica> Service<R> {
             );
         }
         // Each author's share of a space's gossip is bounded (PROTOCOL 14.12): what is over it
-        // is neither stored nor relayed, and only its author's own node is penalised for it.
-        let (batch, limited): (Vec<GossipIn>, Vec<GossipIn>) =
-            batch.into_iter().partition(|g| self.within_rate(g, now));
+        // is neither stored nor relayed, and only its author's own node is penalised for it. A
+        // token is taken on arrival and given back unless the contribution is accepted (new
+        // and valid), so that junk or replays naming an author cannot use up its share.
+        let mut charged: Vec<Option<(SpaceId, AuthorId)>> = Vec::with_capacity(batch.len());
+        let mut limited = Vec::new();
+        let mut kept = Vec::with_capacity(batch.len());
+        for g in batch {
+            match self.take_token(&g, now) {
+                Ok(key) => {
+                    charged.push(key);
+                    kept.push(g);
+                }
+                Err(()) => limited.push(g),
+            }
+        }
+        let batch = kept;
         for g in limited {
             let author = contribution_author(&g.bytes);
             let own = author.is_some() && self.sync.authors.get(&g.from) == author.as_ref();
@@ -1019,6 +1032,17 @@ impl<R: Replica> Service<R> {
             batch.iter().map(|g| (g.token, g.from, g.topic)).collect();
         // Sealed contributions whose author the private space never knew: junk from a stranger.
         let strangers: Vec<bool> = batch.iter().map(|g| self.sent_by_stranger(g)).collect();
+        // Contributions that come from their author's own node (its peer id holds the key).
+        let own: Vec<bool> = batch
+            .iter()
+            .map(|g| {
+                self.sync.authors.get(&g.from).is_some_and(|a| {
+                    self.private
+                        .contains_key(&g.topic.unwrap_or(SpaceId([0; 16])))
+                        && contribution_author(&g.bytes) == Some(*a)
+                })
+            })
+            .collect();
         let mut early = Vec::new();
         let outcomes = self.ingest(
             batch.into_iter().map(|g| (g.bytes, g.topic)).collect(),
@@ -1032,8 +1056,15 @@ impl<R: Replica> Service<R> {
                 self.sync_early_arrival(from, space, doc, hash, now);
             }
         }
-        for (((token, from, topic), outcome), stranger) in
-            meta.into_iter().zip(outcomes).zip(strangers)
+        for (outcome, key) in outcomes.iter().zip(&charged) {
+            if let (Some(key), false) = (key, matches!(outcome, Outcome::Accepted)) {
+                if let Some((tokens, _)) = self.buckets.get_mut(key) {
+                    *tokens = (*tokens + 1.0).min(f64::from(self.config.author_rate.burst));
+                }
+            }
+        }
+        for ((((token, from, topic), outcome), stranger), own) in
+            meta.into_iter().zip(outcomes).zip(strangers).zip(own)
         {
             if let (Outcome::Accepted, Some(space)) = (&outcome, topic) {
                 self.sync_busy(space, now);
@@ -1046,6 +1077,12 @@ impl<R: Replica> Service<R> {
                 // Sealed under an epoch whose key has not arrived yet (its rotation is on its
                 // way): not the sender's fault either, unless its author never was a member.
                 Outcome::Rejected(Rejection::UnknownKey) if !stranger => {
+                    (Verdict::Ignore, When::Now)
+                }
+                // The author is or was a member whose right this node does not see (an
+                // admission or a role change may still be on its way, or a concurrent removal
+                // voided it): refused, without blame for a relay (its own node is to blame).
+                Outcome::Rejected(Rejection::NotWriter) if !stranger && !own => {
                     (Verdict::Ignore, When::Now)
                 }
                 // A removed author's late change, relayed by someone who took it in before it
@@ -1072,10 +1109,11 @@ impl<R: Replica> Service<R> {
     }
 
     /// Takes a token from the bucket of the gossip message's (space, author), if the message
-    /// names both and the bucket has one; false when it is empty.
-    fn within_rate(&mut self, g: &GossipIn, now: Now) -> bool {
+    /// names both: `Ok` with the bucket it came from (`None`: no bucket applies), `Err` when
+    /// the bucket is empty.
+    fn take_token(&mut self, g: &GossipIn, now: Now) -> Result<Option<(SpaceId, AuthorId)>, ()> {
         let (Some(space), Some(author)) = (g.topic, contribution_author(&g.bytes)) else {
-            return true;
+            return Ok(None);
         };
         let rate = self.config.author_rate;
         let burst = f64::from(rate.burst);
@@ -1094,9 +1132,9 @@ impl<R: Replica> Service<R> {
         *at = now.mono;
         if *tokens >= 1.0 {
             *tokens -= 1.0;
-            true
+            Ok(Some((space, author)))
         } else {
-            false
+            Err(())
         }
     }
 

@@ -509,6 +509,37 @@ impl<R: Replica> Service<R> {
         Ok(Admitted { space, ops })
     }
 
+    /// Takes operations into a private space's view (as gossip would, without its checks of the
+    /// sender), storing what they add; then this node must be a member holding the current key.
+    fn merge_ops(&mut self, space: SpaceId, ops: Vec<VerifiedOp>) -> Result<(), ServiceError> {
+        let keys = self.node_keys()?.clone();
+        let me = keys.identity.author();
+        self.remember_private(space);
+        let before = self.private_view(&space)?.topics();
+        for op in ops {
+            let view = self
+                .private
+                .get_mut(&space)
+                .ok_or(ServiceError::UnknownSpace(space))?;
+            if let Ok(Inserted::Added(ids)) = view.insert(op, &me, &keys.device) {
+                for id in ids {
+                    if let Some(op) = view.log().get(&id) {
+                        self.outbox.writes.push(op_write(&space, op));
+                    }
+                }
+            }
+        }
+        self.view_changed(space, before);
+        let view = self.private_view(&space)?;
+        if view.membership().role(&me).is_none() || view.current().is_none() {
+            return Err(ServiceError::Membership(
+                "the member's answer does not admit this node".into(),
+            ));
+        }
+        self.follow_private(space);
+        Ok(())
+    }
+
     /// A newcomer's join request: admitted (the answer leaves once the admission is durable), or
     /// refused with the protocol's reason code. A space this node does not hold, or no longer
     /// is a member of, gets `unknown_space`, as if it never heard of it.
@@ -570,6 +601,16 @@ impl<R: Replica> Service<R> {
                 ServiceError::Membership(format!("the member sent an invalid operation: {e}"))
             })?;
             verified.push(op);
+        }
+        if self.spaces.contains_key(&space) {
+            return Err(ServiceError::Membership(
+                "that id is held here as an open space".into(),
+            ));
+        }
+        if self.private.contains_key(&space) {
+            // Held already (a former member invited back): the answer's operations join the
+            // view this node has; they never replace it.
+            return self.merge_ops(space, verified);
         }
         let view = PrivateSpace::from_ops(space, verified, &keys.identity, &keys.device)?;
         if view.membership().role(&keys.identity.author()).is_none() {

@@ -1884,6 +1884,14 @@ mod private_content {
         );
         let c_identity = Identity::from_seed([3; 32]);
         let forged = forge_sealed(&a, space, &c_identity, "Forged by a reader");
+        // It comes from C's own node (its peer id holds C's key): C's node is to blame.
+        a.step(
+            Input::PeerIdentified {
+                peer: c.name,
+                author: c_identity.author(),
+            },
+            at(61),
+        );
         let outputs = a.step(
             Input::Gossip(vec![GossipIn {
                 token: 9,

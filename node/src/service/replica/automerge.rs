@@ -22,21 +22,35 @@ fn snapshot_aad(space: &SpaceId, doc: &DocId, seq: u64) -> Vec<u8> {
     [SNAPSHOT_AAD, &space.0, &doc.0, &seq.to_be_bytes()].concat()
 }
 
+/// What a node seals its own snapshots of private documents with.
+struct LocalSeal {
+    cipher: XChaCha20Poly1305,
+    /// Keys the hash its nonces are taken from.
+    nonce_key: [u8; 32],
+}
+
 /// Seals a snapshot of a private space's document for this node's own disk: the nonce is the
-/// first 24 bytes of the saved document's SHA-256 (deterministic, so a snapshot written twice
-/// is the same bytes; distinct documents never share a nonce but by a hash collision), then the
-/// ciphertext.
+/// first 24 bytes of SHA-256 over a secret key, the associated data and the saved document (a
+/// keyed hash: deterministic, so a snapshot written twice is the same bytes; distinct snapshots
+/// never share a nonce but by a hash collision; and without the key it tells nothing of the
+/// plaintext), then the ciphertext.
 fn seal_snapshot(
-    cipher: &XChaCha20Poly1305,
+    seal: &LocalSeal,
     space: &SpaceId,
     doc: &DocId,
     seq: u64,
     saved: &[u8],
 ) -> Vec<u8> {
-    let digest: [u8; 32] = Sha256::digest(saved).into();
+    let aad = snapshot_aad(space, doc, seq);
+    let digest: [u8; 32] = Sha256::new()
+        .chain_update(seal.nonce_key)
+        .chain_update(&aad)
+        .chain_update(saved)
+        .finalize()
+        .into();
     let mut nonce = [0u8; 24];
     nonce.copy_from_slice(&digest[..24]);
-    let ct = keys::seal_with(cipher, &nonce, &snapshot_aad(space, doc, seq), saved);
+    let ct = keys::seal_with(&seal.cipher, &nonce, &aad, saved);
     [&nonce[..], &ct].concat()
 }
 
@@ -150,7 +164,7 @@ struct DocState {
     /// Seq covered by the latest snapshot.
     snapshot_seq: u64,
     /// The cipher its snapshots are sealed with (a private space's document).
-    seal: Option<Arc<XChaCha20Poly1305>>,
+    seal: Option<Arc<LocalSeal>>,
     /// The seq of every contribution held, by change hash: made from the store the first time
     /// a sync answer needs a contribution by its hash, then kept up to date (see
     /// [`hash_index`]).
@@ -169,7 +183,7 @@ impl DocState {
         }
     }
 
-    fn sealed_with(mut self, seal: Option<Arc<XChaCha20Poly1305>>) -> DocState {
+    fn sealed_with(mut self, seal: Option<Arc<LocalSeal>>) -> DocState {
         self.seal = seal;
         self
     }
@@ -243,7 +257,7 @@ pub struct AutomergeReplica<S> {
     /// The content keys of the private spaces held.
     keyring: Keyring,
     /// What this node seals its snapshots of private documents with.
-    local: Arc<XChaCha20Poly1305>,
+    local: Arc<LocalSeal>,
 }
 
 impl<S: Storage> AutomergeReplica<S> {
@@ -258,7 +272,10 @@ impl<S: Storage> AutomergeReplica<S> {
         keyring: Keyring,
     ) -> Result<Self, StoreError> {
         let author = identity.author();
-        let local = Arc::new(keys::local_cipher(&identity));
+        let local = Arc::new(LocalSeal {
+            cipher: keys::local_cipher(&identity),
+            nonce_key: keys::local_nonce_key(&identity),
+        });
         let mut r = AutomergeReplica {
             store,
             identity,
@@ -280,8 +297,13 @@ impl<S: Storage> AutomergeReplica<S> {
                     let opened;
                     let saved = match &seal {
                         Some(cipher) => {
-                            opened =
-                                open_snapshot(cipher, &stored.space, &stored.doc, *seq, saved)?;
+                            opened = open_snapshot(
+                                &cipher.cipher,
+                                &stored.space,
+                                &stored.doc,
+                                *seq,
+                                saved,
+                            )?;
                             &opened
                         }
                         None => saved,
@@ -311,7 +333,7 @@ impl<S: Storage> AutomergeReplica<S> {
     }
 
     /// The cipher of a space's snapshots: this node's local one for a private space.
-    fn seal_for(&self, space: &SpaceId) -> Option<Arc<XChaCha20Poly1305>> {
+    fn seal_for(&self, space: &SpaceId) -> Option<Arc<LocalSeal>> {
         self.keyring
             .is_private(space)
             .then(|| Arc::clone(&self.local))

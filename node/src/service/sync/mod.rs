@@ -704,7 +704,10 @@ impl<R: Replica> Service<R> {
             Outcome::Rejected(r)
                 if !matches!(
                     r,
-                    Rejection::UnknownSpace | Rejection::UnknownKey | Rejection::LateWrite
+                    Rejection::UnknownSpace
+                        | Rejection::UnknownKey
+                        | Rejection::LateWrite
+                        | Rejection::NotWriter
                 ) =>
             {
                 Some(r.code())
@@ -1034,6 +1037,21 @@ impl<R: Replica> Service<R> {
     pub(super) fn sync_tick(&mut self, now: Now) {
         self.sync.wakeup.set(None);
         for space in std::mem::take(&mut self.sync.rejoin) {
+            // Pairs with peers that may no longer sync the space (removed, or this node left)
+            // end; pairs with peers that now may start.
+            let stale: Vec<Pair> = self
+                .sync
+                .pairs
+                .keys()
+                .filter(|(p, s)| *s == space && !self.syncs_with(*p, s))
+                .copied()
+                .collect();
+            for pair in stale {
+                self.sync.pairs.remove(&pair);
+                self.drop_exchange(pair);
+                self.sync.queue.retain(|p| *p != pair);
+                self.sync.queued.remove(&pair);
+            }
             self.sync_joined(space, now);
         }
         let expired: Vec<Pair> = self
