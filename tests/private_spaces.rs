@@ -392,6 +392,13 @@ async fn spammers_are_bounded_while_honest_members_converge() {
         )
         .await;
     }
+    // A membership operation while the stranger listens: the rename travels sealed.
+    a.rename_space(space, "Busy board 2").await.expect("rename");
+    wait_until("B to read the new name", SPREAD, || {
+        let b = b.clone();
+        async move { space_name(&b, space).await.as_deref() == Some("Busy board 2") }
+    })
+    .await;
     let mut rng = agora_testkit::Rng::new(91);
     let junk_key = sealing_key_of_nobody(space);
     let flood = 2_000;
@@ -491,6 +498,21 @@ async fn spammers_are_bounded_while_honest_members_converge() {
         }
     })
     .await;
+    // The stranger followed the topic and received its traffic: ciphertext only (operations
+    // are sealed on gossip too), with nothing that names the space or holds a title.
+    let received = stranger.state().messages.clone();
+    assert!(
+        !received.is_empty(),
+        "the stranger received the topic's traffic"
+    );
+    for (_, bytes) in &received {
+        for needle in [&space.0[..], b"Honest", b"Busy board"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "the stranger received {needle:?} in the clear"
+            );
+        }
+    }
     spammer.stop().await;
     stranger.stop().await;
     shutdown_all(&nodes).await;

@@ -356,6 +356,123 @@ pub fn verify_signatures(items: &[(&Envelope, SpaceId)]) -> Vec<Result<(), Rejec
     results
 }
 
+/// Prefix of the associated data of a membership operation sealed for gossip.
+pub const OP_GOSSIP_AAD: &[u8] = b"agora-op-gossip-v2\0";
+
+/// Largest sealed operation: an operation at its limit plus the envelope.
+pub const MAX_SEALED_OP_BYTES: usize = crate::membership::MAX_OP_BYTES + 128;
+
+/// A membership operation as it travels by gossip (PROTOCOL 14.9): sealed under the epoch of
+/// the topic it is published on, so that a peer that follows the topic without being a member
+/// learns nothing of the membership. Wire format: the canonical CBOR map
+/// `{"v": 2, "key": bstr(32), "nonce": bstr(24), "ct": bstr}`, where `ct` is
+/// XChaCha20-Poly1305 under the epoch's content key of the operation's encoding, with the
+/// associated data [`op_gossip_aad`]`(space, key)`. The operation inside carries its own
+/// signature; the seal only hides it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedOp {
+    /// The epoch whose content key sealed it.
+    pub key_id: KeyId,
+    /// The random nonce.
+    pub nonce: [u8; 24],
+    /// The ciphertext and its tag.
+    pub ct: Vec<u8>,
+}
+
+impl std::fmt::Debug for SealedOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedOp")
+            .field("key_id", &self.key_id)
+            .field("ct_len", &self.ct.len())
+            .finish()
+    }
+}
+
+/// `"agora-op-gossip-v2\0" ‖ space (16) ‖ key id (32)`.
+pub fn op_gossip_aad(space: &SpaceId, key_id: &KeyId) -> Vec<u8> {
+    [OP_GOSSIP_AAD, &space.0, &key_id.0].concat()
+}
+
+impl SealedOp {
+    /// Seals an encoded operation of `space` under the epoch `key_id` (its content `cipher`),
+    /// with the caller's fresh random `nonce`.
+    pub fn seal(
+        space: &SpaceId,
+        key_id: KeyId,
+        cipher: &XChaCha20Poly1305,
+        op: &[u8],
+        nonce: [u8; 24],
+    ) -> SealedOp {
+        let ct = keys::seal_with(cipher, &nonce, &op_gossip_aad(space, &key_id), op);
+        SealedOp { key_id, nonce, ct }
+    }
+
+    /// The canonical CBOR encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.ct.len() + 90);
+        cbor::put_head(&mut out, 5, 4);
+        cbor::put_key(&mut out, "v");
+        cbor::put_head(&mut out, 0, SEALED_VERSION);
+        cbor::put_key(&mut out, "key");
+        cbor::put_bytes(&mut out, &self.key_id.0);
+        cbor::put_key(&mut out, "nonce");
+        cbor::put_bytes(&mut out, &self.nonce);
+        cbor::put_key(&mut out, "ct");
+        cbor::put_bytes(&mut out, &self.ct);
+        out
+    }
+
+    /// Decodes untrusted bytes strictly (one encoding). Never panics.
+    pub fn decode(bytes: &[u8]) -> Result<SealedOp, Rejection> {
+        if bytes.len() > MAX_SEALED_OP_BYTES {
+            return Err(Rejection::TooLarge {
+                len: bytes.len(),
+                max: MAX_SEALED_OP_BYTES,
+            });
+        }
+        let mut r = cbor::Reader::new(bytes);
+        let op = (|| -> Result<SealedOp, cbor::CborError> {
+            r.map(4)?;
+            r.key("v")?;
+            if r.uint()? != SEALED_VERSION {
+                return Err(cbor::err("unsupported sealed operation version"));
+            }
+            r.key("key")?;
+            let key_id = KeyId(r.array()?);
+            r.key("nonce")?;
+            let nonce = r.array()?;
+            r.key("ct")?;
+            let ct = r.bytes()?.to_vec();
+            r.end()?;
+            Ok(SealedOp { key_id, nonce, ct })
+        })()
+        .map_err(|e| Rejection::Malformed(e.0))?;
+        if op.ct.len() < TAG_LEN {
+            return Err(Rejection::Malformed(
+                "ciphertext shorter than its tag".into(),
+            ));
+        }
+        Ok(op)
+    }
+
+    /// The encoded operation inside (not yet verified), if `cipher` (the content cipher of the
+    /// epoch `key_id` names, in `space`) opens it.
+    pub fn open(&self, space: &SpaceId, cipher: &XChaCha20Poly1305) -> Result<Vec<u8>, Rejection> {
+        keys::open_with(
+            cipher,
+            &self.nonce,
+            &op_gossip_aad(space, &self.key_id),
+            &self.ct,
+        )
+        .map_err(|_| Rejection::Undecryptable)
+    }
+}
+
+/// Whether encoded bytes are a sealed membership operation (a CBOR map of four entries).
+pub fn is_sealed_op(bytes: &[u8]) -> bool {
+    bytes.first() == Some(&0xa4)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -92,6 +92,7 @@ const INPUTS: &[&str] = &[
     "v2_rotate_wrap_ikm",
     "v2_addr",
     "v2_content_nonce",
+    "v2_op_nonce",
 ];
 
 fn wrap_with(
@@ -227,6 +228,15 @@ fn compute(spec: &BTreeMap<String, String>) -> (BTreeMap<&'static str, String>, 
     )
     .unwrap();
     v.insert("v2_admit", hex::encode(admit.bytes()));
+    // The admission as gossip carries it: sealed under the epoch of the topic (the root's).
+    let sealed_admit = agora_protocol::sealed::SealedOp::seal(
+        &space,
+        root.key_id(),
+        &root.content_key().cipher(),
+        admit.bytes(),
+        hex_in(spec, "v2_op_nonce"),
+    );
+    v.insert("v2_sealed_admit", hex::encode(sealed_admit.encode()));
     v.insert("v2_admit_id", admit.id().to_hex());
 
     // A rotation by the owner: the root sealed under the new epoch, which is wrapped to both.
@@ -382,6 +392,33 @@ fn the_version_2_vectors_verify_and_open_as_the_spec_says() {
         .iter()
         .map(|n| Op::verify(&bytes(n)).expect("each operation verifies"))
         .collect();
+    // The admission as gossip carried it opens, under the root epoch's content key (recomputed
+    // by HKDF from the root secret) and the associated data of §14.9, to the admission itself.
+    {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let root = EpochSecret::from_bytes(hex_in(&spec, "v2_root_secret"));
+        let sealed = bytes("v2_sealed_admit");
+        let parsed = agora_protocol::sealed::SealedOp::decode(&sealed).expect("decodes");
+        assert_eq!(parsed.key_id, root.key_id());
+        let space = ops[0].op().space;
+        let aad = [
+            b"agora-op-gossip-v2\0".as_slice(),
+            &space.0,
+            &root.key_id().0,
+        ]
+        .concat();
+        let cipher = chacha20poly1305::XChaCha20Poly1305::new(&content_key_bytes(&root).into());
+        let plain = cipher
+            .decrypt(
+                &chacha20poly1305::XNonce::from(parsed.nonce),
+                Payload {
+                    msg: &parsed.ct,
+                    aad: &aad,
+                },
+            )
+            .expect("opens");
+        assert_eq!(plain, bytes("v2_admit"));
+    }
     // An operation id is SHA-256 of the domain and the map without "sig" (§14.3).
     for op in &ops {
         let enc = op.bytes();

@@ -25,7 +25,9 @@ use agora_protocol::idea;
 use agora_protocol::join::{self, JoinRequest, JoinResponse};
 use agora_protocol::keys::DeviceKey;
 use agora_protocol::membership::{ActionError, Inserted, Op, Pin, PrivateSpace, Role, VerifiedOp};
+use agora_protocol::sealed::SealedOp;
 use agora_protocol::{AuthorId, Identity, SpaceId};
+use rand::RngExt;
 use std::collections::BTreeMap;
 
 /// The keys the service signs membership operations with.
@@ -374,14 +376,34 @@ pub struct Admitted {
 }
 
 impl<R: Replica> Service<R> {
-    /// A membership operation (a CBOR map of seven entries) on a private space's topic. (Sealed
-    /// contributions, six entries, go through ingest.) Returns the verdict and when it may be
-    /// released.
+    /// A membership operation on a private space's topic: sealed under the topic's epoch (a
+    /// CBOR map of four entries; PROTOCOL 14.9). Sealed contributions (six entries) go through
+    /// ingest. Returns the verdict and when it may be released.
     pub(crate) fn private_gossip(&mut self, space: SpaceId, bytes: &[u8]) -> (Verdict, When) {
-        match bytes.first() {
-            Some(0xa7) => self.private_op_in(space, bytes),
-            _ => {
+        let sealed = match SealedOp::decode(bytes) {
+            Ok(sealed) => sealed,
+            Err(_) => {
+                // Anything else (an operation in the clear among them) has no place there.
                 self.count_op_rejection("malformed");
+                return (Verdict::Reject, When::Now);
+            }
+        };
+        let opened = self
+            .private
+            .get(&space)
+            .map(|view| match view.cipher(&sealed.key_id) {
+                Some(cipher) => sealed.open(&space, cipher),
+                None => Err(agora_protocol::Rejection::UnknownKey),
+            });
+        match opened {
+            Some(Ok(op)) => self.private_op_in(space, &op),
+            // An epoch this node does not hold (yet): not the sender's fault.
+            Some(Err(agora_protocol::Rejection::UnknownKey)) | None => {
+                self.count_op_rejection("unknown_key");
+                (Verdict::Ignore, When::Now)
+            }
+            Some(Err(e)) => {
+                self.count_op_rejection(e.code());
                 (Verdict::Reject, When::Now)
             }
         }
@@ -396,7 +418,8 @@ impl<R: Replica> Service<R> {
             .or_default() += 1;
     }
 
-    fn private_op_in(&mut self, space: SpaceId, bytes: &[u8]) -> (Verdict, When) {
+    /// A membership operation in the clear (opened from gossip, or from a sync answer).
+    pub(crate) fn private_op_in(&mut self, space: SpaceId, bytes: &[u8]) -> (Verdict, When) {
         let reject = |this: &mut Self, why: &'static str| {
             tracing::info!(target: "agora::network", %space, reason = why, "rejected a membership operation; penalising peer");
             this.count_op_rejection(why);
@@ -460,24 +483,29 @@ impl<R: Replica> Service<R> {
         }
     }
 
-    /// Publishes an operation this node made: on the current topic, and a rotation also on the
-    /// previous one, so that members who have not taken it in yet hear of it.
+    /// Publishes an operation this node made, sealed under each topic's epoch: on the current
+    /// topic, and a rotation also on the previous one, so that members who have not taken it in
+    /// yet hear of it.
     fn publish_op(&mut self, space: SpaceId, op: &VerifiedOp) {
         let Some(view) = self.private.get(&space) else {
             return;
         };
-        let topics = view.topics();
         let n = if op.op().body.rotation().is_some() {
             2
         } else {
             1
         };
-        for topic in topics.into_iter().take(n) {
+        let mut sealed = Vec::new();
+        for (topic, key_id) in view.topic_keys().into_iter().take(n) {
+            if let Some(cipher) = view.cipher(&key_id) {
+                let nonce: [u8; 24] = self.rng.random();
+                let bytes = SealedOp::seal(&space, key_id, cipher, op.bytes(), nonce).encode();
+                sealed.push((topic, bytes));
+            }
+        }
+        for (topic, bytes) in sealed {
             self.outbox.push(
-                Output::Net(NetAction::PublishTo {
-                    topic,
-                    bytes: op.bytes().to_vec(),
-                }),
+                Output::Net(NetAction::PublishTo { topic, bytes }),
                 When::Durable,
             );
         }

@@ -245,14 +245,20 @@ impl PrivateSpace {
     /// The gossip topics to follow: the current epoch's first, then the earlier epochs' whose
     /// secrets are held, newest first (a node follows the first few).
     pub fn topics(&self) -> Vec<String> {
+        self.topic_keys().into_iter().map(|(t, _)| t).collect()
+    }
+
+    /// The epochs of [`PrivateSpace::topics`], in the same order: each topic with the key id
+    /// of the epoch it belongs to (what an operation published on it is sealed under).
+    pub fn topic_keys(&self) -> Vec<(String, KeyId)> {
         let mut out = Vec::new();
         if let Some(s) = self.secrets.get(&self.membership.current) {
-            out.push(s.topic());
+            out.push((s.topic(), self.membership.current));
         }
         for e in self.membership.epochs.iter().rev() {
             if e.key_id != self.membership.current {
                 if let Some(s) = self.secrets.get(&e.key_id) {
-                    out.push(s.topic());
+                    out.push((s.topic(), e.key_id));
                 }
             }
         }

@@ -690,7 +690,7 @@ impl<R: Replica> Service<R> {
             .partition(|b| private && !crate::service::replica::is_sealed(b));
         let mut ops_accepted = 0u64;
         for op in ops {
-            match self.private_gossip(space, &op).0 {
+            match self.private_op_in(space, &op).0 {
                 crate::service::Verdict::Reject => {
                     return self.ban(peer, "sync_invalid_operation", now)
                 }
