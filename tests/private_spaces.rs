@@ -204,6 +204,12 @@ async fn invite_join_while_the_inviter_is_offline_and_remove() {
         "the ticket names B: {:?}",
         decoded.addrs
     );
+    // B must know the new invitation before A goes away (it travels by gossip, or by sync).
+    wait_until("B to hold the invitation", SPREAD, || {
+        let (a, b) = (a.clone(), b.clone());
+        async move { a.heads(space).await.ok() == b.heads(space).await.ok() }
+    })
+    .await;
     let a_dir = nodes[0].dir.path().to_path_buf();
     tokio::time::timeout(Duration::from_secs(20), a.shutdown())
         .await

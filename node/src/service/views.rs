@@ -78,13 +78,20 @@ impl<R: Replica> Service<R> {
         Ok(ideas)
     }
 
-    /// Heads of every document in a space, sorted (for convergence checks).
+    /// Heads of every document in a space, sorted (for convergence checks); in a private space
+    /// also those of its membership operations, under [`super::sync::OPS_DOC`].
     pub fn heads(&mut self, space: &SpaceId) -> BTreeMap<DocId, Vec<ChangeHash>> {
-        self.replica
+        let mut out: BTreeMap<DocId, Vec<ChangeHash>> = self
+            .replica
             .docs(space)
             .into_iter()
             .map(|doc| (doc, self.replica.heads(space, &doc)))
-            .collect()
+            .collect();
+        if self.is_private(space) {
+            let doc = super::sync::OPS_DOC;
+            out.insert(doc, self.sync_heads(space, &doc));
+        }
+        out
     }
 
     /// The service's part of the node's status.
