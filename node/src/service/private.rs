@@ -641,6 +641,20 @@ impl<R: Replica> Service<R> {
             return self.merge_ops(space, verified);
         }
         let view = PrivateSpace::from_ops(space, verified, &keys.identity, &keys.device)?;
+        // A space is found by its key ids, topics and locator: one that shares any of them with
+        // a space held here (an insider who reused a secret it holds) would be confused with it.
+        let clash = self.private.values().any(|held| {
+            held.locator() == view.locator()
+                || view
+                    .secrets()
+                    .keys()
+                    .any(|k| held.secrets().contains_key(k))
+        });
+        if clash {
+            return Err(ServiceError::Membership(
+                "that space reuses the keys of another space held here; refused".into(),
+            ));
+        }
         if view.membership().role(&keys.identity.author()).is_none() {
             return Err(ServiceError::Membership(
                 "the member's answer does not admit this node".into(),

@@ -2416,3 +2416,101 @@ fn an_authors_gossip_is_rate_limited_per_space() {
     assert!(bans(&outputs).is_empty());
     assert_eq!(b.service.replica().contributions(), 80);
 }
+
+/// An insider who holds a space's root secret makes a second space with the same secret and
+/// invites a member of the first: the member's node refuses to hold it (the two would be
+/// confused, since key ids, topics and the locator name a space).
+#[test]
+fn a_space_that_reuses_another_spaces_secret_is_refused() {
+    use agora_protocol::keys::DeviceKey;
+    use agora_protocol::membership::{build, PrivateSpace, Role};
+    let mut a = Node::new(1, config());
+    let Reply::Space(space) = a.command(
+        Command::CreatePrivateSpace {
+            name: "Real".into(),
+        },
+        at(0),
+    ) else {
+        panic!()
+    };
+    // The victim (seed 5) joins the real space.
+    let mut v = Node::new(5, config());
+    let v_keys = NodeKeys::new(Identity::from_seed([5; 32]));
+    let Reply::Invitation(inv) = a.command(
+        Command::Invite {
+            space,
+            role: Role::Member,
+            expires: 2_000_000_000,
+            uses: 1,
+        },
+        at(1),
+    ) else {
+        panic!()
+    };
+    let redeem = build::redeem(
+        &space,
+        inv.invite,
+        &Identity::from_seed(inv.secret),
+        &v_keys.identity,
+        &v_keys.device,
+    );
+    let Reply::Admitted(admitted) = a.command(
+        Command::AdmitRedeem {
+            space,
+            redeem: Box::new(redeem),
+        },
+        at(2),
+    ) else {
+        panic!()
+    };
+    v.command(
+        Command::JoinPrivate {
+            space,
+            ops: admitted.ops,
+        },
+        at(3),
+    );
+    // The insider (seed 9) replays A's randomness to get the same root secret under its own
+    // space id (A's service drew its actor nonce, then the creation's salt and secret).
+    let insider = Identity::from_seed([9; 32]);
+    let device = DeviceKey::for_identity(&insider);
+    let mut rng = ServiceRng::from_seed([1; 32]);
+    let _actor_nonce: [u8; 16] = rng.random();
+    let fake = build::create(&insider, &device, "Fake", &mut rng).expect("create");
+    assert_ne!(fake.space, space);
+    let view =
+        PrivateSpace::from_ops(fake.space, vec![fake.op.clone()], &insider, &device).expect("view");
+    assert_eq!(
+        view.locator(),
+        a.service.private[&space].locator(),
+        "the same secret"
+    );
+    let (invite, secret) = view
+        .invite(&insider, Role::Member, 2_000_000_000, 1, &mut rng)
+        .expect("invite");
+    let mut log = vec![fake.op.clone(), invite.clone()];
+    let view = PrivateSpace::from_ops(fake.space, log.clone(), &insider, &device).expect("view");
+    let redeem = build::redeem(
+        &fake.space,
+        invite.id(),
+        &Identity::from_seed(secret),
+        &v_keys.identity,
+        &v_keys.device,
+    );
+    log.push(view.admit(&insider, &redeem, 1, &mut rng).expect("admit"));
+    let outputs = v.step(
+        Input::Command {
+            id: RequestId(7),
+            command: Command::JoinPrivate {
+                space: fake.space,
+                ops: log.iter().map(|o| o.bytes().to_vec()).collect(),
+            },
+        },
+        at(4),
+    );
+    assert!(
+        matches!(&replies(&outputs)[0], Err(ServiceError::Membership(m)) if m.contains("reuses")),
+        "{outputs:?}"
+    );
+    assert!(!v.service.private.contains_key(&fake.space));
+}
