@@ -14,6 +14,7 @@ use agora_node::PeerInfo;
 use agora_protocol::Idea;
 use agora_testkit::netns::{require_root_and_iproute2, Lan};
 use agora_testkit::process::{wait_until, AgoraProc, Cli, InitOutput};
+use agora_testkit::store::files_holding;
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -330,26 +331,4 @@ fn two_nodes_on_a_lan_learn_nothing_of_each_others_private_spaces() {
     }
     drop(nodes);
     drop(lan);
-}
-
-/// The files under `dir` whose bytes contain `needle`.
-fn files_holding(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if std::fs::read(&path)
-                .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
-            {
-                found.push(path);
-            }
-        }
-    }
-    found
 }

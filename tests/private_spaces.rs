@@ -10,6 +10,7 @@ use agora_protocol::membership::Role;
 use agora_protocol::SpaceId;
 use agora_testkit::node::{shutdown_all, spawn_nodes, wait_until};
 use agora_testkit::peer::Peer;
+use agora_testkit::store::files_holding;
 use std::time::Duration;
 
 const SPREAD: Duration = Duration::from_secs(45);
@@ -110,28 +111,6 @@ async fn a_private_space_travels_only_on_its_derived_topic() {
         );
     }
     shutdown_all(&nodes).await;
-}
-
-/// Every file under `dir`, read whole (a node's store, as a thief or a backup would see it).
-fn files_hold(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if std::fs::read(&path)
-                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle))
-            {
-                found.push(path);
-            }
-        }
-    }
-    found
 }
 
 async fn titles(node: &agora_node::NodeHandle, space: SpaceId) -> Vec<String> {
@@ -298,7 +277,7 @@ async fn invite_join_while_the_inviter_is_offline_and_remove() {
             b"sealed body text",
             b"Quartz board",
         ] {
-            let found = files_hold(dir, needle);
+            let found = files_holding(dir, needle);
             assert!(
                 found.is_empty(),
                 "{who}'s store holds {:?} in the clear: {found:?}",
@@ -482,28 +461,22 @@ async fn spammers_are_bounded_while_honest_members_converge() {
     );
     assert!(spam >= 100, "the bound let a burst through ({spam})");
     // Both raw peers are penalised where they sent: the stranger below the graylist threshold.
-    wait_until("B to graylist the stranger", SPREAD, || {
-        let (b, who) = (b.clone(), me[1].clone());
-        async move {
-            b.net_status().await.is_ok_and(|s| {
-                s.peers
-                    .iter()
-                    .any(|p| p.peer_id == who && p.score.is_some_and(|x| x < -80.0))
-            })
-        }
-    })
-    .await;
-    wait_until("A to graylist the flooding member's node", SPREAD, || {
-        let (a, who) = (a.clone(), me[0].clone());
-        async move {
-            a.net_status().await.is_ok_and(|s| {
-                s.peers
-                    .iter()
-                    .any(|p| p.peer_id == who && p.score.is_some_and(|x| x < -80.0))
-            })
-        }
-    })
-    .await;
+    for (node, who, what) in [
+        (&b, &me[1], "B to graylist the stranger"),
+        (&a, &me[0], "A to graylist the flooding member's node"),
+    ] {
+        wait_until(what, SPREAD, || {
+            let (node, who) = (node.clone(), who.clone());
+            async move {
+                node.net_status().await.is_ok_and(|s| {
+                    s.peers
+                        .iter()
+                        .any(|p| p.peer_id == who && p.score.is_some_and(|x| x < -80.0))
+                })
+            }
+        })
+        .await;
+    }
     // The stranger followed the topic and received its traffic: ciphertext only (operations
     // are sealed on gossip too), with nothing that names the space or holds a title.
     let received = stranger.state().messages.clone();

@@ -110,3 +110,26 @@ pub fn prepare_data_dir(dir: &Path, space: SpaceId, contributions: &[Vec<u8>]) -
         digest: t.elapsed(),
     }
 }
+
+/// The files under `dir` (recursively) whose bytes contain `needle`: what a copy of a data
+/// directory would show of it.
+pub fn files_holding(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if std::fs::read(&path)
+                .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}

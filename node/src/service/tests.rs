@@ -307,6 +307,17 @@ fn replies(outputs: &[Output]) -> Vec<Result<Reply, ServiceError>> {
         .collect()
 }
 
+/// The gossip verdicts among `outputs`, in order.
+fn verdicts(outputs: &[Output]) -> Vec<Verdict> {
+    outputs
+        .iter()
+        .filter_map(|o| match o {
+            Output::Net(NetAction::Verdict { verdict, .. }) => Some(*verdict),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The contributions carried by the sync answers among `outputs`, in order.
 fn carried(outputs: &[Output]) -> Vec<Vec<u8>> {
     outputs
@@ -1410,7 +1421,12 @@ mod private_gossip {
     use super::*;
     use agora_protocol::membership::{build, Role};
 
-    fn gossip_from(outputs: &[Output], from: PeerHandle, space: SpaceId) -> Vec<GossipIn> {
+    /// What `outputs` publish on private topics, as gossip from `from` on `space`'s topic.
+    pub(super) fn gossip_from(
+        outputs: &[Output],
+        from: PeerHandle,
+        space: SpaceId,
+    ) -> Vec<GossipIn> {
         outputs
             .iter()
             .filter_map(|o| match o {
@@ -1423,16 +1439,6 @@ mod private_gossip {
                 from,
                 topic: Some(space),
                 bytes,
-            })
-            .collect()
-    }
-
-    fn verdicts(outputs: &[Output]) -> Vec<Verdict> {
-        outputs
-            .iter()
-            .filter_map(|o| match o {
-                Output::Net(NetAction::Verdict { verdict, .. }) => Some(*verdict),
-                _ => None,
             })
             .collect()
     }
@@ -1712,33 +1718,13 @@ mod private_content {
 
     /// Contributions and operations `outputs` publish on private topics, as gossip from `from`.
     fn published(outputs: &[Output], from: PeerHandle, space: SpaceId) -> Vec<GossipIn> {
-        outputs
-            .iter()
-            .filter_map(|o| match o {
-                Output::Net(NetAction::PublishTo { bytes, .. }) => Some(bytes.clone()),
-                Output::Net(NetAction::Publish { .. }) => {
-                    panic!("nothing of a private space goes on a version 1 topic")
-                }
-                _ => None,
-            })
-            .enumerate()
-            .map(|(i, bytes)| GossipIn {
-                token: 2000 + i as u64,
-                from,
-                topic: Some(space),
-                bytes,
-            })
-            .collect()
-    }
-
-    fn verdicts(outputs: &[Output]) -> Vec<Verdict> {
-        outputs
-            .iter()
-            .filter_map(|o| match o {
-                Output::Net(NetAction::Verdict { verdict, .. }) => Some(*verdict),
-                _ => None,
-            })
-            .collect()
+        assert!(
+            !outputs
+                .iter()
+                .any(|o| matches!(o, Output::Net(NetAction::Publish { .. }))),
+            "nothing of a private space goes on a version 1 topic"
+        );
+        super::private_gossip::gossip_from(outputs, from, space)
     }
 
     /// `owner` invites `seed`'s node with `role`; the newcomer joins with the owner's answer.
@@ -2380,15 +2366,6 @@ fn an_authors_gossip_is_rate_limited_per_space() {
                 })
                 .collect(),
         )
-    };
-    let verdicts = |outputs: &[Output]| -> Vec<Verdict> {
-        outputs
-            .iter()
-            .filter_map(|o| match o {
-                Output::Net(NetAction::Verdict { verdict, .. }) => Some(*verdict),
-                _ => None,
-            })
-            .collect()
     };
     // From the author's own node: the burst is taken in, the rest refused with a penalty.
     let out = b.step(gossip(own, &all[..60], 0), at(1_000));
