@@ -7,7 +7,7 @@ use super::replica::{Item, Replica};
 use super::{Checked, NodeEvent, Now, Outcome, Service};
 use agora_protocol::automerge::ChangeHash;
 use agora_protocol::{DocId, DocKind, Rejection, SpaceId};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
 /// The input slot of contributions held in the pending set since an earlier batch.
@@ -346,15 +346,24 @@ impl<R: Replica> Service<R> {
         now: Now,
         early: &mut Vec<(usize, DocId, ChangeHash)>,
     ) {
-        let mut groups: Vec<Group<R::Item>> = Vec::new();
+        let mut passed: Vec<(usize, R::Item)> = Vec::with_capacity(verified.len());
+        let mut refused: Vec<(usize, R::Item, Rejection)> = Vec::new();
         for (slot, result) in verified {
-            let item = match result.and_then(|item| self.may_write(&item).map(|()| item)) {
-                Ok(item) => item,
-                Err(e) => {
-                    outcomes[slot] = Some(Outcome::Rejected(e));
-                    continue;
-                }
-            };
+            match result {
+                Ok(item) => match self.may_write(&item) {
+                    Ok(()) => passed.push((slot, item)),
+                    Err(e) => refused.push((slot, item, e)),
+                },
+                Err(e) => outcomes[slot] = Some(Outcome::Rejected(e)),
+            }
+        }
+        if !refused.is_empty() {
+            for (slot, e) in self.keep_needed(&mut passed, refused) {
+                outcomes[slot] = Some(Outcome::Rejected(e));
+            }
+        }
+        let mut groups: Vec<Group<R::Item>> = Vec::new();
+        for (slot, item) in passed {
             let key = (item.space(), item.doc());
             match groups.last_mut() {
                 Some((k, v)) if *k == key => v.push((slot, item)),
@@ -460,8 +469,65 @@ impl<R: Replica> Service<R> {
         }
     }
 
+    /// Of the contributions the write rule refused, takes back (into `passed`, in place) those
+    /// that a contribution it let through depends on, in this batch or waiting in the pending
+    /// set: a removed member's late change that an entitled writer built on stands (PROTOCOL
+    /// §14.7), and its dependant could not be applied without it. Returns the others, refused.
+    fn keep_needed(
+        &self,
+        passed: &mut Vec<(usize, R::Item)>,
+        mut refused: Vec<(usize, R::Item, Rejection)>,
+    ) -> Vec<(usize, Rejection)> {
+        let mut needed: HashSet<(SpaceId, DocId, ChangeHash)> = HashSet::new();
+        let need = |it: &R::Item, needed: &mut HashSet<_>| {
+            for d in it.deps() {
+                needed.insert((it.space(), it.doc(), *d));
+            }
+        };
+        for (_, it) in passed.iter() {
+            need(it, &mut needed);
+        }
+        let docs: HashSet<(SpaceId, DocId)> = refused
+            .iter()
+            .map(|(_, it, _)| (it.space(), it.doc()))
+            .collect();
+        for key in &docs {
+            for it in self.pending.held(key) {
+                need(it, &mut needed);
+            }
+        }
+        let before = passed.len();
+        // Dependants come after what they depend on: each round takes back at least one, or
+        // ends.
+        loop {
+            let mut taken = false;
+            let mut rest = Vec::with_capacity(refused.len());
+            for (slot, it, e) in refused {
+                if needed.contains(&(it.space(), it.doc(), it.hash())) {
+                    need(&it, &mut needed);
+                    passed.push((slot, it));
+                    taken = true;
+                } else {
+                    rest.push((slot, it, e));
+                }
+            }
+            refused = rest;
+            if !taken || refused.is_empty() {
+                break;
+            }
+        }
+        if passed.len() > before {
+            // Back in the order the batch is applied in: by document, then by arrival.
+            passed.sort_by_key(|(slot, it)| ((it.space(), it.doc()), *slot));
+        }
+        refused.into_iter().map(|(slot, _, e)| (slot, e)).collect()
+    }
+
     /// Bookkeeping after a document changed in memory (ingest or local edit).
     pub(crate) fn changed(&mut self, space: SpaceId, doc: DocId, kind: DocKind) {
+        if self.private.contains_key(&space) {
+            self.restand(space, doc);
+        }
         self.outbox.touched.push((space, doc));
         self.digests.remove(&space);
         if kind == DocKind::Idea {

@@ -787,6 +787,11 @@ impl<S: Storage> Service<AutomergeReplica<S>> {
             });
         }
         service.private = private;
+        // What the membership whites out is not stored as such: apply the rule again.
+        let spaces: Vec<SpaceId> = service.private.keys().copied().collect();
+        for space in spaces {
+            service.restand_space(space);
+        }
         Ok(service)
     }
 }
@@ -949,6 +954,15 @@ impl<R: Replica> Service<R> {
                 Some(record) => self.private_records.insert(space, record),
                 None => self.private_records.remove(&space),
             };
+        }
+        // Reloaded documents show everything again until the rule is applied to them.
+        let private: std::collections::BTreeSet<SpaceId> = touched
+            .iter()
+            .map(|(space, _)| *space)
+            .filter(|space| self.private.contains_key(space))
+            .collect();
+        for space in private {
+            self.restand_space(space);
         }
         if let Some(name) = self.outbox.previous_name.take() {
             self.display_name = name;

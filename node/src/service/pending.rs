@@ -126,6 +126,11 @@ impl<T> PendingSet<T> {
         held.into_iter().map(|h| h.item).collect()
     }
 
+    /// What is held for `key`, in arrival order, left in place.
+    pub fn held(&self, key: &Key) -> impl Iterator<Item = &T> {
+        self.by_doc.get(key).into_iter().flatten().map(|h| &h.item)
+    }
+
     /// Drops entries that arrived `max_age` or more before `now`. Returns how many.
     pub fn expire(&mut self, now: Millis) -> usize {
         let mut dropped = 0;

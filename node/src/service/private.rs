@@ -10,10 +10,11 @@
 //! someone who is or was a member, stored, relayed; a rotation is also published on the previous
 //! topic). Joining is `admit_redeem` on a member and `join_private` on the newcomer.
 //!
-//! What is not here yet: the join's request over the network, sync of operations and sealed
-//! contributions, and ideas in private spaces. Until those land, none of this is reachable from
-//! the API or the CLI. A private space is never added to the open spaces (`Service::spaces`),
-//! so nothing of it is published on, or synced by, a version 1 topic or request.
+//! The write rule (PROTOCOL §14.7) is applied twice: at the gate (`ingest::may_write`, which
+//! refuses what cannot stand) and to what is held (`restand`, which hides the changes the
+//! membership whites out, whatever order they and the operations arrived in). A private space is
+//! never added to the open spaces (`Service::spaces`), so nothing of it is published on, or
+//! synced by, a version 1 topic or request.
 
 use super::outbox::When;
 use super::replica::{Replica, SpaceKeys};
@@ -26,9 +27,9 @@ use agora_protocol::join::{self, JoinRequest, JoinResponse};
 use agora_protocol::keys::DeviceKey;
 use agora_protocol::membership::{ActionError, Inserted, Op, Pin, PrivateSpace, Role, VerifiedOp};
 use agora_protocol::sealed::SealedOp;
-use agora_protocol::{AuthorId, Identity, SpaceId};
+use agora_protocol::{AuthorId, DocId, DocKind, Identity, SpaceId};
 use rand::RngExt;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// The keys the service signs membership operations with.
 #[derive(Clone)]
@@ -213,6 +214,51 @@ impl<R: Replica> Service<R> {
         Ok(())
     }
 
+    /// Applies the write rule to what a document of a private space holds: the changes the
+    /// membership whites out (PROTOCOL §14.7) are hidden. Cheap when every author of the
+    /// document may write it (the usual case): the rule is then applied to the authors only.
+    /// Returns whether the document as it stands changed.
+    pub(crate) fn restand(&mut self, space: SpaceId, doc: DocId) -> bool {
+        use agora_protocol::membership::{whiteout, WriteRight};
+        let Some(view) = self.private.get(&space) else {
+            return false;
+        };
+        let Some(kind) = self.replica.doc_kind(&space, &doc) else {
+            return false;
+        };
+        let membership = view.membership();
+        let all_may = self
+            .replica
+            .authors(&space, &doc)
+            .iter()
+            .all(|a| membership.write_right(a, kind, &doc) == WriteRight::Yes);
+        let hidden = if all_may {
+            BTreeSet::new()
+        } else {
+            let changes = self.replica.change_infos(&space, &doc);
+            whiteout(membership, &doc, kind, &changes)
+        };
+        if !hidden.is_empty() {
+            tracing::debug!(target: "agora::engine", %space, %doc, hidden = hidden.len(), "changes whited out by the membership");
+        }
+        self.replica.set_hidden(&space, &doc, hidden)
+    }
+
+    /// [`Service::restand`] for every document of a space (after its membership changed, at
+    /// start-up, after a reload). Returns the documents whose standing changed.
+    pub(crate) fn restand_space(&mut self, space: SpaceId) -> Vec<DocId> {
+        if !self.private.contains_key(&space) {
+            return Vec::new();
+        }
+        let mut changed = Vec::new();
+        for doc in self.replica.docs(&space) {
+            if self.restand(space, doc) {
+                changed.push(doc);
+            }
+        }
+        changed
+    }
+
     /// After a private space's view changed: the replica takes its keys, and the node follows
     /// its topics again if they changed (`before`).
     fn view_changed(&mut self, space: SpaceId, before: Vec<String>) {
@@ -221,6 +267,10 @@ impl<R: Replica> Service<R> {
         };
         let changed = view.topics() != before;
         self.replica.set_keys(space, keys_of(view));
+        for doc in self.restand_space(space) {
+            let kind = self.replica.doc_kind(&space, &doc).unwrap_or(DocKind::Idea);
+            self.changed(space, doc, kind);
+        }
         // Its operations are part of the space's sync digest, and who may sync it may have
         // changed.
         self.digests.remove(&space);

@@ -2309,6 +2309,200 @@ mod private_content {
         }
     }
 
+    /// A node's command, as one group: the gossip it publishes on the space's topics.
+    fn said(node: &mut Node, space: SpaceId, command: Command, t: u64) -> Vec<GossipIn> {
+        let outputs = node.step(
+            Input::Command {
+                id: RequestId(5),
+                command,
+            },
+            at(t),
+        );
+        assert!(replies(&outputs)[0].is_ok(), "{:?}", replies(&outputs));
+        published(&outputs, node.name, space)
+    }
+
+    /// What a node shows of a space: each idea's title with its comments, and the heads that
+    /// sync compares.
+    fn shown(node: &mut Node, space: SpaceId) -> (Vec<(String, Vec<String>)>, String) {
+        let Reply::Ideas(ideas) = node.command(Command::ListIdeas { space }, at(900)) else {
+            panic!()
+        };
+        let mut shown: Vec<(String, Vec<String>)> = ideas
+            .into_iter()
+            .map(|i| {
+                let mut comments: Vec<String> = i.comments.into_iter().map(|c| c.text).collect();
+                comments.sort();
+                (i.title, comments)
+            })
+            .collect();
+        shown.sort();
+        (shown, format!("{:?}", node.service.heads(&space)))
+    }
+
+    /// Every order of `n` items (n! of them, n small).
+    fn orders(n: usize) -> Vec<Vec<usize>> {
+        if n == 0 {
+            return vec![Vec::new()];
+        }
+        let mut out = Vec::new();
+        for rest in orders(n - 1) {
+            for at in 0..=rest.len() {
+                let mut order = rest.clone();
+                order.insert(at, n - 1);
+                out.push(order);
+            }
+        }
+        out
+    }
+
+    /// A removal and the removed member's concurrent writes (a comment, a new idea), with or
+    /// without a member's reply built on the late comment, reach observers in every order;
+    /// after sync every node shows the same ideas and has the same heads: what the write rule
+    /// keeps (PROTOCOL §14.7), whatever the order.
+    fn concurrent_removal_and_writes(with_reply: bool) {
+        let mut o = Node::new(1, config());
+        let Reply::Space(space) =
+            o.command(Command::CreatePrivateSpace { name: "Ops".into() }, at(0))
+        else {
+            panic!()
+        };
+        let x_author = Identity::from_seed([3; 32]).author();
+        let mut x = admit(&mut o, space, 3, Role::Member, 10);
+        let mut m = admit(&mut o, space, 2, Role::Member, 20);
+        let groups = if with_reply { 4 } else { 3 };
+        let every = orders(groups);
+        let mut observers: Vec<Node> = (0..every.len())
+            .map(|i| admit(&mut o, space, 10 + i as u8, Role::Reader, 30 + 3 * i as u64))
+            .collect();
+        let deliver = |node: &mut Node, msgs: &[GossipIn], t: u64| {
+            let outputs = node.step(Input::Gossip(msgs.to_vec()), at(t));
+            assert!(
+                !verdicts(&outputs).contains(&Verdict::Reject),
+                "nobody here is at fault: {:?}",
+                verdicts(&outputs)
+            );
+        };
+        // Before: O's idea, and X's comment on it, which every node takes in (and the removal
+        // pins).
+        let (plan, outputs) = post(&mut o, space, "Plan", 200);
+        let idea_msgs = published(&outputs, o.name, space);
+        let c0 = {
+            deliver(&mut x, &idea_msgs, 201);
+            said(
+                &mut x,
+                space,
+                Command::Comment {
+                    idea: plan,
+                    text: "X, before".into(),
+                },
+                202,
+            )
+        };
+        deliver(&mut o, &c0, 204);
+        for node in std::iter::once(&mut m).chain(observers.iter_mut()) {
+            deliver(node, &idea_msgs, 203);
+            deliver(node, &c0, 204);
+        }
+        // Concurrently: O removes X; X, not knowing, comments again and posts an idea; M takes
+        // X's comment in and (in one variant) replies, building on it.
+        let removal = {
+            let outputs = o.run(
+                vec![Input::Command {
+                    id: RequestId(3),
+                    command: Command::RemoveMember {
+                        space,
+                        member: x_author,
+                    },
+                }],
+                at(300),
+            );
+            published(&outputs, o.name, space)
+        };
+        let late_comment = said(
+            &mut x,
+            space,
+            Command::Comment {
+                idea: plan,
+                text: "X, late".into(),
+            },
+            301,
+        );
+        let (_, outputs) = post(&mut x, space, "X's late idea", 302);
+        let late_idea = published(&outputs, x.name, space);
+        deliver(&mut m, &late_comment, 303);
+        let mut sent = vec![removal.clone(), late_comment.clone(), late_idea.clone()];
+        if with_reply {
+            sent.push(said(
+                &mut m,
+                space,
+                Command::Comment {
+                    idea: plan,
+                    text: "M, on X's late comment".into(),
+                },
+                304,
+            ));
+        }
+        deliver(&mut m, &late_idea, 305);
+        deliver(&mut m, &removal, 306);
+        // O hears of X's writes after its removal (and of M's reply, which needs one of them).
+        for msgs in &sent[1..] {
+            deliver(&mut o, msgs, 307);
+        }
+        for (observer, order) in observers.iter_mut().zip(&every) {
+            for (k, &i) in order.iter().enumerate() {
+                deliver(observer, &sent[i], 310 + k as u64);
+            }
+        }
+        // Everyone syncs with M (who holds everything), O first.
+        let outputs = link_private(&mut o, &mut m, space, at(400));
+        assert!(bans(&outputs).is_empty(), "{:?}", bans(&outputs));
+        for observer in observers.iter_mut() {
+            let outputs = link_private(observer, &mut m, space, at(401));
+            assert!(bans(&outputs).is_empty(), "{:?}", bans(&outputs));
+        }
+        let mut comments = vec!["X, before".to_string()];
+        if with_reply {
+            comments.extend(["M, on X's late comment".to_string(), "X, late".to_string()]);
+        }
+        comments.sort();
+        let expected = vec![("Plan".to_string(), comments)];
+        let (m_shows, m_heads) = shown(&mut m, space);
+        assert_eq!(m_shows, expected, "M");
+        let (o_shows, o_heads) = shown(&mut o, space);
+        assert_eq!((o_shows, o_heads), (expected.clone(), m_heads.clone()), "O");
+        for (observer, order) in observers.iter_mut().zip(&every) {
+            assert_eq!(
+                shown(observer, space),
+                (expected.clone(), m_heads.clone()),
+                "an observer that received {order:?}"
+            );
+        }
+        // The same after a restart: what is hidden is found again from the membership.
+        let mut again = Node {
+            name: o.name,
+            service: Service::open(
+                Store::new(o.storage.clone()).unwrap(),
+                Identity::from_seed([1; 32]),
+                config(),
+                [1; 32],
+            )
+            .unwrap(),
+            storage: o.storage.clone(),
+        };
+        assert_eq!(shown(&mut again, space), (expected, m_heads), "O restarted");
+    }
+
+    #[test]
+    fn a_removed_members_concurrent_writes_resolve_alike_in_every_order() {
+        concurrent_removal_and_writes(false);
+    }
+
+    #[test]
+    fn a_late_write_a_member_built_on_stands_in_every_order() {
+        concurrent_removal_and_writes(true);
+    }
+
     /// Every stored contribution of a node in a space (what it would send by sync).
     fn contributions_of_node(node: &mut Node, space: SpaceId) -> Vec<Vec<u8>> {
         let docs = node.service.heads(&space);

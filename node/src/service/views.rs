@@ -78,15 +78,14 @@ impl<R: Replica> Service<R> {
         Ok(ideas)
     }
 
-    /// Heads of every document in a space, sorted (for convergence checks); in a private space
+    /// Heads of every document in a space that has any, sorted (for convergence checks: a
+    /// document whose every change the membership whites out has none); in a private space
     /// also those of its membership operations, under [`super::sync::OPS_DOC`].
     pub fn heads(&mut self, space: &SpaceId) -> BTreeMap<DocId, Vec<ChangeHash>> {
-        let mut out: BTreeMap<DocId, Vec<ChangeHash>> = self
-            .replica
-            .docs(space)
-            .into_iter()
-            .map(|doc| (doc, self.replica.heads(space, &doc)))
-            .collect();
+        let mut out: BTreeMap<DocId, Vec<ChangeHash>> = BTreeMap::new();
+        self.replica.visit_heads(space, &mut |doc, heads| {
+            out.insert(*doc, heads.to_vec());
+        });
         if self.is_private(space) {
             let doc = super::sync::OPS_DOC;
             out.insert(doc, self.sync_heads(space, &doc));

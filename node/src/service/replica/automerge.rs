@@ -7,12 +7,13 @@ use agora_protocol::automerge::{AutoCommit, Change, ChangeHash};
 use agora_protocol::contribution::{change_preview, check_change, verify_batch};
 use agora_protocol::idea::{self, Idea};
 use agora_protocol::keys::{self, XChaCha20Poly1305};
+use agora_protocol::membership::ChangeInfo;
 use agora_protocol::sealed::{self, Envelope, Plaintext};
 use agora_protocol::{
     AuthorId, Contribution, DocId, DocKind, Identity, Rejection, SpaceId, VerifiedContribution,
 };
 use sha2::{Digest, Sha256};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 /// Associated data of a sealed snapshot: a domain, then space, document and seq.
@@ -169,6 +170,14 @@ struct DocState {
     /// a sync answer needs a contribution by its hash, then kept up to date (see
     /// [`hash_index`]).
     index: Option<HashMap<ChangeHash, u64>>,
+    /// The changes held that the membership whites out (PROTOCOL §14.7), set by the service.
+    hidden: BTreeSet<ChangeHash>,
+    /// The authors of its changes: found from the changes' actors the first time the service
+    /// asks, then kept up to date.
+    authors: Option<BTreeSet<AuthorId>>,
+    /// The document without them, when some are hidden: what the node shows, offers by sync
+    /// and builds its own edits on. `None` when nothing is hidden (then it is `doc`).
+    standing: Option<AutoCommit>,
 }
 
 impl DocState {
@@ -180,7 +189,64 @@ impl DocState {
             snapshot_seq,
             seal: None,
             index: None,
+            hidden: BTreeSet::new(),
+            standing: None,
+            authors: (last_seq == 0).then(BTreeSet::new),
         }
+    }
+
+    fn note_author(&mut self, author: AuthorId) {
+        if let Some(authors) = &mut self.authors {
+            authors.insert(author);
+        }
+    }
+
+    /// The document as it stands: without the changes the membership whites out.
+    fn view(&self) -> &AutoCommit {
+        self.standing.as_ref().unwrap_or(&self.doc)
+    }
+
+    fn view_mut(&mut self) -> &mut AutoCommit {
+        self.standing.as_mut().unwrap_or(&mut self.doc)
+    }
+
+    /// Hides `hidden` (a set the write rule gives, so that what remains is closed under
+    /// dependencies). Returns whether the document as it stands changed.
+    fn hide(&mut self, hidden: BTreeSet<ChangeHash>) -> Result<bool, automerge::AutomergeError> {
+        if hidden.is_empty() {
+            self.hidden.clear();
+            return Ok(self.standing.take().is_some());
+        }
+        let before = self.view_mut().get_heads();
+        let standing = match self.standing.take() {
+            // The same changes hidden: bring the standing document up to date with what was
+            // applied since (the changes after its heads, but for the hidden ones).
+            Some(mut standing) if hidden == self.hidden => {
+                let heads = standing.get_heads();
+                let new: Vec<Change> = self
+                    .doc
+                    .get_changes(&heads)
+                    .into_iter()
+                    .filter(|c| !hidden.contains(&c.hash()))
+                    .collect();
+                standing.apply_changes(new)?;
+                standing
+            }
+            _ => {
+                let mut standing = AutoCommit::new().with_actor(self.doc.get_actor().clone());
+                let kept: Vec<Change> = self
+                    .doc
+                    .get_changes(&[])
+                    .into_iter()
+                    .filter(|c| !hidden.contains(&c.hash()))
+                    .collect();
+                standing.apply_changes(kept)?;
+                standing
+            }
+        };
+        self.hidden = hidden;
+        self.standing = Some(standing);
+        Ok(self.view_mut().get_heads() != before)
     }
 
     fn sealed_with(mut self, seal: Option<Arc<LocalSeal>>) -> DocState {
@@ -586,8 +652,10 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
             .or_insert_with(|| DocState::new(kind, fresh, 0, 0).sealed_with(seal));
         let mut metas: Vec<(ChangeHash, Vec<u8>)> = Vec::with_capacity(items.len());
         let mut changes = Vec::with_capacity(items.len());
+        let mut authors = Vec::with_capacity(items.len());
         for it in items {
             metas.push((it.change.hash(), it.bytes));
+            authors.push(it.author);
             changes.push(it.change);
         }
         let results = match state.doc.apply_changes(changes) {
@@ -607,9 +675,10 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         if is_new {
             writes.push(Write::doc(&space, &doc, kind));
         }
-        for ((hash, bytes), r) in metas.into_iter().zip(&results) {
+        for (((hash, bytes), r), author) in metas.into_iter().zip(&results).zip(authors) {
             if r.is_ok() {
                 accepted += 1;
+                state.note_author(author);
                 let seq = state.push(hash);
                 writes.push(Write::contribution(&space, &doc, seq, bytes));
             }
@@ -657,7 +726,9 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         let state = docs
             .entry(doc)
             .or_insert_with(|| DocState::new(kind, fresh, 0, 0).sealed_with(seal));
-        let d = &mut state.doc;
+        // Built on the document as it stands: an edit never builds on (and so keeps) a change
+        // the membership whites out.
+        let d = state.view_mut();
         let made = match edit {
             Edit::CreateIdea { draft, salt } => idea::create_idea(d, draft, &author, salt, now_ms),
             Edit::Comment { text } => idea::add_comment(d, &author, text, now_ms),
@@ -670,7 +741,7 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
             Err(e) => {
                 let unchanged = e == idea::SchemaError::Unchanged;
                 if !unchanged {
-                    state.doc.rollback();
+                    state.view_mut().rollback();
                 }
                 if is_new {
                     docs.remove(&doc);
@@ -693,6 +764,13 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
             .encode(),
             _ => Contribution::sign(&self.identity, space, doc, kind, &change).encode(),
         };
+        if state.standing.is_some() {
+            if let Err(e) = state.doc.apply_changes([change.clone()]) {
+                // Its dependencies are all in the document: it was made on a subset of it.
+                tracing::error!(target: "agora::engine", %space, %doc, %e, "a local edit does not apply to the whole document");
+            }
+        }
+        state.note_author(author);
         let seq = state.push(change.hash());
         if is_new {
             writes.push(Write::doc(&space, &doc, kind));
@@ -737,7 +815,7 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
     fn heads(&mut self, space: &SpaceId, doc: &DocId) -> Vec<ChangeHash> {
         let mut h = self
             .state_mut(space, doc)
-            .map(|s| s.doc.get_heads())
+            .map(|s| s.view_mut().get_heads())
             .unwrap_or_default();
         h.sort();
         h
@@ -758,7 +836,7 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
     ) -> Vec<ChangeHash> {
         self.state_mut(space, doc)
             .map(|s| {
-                s.doc
+                s.view_mut()
                     .get_changes_meta(have)
                     .into_iter()
                     .map(|m| m.hash)
@@ -803,7 +881,8 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         have: &[ChangeHash],
         max_bytes: usize,
     ) -> Result<Vec<Vec<u8>>, StoreError> {
-        if !have.is_empty() {
+        let hides = self.state(space, doc).is_some_and(|s| s.standing.is_some());
+        if !have.is_empty() || hides {
             return super::stored_by_hash(self, space, doc, have, max_bytes);
         }
         // Everything: the document's contributions in the order they were applied (a causal
@@ -830,17 +909,68 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
             // ideas it commented or voted on) are found by the actors of their changes.
             let touched = *doc == DocId::profile(space, author)
                 || state
-                    .doc
+                    .view_mut()
                     .get_changes_meta(&[])
                     .iter()
                     .any(|c| idea::author_of_actor(&c.actor) == Some(*author));
             if touched {
-                let mut heads = state.doc.get_heads();
+                let mut heads = state.view_mut().get_heads();
                 heads.sort();
                 out.push((*doc, heads));
             }
         }
         out
+    }
+
+    fn authors(&mut self, space: &SpaceId, doc: &DocId) -> Vec<AuthorId> {
+        let Some(state) = self.state_mut(space, doc) else {
+            return Vec::new();
+        };
+        let authors = state.authors.get_or_insert_with(|| {
+            state
+                .doc
+                .get_changes_meta(&[])
+                .iter()
+                .filter_map(|c| idea::author_of_actor(&c.actor))
+                .collect()
+        });
+        authors.iter().copied().collect()
+    }
+
+    fn change_infos(&mut self, space: &SpaceId, doc: &DocId) -> Vec<ChangeInfo> {
+        let Some(state) = self.state_mut(space, doc) else {
+            return Vec::new();
+        };
+        state
+            .doc
+            .get_changes_meta(&[])
+            .into_iter()
+            .filter_map(|c| {
+                Some(ChangeInfo {
+                    author: idea::author_of_actor(&c.actor)?,
+                    hash: c.hash,
+                    deps: c.deps,
+                })
+            })
+            .collect()
+    }
+
+    fn set_hidden(&mut self, space: &SpaceId, doc: &DocId, hidden: BTreeSet<ChangeHash>) -> bool {
+        let Some(state) = self.state_mut(space, doc) else {
+            return false;
+        };
+        if hidden.is_empty() && state.standing.is_none() {
+            return false;
+        }
+        match state.hide(hidden) {
+            Ok(changed) => changed,
+            Err(e) => {
+                // The hidden set comes from the write rule, which keeps what remains closed
+                // under dependencies: Automerge has nothing to refuse.
+                tracing::error!(target: "agora::engine", %space, %doc, %e, "the document without its whited-out changes does not build");
+                false
+            }
+        }
     }
 
     fn contributions(&self) -> u64 {
@@ -864,7 +994,7 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
     fn idea(&self, space: &SpaceId, id: &DocId) -> Option<Idea> {
         let state = self.state(space, id)?;
         (state.kind == DocKind::Idea)
-            .then(|| idea::read_idea(&state.doc, *space, *id))
+            .then(|| idea::read_idea(state.view(), *space, *id))
             .flatten()
     }
 
@@ -874,7 +1004,7 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         };
         docs.iter()
             .filter(|(_, d)| d.kind == DocKind::Idea)
-            .filter_map(|(id, d)| idea::read_idea(&d.doc, *space, *id))
+            .filter_map(|(id, d)| idea::read_idea(d.view(), *space, *id))
             .collect()
     }
 
@@ -884,7 +1014,7 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         };
         docs.iter()
             .filter(|(_, d)| d.kind == DocKind::Profile)
-            .filter_map(|(id, d)| idea::read_profile(&d.doc, space, id))
+            .filter_map(|(id, d)| idea::read_profile(d.view(), space, id))
             .collect()
     }
 }

@@ -21,11 +21,12 @@ use crate::store::{StoreError, Write};
 use agora_protocol::automerge::ChangeHash;
 use agora_protocol::idea::{Idea, IdeaDraft, Status, Vote};
 use agora_protocol::keys::{KeyId, XChaCha20Poly1305};
+use agora_protocol::membership::ChangeInfo;
 use agora_protocol::sealed::{Envelope, Plaintext};
 use agora_protocol::{
     AuthorId, Contribution, DocId, DocKind, Rejection, SpaceId, VerifiedContribution,
 };
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// The content keys of one private space, as the membership gives them to a member.
 #[derive(Clone, Default)]
@@ -301,6 +302,25 @@ pub trait Replica {
     ) -> Vec<(DocId, Vec<ChangeHash>)> {
         let _ = (space, author, max);
         Vec::new()
+    }
+    /// The authors of a document's changes, sorted. A replica that does not apply the write
+    /// rule of private spaces to what it holds (the model) answers none.
+    fn authors(&mut self, space: &SpaceId, doc: &DocId) -> Vec<AuthorId> {
+        let _ = (space, doc);
+        Vec::new()
+    }
+    /// Every change a document holds, hidden or not (what the write rule is applied to).
+    fn change_infos(&mut self, space: &SpaceId, doc: &DocId) -> Vec<ChangeInfo> {
+        let _ = (space, doc);
+        Vec::new()
+    }
+    /// Hides these changes of a document (what the membership whites out, PROTOCOL §14.7):
+    /// they stay stored, but the document as the node shows it, offers by sync and builds its
+    /// edits on is made of the others. An empty set shows everything. Returns whether the
+    /// document as it stands changed.
+    fn set_hidden(&mut self, space: &SpaceId, doc: &DocId, hidden: BTreeSet<ChangeHash>) -> bool {
+        let _ = (space, doc, hidden);
+        false
     }
     /// Contributions held, in all spaces.
     fn contributions(&self) -> u64;
