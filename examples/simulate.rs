@@ -59,6 +59,12 @@ struct Args {
     /// Seconds over which the ideas are written.
     #[arg(long, default_value_t = 60)]
     write_seconds: u64,
+    /// A private space (node 0 creates it and admits the others; needs --replica full).
+    #[arg(long)]
+    private: bool,
+    /// Members removed from the private space during the writes.
+    #[arg(long, default_value_t = 0, requires = "private")]
+    removals: usize,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -78,6 +84,8 @@ fn main() -> ExitCode {
     config.degree = args.degree;
     config.write_seconds = args.write_seconds;
     config.progress = args.progress;
+    config.private = args.private;
+    config.removals = args.removals;
     config.replica = match args.replica {
         Replica::Model => ReplicaMode::Model,
         Replica::Full => ReplicaMode::Full,

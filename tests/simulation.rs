@@ -107,3 +107,29 @@ fn the_same_seed_gives_the_same_run() {
         "another seed, another run"
     );
 }
+
+#[test]
+fn a_hundred_members_agree_on_what_removals_white_out() {
+    // A private space of 100 members, each admitted by invitation; three are removed during the
+    // writes, each writing a new idea just as it is removed (before it can hear of it), with
+    // loss, reordering and restarts. Every node not removed must end with the same heads of
+    // what stands and of the membership, and every contribution of a member must stand.
+    let mut c = SimConfig::new(100, 40, 21);
+    c.replica = ReplicaMode::Full;
+    c.private = true;
+    c.removals = 3;
+    c.write_seconds = 20;
+    c.loss = 0.02;
+    c.jitter_ms = 100;
+    c.churn = 0.1;
+    let report = converges(c);
+    assert_eq!(report.removed, 3);
+    assert!(
+        report.late_writes >= 3,
+        "every removed member wrote after its removal: {report:?}"
+    );
+    assert!(
+        report.whited_out > 0,
+        "some late write is whited out: {report:?}"
+    );
+}

@@ -191,6 +191,10 @@ impl<R: Replica> Service<R> {
             .replica
             .idea_space(&idea)
             .ok_or(ServiceError::UnknownIdea(idea))?;
+        if self.replica.heads(&space, &idea).is_empty() {
+            // Held, but every change of it is whited out: it does not stand.
+            return Err(ServiceError::UnknownIdea(idea));
+        }
         self.local_edit(space, idea, DocKind::Idea, edit, now)?;
         Ok(())
     }

@@ -24,6 +24,8 @@ use agora_node::service::{
 use agora_node::store::{MemoryStorage, Store};
 use agora_protocol::automerge::ChangeHash;
 use agora_protocol::idea::{IdeaDraft, Vote};
+use agora_protocol::keys::DeviceKey;
+use agora_protocol::membership::{build, Role};
 use agora_protocol::sync::{SyncRequest, SyncResponse, MAX_RESPONSE_BYTES};
 use agora_protocol::{DocId, Identity, SpaceId};
 use rand::rngs::ChaCha8Rng;
@@ -80,6 +82,13 @@ pub struct SimConfig {
     pub sync_ms: u64,
     /// Print a line of progress to standard error every ten virtual seconds.
     pub progress: bool,
+    /// The space is private (node 0 creates it and admits every other node by invitation);
+    /// needs [`ReplicaMode::Full`].
+    pub private: bool,
+    /// Members node 0 removes from the private space during the writes, at random times. A
+    /// removed node goes on writing until it hears of its removal (its late writes travel as
+    /// any other): what the membership lets stand must be the same on every other node.
+    pub removals: usize,
 }
 
 impl SimConfig {
@@ -103,6 +112,8 @@ impl SimConfig {
             heartbeat_ms: defaults.heartbeat_ms,
             sync_ms: defaults.sync_ms,
             progress: false,
+            private: false,
+            removals: 0,
         }
     }
 }
@@ -113,7 +124,7 @@ impl SimConfig {
         format!(
             "cargo run --release --example simulate -- --nodes {} --ideas {} --seed {} --replica {} \
              --loss {} --duplicate {} --jitter-ms {} --partition-seconds {} --churn {} --degree {} \
-             --write-seconds {}",
+             --write-seconds {}{}",
             self.nodes,
             self.ideas,
             self.seed,
@@ -128,6 +139,11 @@ impl SimConfig {
             self.churn,
             self.degree,
             self.write_seconds,
+            if self.private {
+                format!(" --private --removals {}", self.removals)
+            } else {
+                String::new()
+            },
         )
     }
 }
@@ -181,6 +197,15 @@ pub struct SimReport {
     pub writes_failed: u64,
     /// Peers banned by a node (none in an honest run).
     pub bans: u64,
+    /// Members removed from the private space.
+    pub removed: usize,
+    /// Writes that could not be made because of a removal: the removed node's, once it knew,
+    /// and others' on an idea of a removed member that does not stand.
+    pub writes_void: u64,
+    /// Writes a removed node made after its removal, before it heard of it.
+    pub late_writes: u64,
+    /// Contributions written that do not stand on node 0 (whited out by a removal).
+    pub whited_out: u64,
 }
 
 const EPOCH_MS: i64 = 1_700_000_000_000;
@@ -359,6 +384,10 @@ enum Ev {
     Up {
         node: u32,
     },
+    /// Node 0 removes this node from the private space.
+    Remove {
+        node: u32,
+    },
     Check,
 }
 
@@ -408,6 +437,12 @@ struct Sim<R: Replica> {
     bytes: u64,
     sync_bytes: u64,
     bans: u64,
+    /// The node that wrote each idea.
+    creators: Vec<u32>,
+    /// Nodes removed from the private space.
+    removed: HashSet<u32>,
+    writes_void: u64,
+    late_writes: u64,
 }
 
 impl<R: SimReplica> Sim<R> {
@@ -477,6 +512,10 @@ impl<R: SimReplica> Sim<R> {
             bytes: 0,
             sync_bytes: 0,
             bans: 0,
+            creators: Vec::new(),
+            removed: HashSet::new(),
+            writes_void: 0,
+            late_writes: 0,
         }
     }
 
@@ -522,20 +561,18 @@ impl<R: SimReplica> Sim<R> {
 
     fn setup(&mut self) {
         let n = self.config.nodes as u32;
-        // Every node in the one space: node 0 creates it, the others join.
-        let outputs = self.command(0, Command::CreateSpace { name: "sim".into() });
-        self.space = outputs
-            .into_iter()
-            .find_map(|o| match o {
-                Output::Reply {
-                    result: Ok(Reply::Space(s)),
-                    ..
-                } => Some(s),
-                _ => None,
-            })
-            .expect("the first node creates the space");
-        for i in 1..n {
-            self.command(i, Command::JoinSpace { space: self.space });
+        if self.config.private {
+            self.setup_private();
+        } else {
+            // Every node in the one space: node 0 creates it, the others join.
+            let Reply::Space(space) = self.reply(0, Command::CreateSpace { name: "sim".into() })
+            else {
+                panic!("the first node creates the space")
+            };
+            self.space = space;
+            for i in 1..n {
+                self.command(i, Command::JoinSpace { space: self.space });
+            }
         }
         // A random graph: each node dials `degree` others; then made connected.
         let mut edges: HashSet<(u32, u32)> = HashSet::new();
@@ -584,6 +621,7 @@ impl<R: SimReplica> Sim<R> {
         let span = self.config.write_seconds * 1_000;
         for k in 0..self.config.ideas {
             let node = self.rng.random_range(0..n);
+            self.creators.push(node);
             let at = start + self.rng.random_range(0..span.max(1));
             self.writes_open += 1;
             self.at(
@@ -612,7 +650,85 @@ impl<R: SimReplica> Sim<R> {
             self.at(down, Ev::Down { node });
             self.at(back, Ev::Up { node });
         }
+        if self.config.private {
+            // Removals in the middle half of the writes, of distinct nodes other than the owner.
+            let mut order: Vec<u32> = (1..n).collect();
+            for i in (1..order.len()).rev() {
+                order.swap(i, self.rng.random_range(0..=i));
+            }
+            for &node in order.iter().take(self.config.removals) {
+                let at = start + span / 4 + self.rng.random_range(0..(span / 2).max(1));
+                self.at(at, Ev::Remove { node });
+            }
+        }
         self.at(start + span, Ev::Check);
+    }
+
+    /// Node 0 creates a private space and admits every other node, each by its own invitation
+    /// and redeem; then every node takes the whole membership (as it would by sync).
+    fn setup_private(&mut self) {
+        assert_eq!(
+            self.config.replica,
+            ReplicaMode::Full,
+            "a private space needs full replicas (the model holds no keys)"
+        );
+        let Reply::Space(space) = self.reply(0, Command::CreatePrivateSpace { name: "sim".into() })
+        else {
+            panic!("the first node creates the space")
+        };
+        self.space = space;
+        let mut ops = Vec::new();
+        for i in 1..self.config.nodes as u32 {
+            let Reply::Invitation(inv) = self.reply(
+                0,
+                Command::Invite {
+                    space,
+                    role: Role::Member,
+                    expires: u64::MAX / 2,
+                    uses: 1,
+                },
+            ) else {
+                panic!("invite")
+            };
+            let identity = self.nodes[i as usize].identity.clone();
+            let redeem = build::redeem(
+                &space,
+                inv.invite,
+                &Identity::from_seed(inv.secret),
+                &identity,
+                &DeviceKey::for_identity(&identity),
+            );
+            let Reply::Admitted(admitted) = self.reply(
+                0,
+                Command::AdmitRedeem {
+                    space,
+                    redeem: Box::new(redeem),
+                },
+            ) else {
+                panic!("admit")
+            };
+            ops = admitted.ops;
+        }
+        for i in 1..self.config.nodes as u32 {
+            self.reply(
+                i,
+                Command::JoinPrivate {
+                    space,
+                    ops: ops.clone(),
+                },
+            );
+        }
+    }
+
+    /// Runs a command that must succeed; its reply.
+    fn reply(&mut self, i: u32, command: Command) -> Reply {
+        self.command(i, command)
+            .into_iter()
+            .find_map(|o| match o {
+                Output::Reply { result, .. } => Some(result.expect("a set-up command succeeds")),
+                _ => None,
+            })
+            .expect("a command is answered")
     }
 
     // ----- driving one node's service -----
@@ -747,7 +863,8 @@ impl<R: SimReplica> Sim<R> {
         match action {
             // Every node follows the one space from the start.
             NetAction::Subscribe(_) => {}
-            NetAction::Publish { bytes, .. } => {
+            // One topic in the model: a private space's epoch topics are that of the space.
+            NetAction::Publish { bytes, .. } | NetAction::PublishTo { bytes, .. } => {
                 let id = message_id(self.config.replica, &bytes);
                 let mut out = Vec::new();
                 self.nodes[i as usize]
@@ -803,10 +920,12 @@ impl<R: SimReplica> Sim<R> {
         for (x, y) in [(a, b), (b, a)] {
             self.nodes[x as usize].gossip.connected(y);
             let peer = PeerHandle(u64::from(y));
+            let author = self.nodes[y as usize].identity.author();
             self.step(
                 x,
                 vec![
                     Input::PeerConnected { peer },
+                    Input::PeerIdentified { peer, author },
                     Input::PeerSubscribed { peer, space },
                 ],
             );
@@ -944,6 +1063,9 @@ impl<R: SimReplica> Sim<R> {
         // Once a second, for as long as the idea may take to reach the writer (a partition may
         // keep it away until the heal).
         if u64::from(tries) >= 60 + self.config.partition_seconds {
+            if self.config.progress {
+                eprintln!("node {node} gave up on a write: {intent:?}");
+            }
             self.writes_failed += 1;
             self.writes_open -= 1;
             return;
@@ -966,6 +1088,9 @@ impl<R: SimReplica> Sim<R> {
         match result {
             Ok(reply) => {
                 self.written += 1;
+                if self.removed.contains(&node) {
+                    self.late_writes += 1;
+                }
                 self.writes_open -= 1;
                 self.last_write = self.now;
                 if let (Intent::Idea { k }, Reply::Created(doc)) = (&intent, reply) {
@@ -973,9 +1098,32 @@ impl<R: SimReplica> Sim<R> {
                     self.follow_ups(node, *k);
                 }
             }
+            // A removed node, once it knows, cannot write, nor read what came after; nobody
+            // can build on an idea of a removed member that does not stand.
+            Err(ServiceError::Membership(_)) if self.removed.contains(&node) => self.void(),
+            Err(ServiceError::UnknownIdea(_))
+                if self.voided(&intent) || self.removed.contains(&node) =>
+            {
+                self.void()
+            }
             // The idea has not reached this node yet: try again later.
             Err(ServiceError::UnknownIdea(_)) => self.retry(node, intent, tries),
             Err(e) => panic!("a simulated write failed: {e}"),
+        }
+    }
+
+    fn void(&mut self) {
+        self.writes_void += 1;
+        self.writes_open -= 1;
+    }
+
+    /// Whether a write is on an idea whose author was removed (it may never stand).
+    fn voided(&self, intent: &Intent) -> bool {
+        match intent {
+            Intent::Comment { k, .. } | Intent::Vote { k, .. } => {
+                self.removed.contains(&self.creators[*k])
+            }
+            Intent::Idea { .. } => false,
         }
     }
 
@@ -1177,6 +1325,27 @@ impl<R: SimReplica> Sim<R> {
                     self.heal_at = Some(self.now);
                 }
                 Ev::Down { node } => self.go_down(node),
+                Ev::Remove { node } => {
+                    // The member writes a new idea just as it is removed, before it can hear
+                    // of it: a late write that reaches every node.
+                    let k = self.ideas.len();
+                    self.ideas.push(None);
+                    self.creators.push(node);
+                    self.writes_open += 1;
+                    let at = self.now + 1;
+                    self.at(
+                        at,
+                        Ev::Write {
+                            node,
+                            intent: Intent::Idea { k },
+                            tries: 0,
+                        },
+                    );
+                    let member = self.nodes[node as usize].identity.author();
+                    let space = self.space;
+                    self.removed.insert(node);
+                    self.reply(0, Command::RemoveMember { space, member });
+                }
                 Ev::Up { node } => self.come_up(node),
                 Ev::Check => {
                     if self.converged() {
@@ -1196,6 +1365,9 @@ impl<R: SimReplica> Sim<R> {
     fn converged(&mut self) -> bool {
         if self.writes_open > 0 || self.split.is_some() || self.pending_ups > 0 {
             return false;
+        }
+        if self.config.private {
+            return self.converged_private();
         }
         let total = self.written;
         if self.nodes.iter().any(|n| {
@@ -1221,6 +1393,68 @@ impl<R: SimReplica> Sim<R> {
             );
         }
         same
+    }
+
+    /// For a private space with removals: every node that was not removed has the same heads
+    /// (of what stands, and of the membership operations), and holds, standing, every
+    /// contribution such a node wrote (its author is a member: nothing may white it out).
+    fn converged_private(&mut self) -> bool {
+        let space = self.space;
+        let members: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| !self.removed.contains(&(*i as u32)))
+            .collect();
+        let digests: Vec<_> = members
+            .iter()
+            .filter_map(|&i| self.nodes[i].service.as_mut().map(|s| s.digest(&space)))
+            .collect();
+        if digests.len() != members.len() || digests.iter().any(|d| *d != digests[0]) {
+            return false;
+        }
+        let standing: HashSet<ChangeHash> = {
+            let replica = self.nodes[0]
+                .service
+                .as_mut()
+                .expect("every member is up")
+                .replica_mut();
+            replica
+                .docs(&space)
+                .into_iter()
+                .flat_map(|doc| replica.changes_after(&space, &doc, &[]))
+                .collect()
+        };
+        for &i in &members {
+            let author = self.nodes[i].identity.author();
+            let replica = self.nodes[i]
+                .service
+                .as_mut()
+                .expect("every member is up")
+                .replica_mut();
+            for doc in replica.docs(&space) {
+                for change in replica.change_infos(&space, &doc) {
+                    if change.author == author && !standing.contains(&change.hash) {
+                        if self.config.progress {
+                            eprintln!("a member's contribution does not stand on node 0");
+                        }
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Contributions that stand on node 0.
+    fn standing_at_0(&mut self) -> u64 {
+        let space = self.space;
+        let Some(service) = self.nodes[0].service.as_mut() else {
+            return 0;
+        };
+        let replica = service.replica_mut();
+        replica
+            .docs(&space)
+            .into_iter()
+            .map(|doc| replica.changes_after(&space, &doc, &[]).len() as u64)
+            .sum()
     }
 
     /// A node's heads of every document in the space.
@@ -1313,6 +1547,10 @@ impl<R: SimReplica> Sim<R> {
             virtual_seconds: self.now as f64 / 1_000.0,
             writes_failed: self.writes_failed,
             bans: self.bans,
+            removed: self.removed.len(),
+            writes_void: self.writes_void,
+            late_writes: self.late_writes,
+            whited_out: self.written.saturating_sub(self.standing_at_0()),
         }
     }
 }
