@@ -7,7 +7,7 @@
 //! from them (the secrets are not stored: they follow from the operations and the identity).
 //!
 //! Operations travel by gossip on the space's epoch topics (`private_gossip`: verified, from
-//! someone who is or was a member, stored, relayed; a rotation is also published on the previous
+//! someone who is or was a member, stored, relayed; a rotation or share is also published on the previous
 //! topic). Joining is `admit_redeem` on a member and `join_private` on the newcomer.
 //!
 //! The write rule (PROTOCOL §14.7) is applied twice: at the gate (`ingest::may_write`, which
@@ -25,7 +25,9 @@ use crate::store::{SpaceRecord, Storage, Store, StoreError, Write};
 use agora_protocol::idea;
 use agora_protocol::join::{self, JoinRequest, JoinResponse};
 use agora_protocol::keys::DeviceKey;
-use agora_protocol::membership::{ActionError, Inserted, Op, Pin, PrivateSpace, Role, VerifiedOp};
+use agora_protocol::membership::{
+    ActionError, Inserted, Op, OpBody, Pin, PrivateSpace, Role, VerifiedOp,
+};
 use agora_protocol::sealed::SealedOp;
 use agora_protocol::{AuthorId, DocId, DocKind, Identity, SpaceId};
 use rand::RngExt;
@@ -534,13 +536,15 @@ impl<R: Replica> Service<R> {
     }
 
     /// Publishes an operation this node made, sealed under each topic's epoch: on the current
-    /// topic, and a rotation also on the previous one, so that members who have not taken it in
-    /// yet hear of it.
+    /// topic, and one that carries wraps (a rotation, a share) also on the previous one, sealed
+    /// under the previous epoch: its recipients may not hold the new epoch yet, and a member
+    /// whose wrap is in a share can open nothing sealed under the epoch it wraps.
     fn publish_op(&mut self, space: SpaceId, op: &VerifiedOp) {
         let Some(view) = self.private.get(&space) else {
             return;
         };
-        let n = if op.op().body.rotation().is_some() {
+        let body = &op.op().body;
+        let n = if body.rotation().is_some() || matches!(body, OpBody::Share { .. }) {
             2
         } else {
             1

@@ -2503,6 +2503,66 @@ mod private_content {
         concurrent_removal_and_writes(true);
     }
 
+    /// A rotation in a space larger than one operation's wraps spreads them over `share`
+    /// operations; a member whose wrap is in one must be able to open it from gossip, so it
+    /// travels sealed under the epoch before (regression: it was sealed under the epoch it
+    /// wraps, which that member could not open, and only sync repaired it).
+    #[test]
+    fn a_member_whose_wrap_is_in_a_share_takes_a_removal_in_by_gossip() {
+        use agora_protocol::membership::MAX_WRAPS;
+        let owner = Identity::from_seed([1; 32]);
+        let people: Vec<Identity> = (0..MAX_WRAPS as u64 + 10)
+            .map(|i| {
+                let mut seed = [0u8; 32];
+                seed[..8].copy_from_slice(&(i + 1000).to_le_bytes());
+                Identity::from_seed(seed)
+            })
+            .collect();
+        let (space, ops) = agora_testkit::private::big_space(&owner, &people);
+        let ops: Vec<Vec<u8>> = ops.iter().map(|o| o.bytes().to_vec()).collect();
+        // Wraps are sorted by recipient: the last recipient's is in the last share.
+        let last = people.iter().max_by_key(|p| p.author()).unwrap().clone();
+        let last_author = last.author();
+        let node = |seed: u8, identity: Identity| {
+            let storage = MemoryStorage::new();
+            let store = Store::new(storage.clone()).unwrap();
+            Node {
+                name: PeerHandle(u64::from(seed)),
+                service: Service::open(store, identity, config(), [seed; 32]).unwrap(),
+                storage,
+            }
+        };
+        let mut o = node(1, owner);
+        let mut m = node(2, last);
+        for n in [&mut o, &mut m] {
+            n.command(
+                Command::JoinPrivate {
+                    space,
+                    ops: ops.clone(),
+                },
+                at(1),
+            );
+        }
+        let gone = people.iter().find(|p| p.author() != last_author).unwrap();
+        let outputs = o.run(
+            vec![Input::Command {
+                id: RequestId(1),
+                command: Command::RemoveMember {
+                    space,
+                    member: gone.author(),
+                },
+            }],
+            at(2),
+        );
+        let msgs = published(&outputs, o.name, space);
+        assert!(msgs.len() > 2, "a removal, shares, each on two topics");
+        let outputs = m.step(Input::Gossip(msgs), at(3));
+        assert!(!verdicts(&outputs).contains(&Verdict::Reject));
+        let current = |n: &Node| n.service.private[&space].current().map(|(k, _)| k);
+        assert!(current(&o).is_some());
+        assert_eq!(current(&m), current(&o), "the member holds the new epoch");
+    }
+
     /// Every stored contribution of a node in a space (what it would send by sync).
     fn contributions_of_node(node: &mut Node, space: SpaceId) -> Vec<Vec<u8>> {
         let docs = node.service.heads(&space);
