@@ -747,6 +747,10 @@ pub struct Service<R: Replica> {
     private_records: BTreeMap<SpaceId, SpaceRecord>,
     /// Per (space, author): the tokens left for gossip and when they were last counted.
     buckets: BTreeMap<(SpaceId, AuthorId), (f64, Millis)>,
+    /// Private spaces whose upkeep (a rotation, a share of missing wraps) this node may owe:
+    /// when it was first seen due, and this node's rank among those who do it (see
+    /// `private::upkeep`); `None` until the next tick looks.
+    upkeep: BTreeMap<SpaceId, Option<(Millis, u64)>>,
 }
 
 /// Most (space, author) buckets kept; beyond, full ones are forgotten (a full bucket is what a
@@ -791,6 +795,8 @@ impl<S: Storage> Service<AutomergeReplica<S>> {
         let spaces: Vec<SpaceId> = service.private.keys().copied().collect();
         for space in spaces {
             service.restand_space(space);
+            // A rotation or share may have been due when the node stopped.
+            service.upkeep.insert(space, None);
         }
         Ok(service)
     }
@@ -844,6 +850,7 @@ impl<R: Replica> Service<R> {
             private: BTreeMap::new(),
             private_records,
             buckets: BTreeMap::new(),
+            upkeep: BTreeMap::new(),
         }
     }
 
@@ -975,16 +982,21 @@ impl<R: Replica> Service<R> {
 
     /// When the service next needs a [`Input::Tick`] (`None`: only inputs wake it).
     pub fn next_wakeup(&self) -> Option<Millis> {
-        [self.sync_next_wakeup(), self.pending.next_expiry()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.sync_next_wakeup(),
+            self.pending.next_expiry(),
+            self.upkeep_next_wakeup(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn tick(&mut self, now: Now) {
         let expired = self.pending.expire(now.mono);
         self.counters.evicted += expired as u64;
         self.sync_tick(now);
+        self.upkeep_tick(now);
     }
 
     fn gossip(&mut self, batch: Vec<GossipIn>, now: Now) {

@@ -19,7 +19,8 @@
 use super::outbox::When;
 use super::replica::{Replica, SpaceKeys};
 use super::{
-    InboundId, NetAction, NodeEvent, Now, Output, PeerHandle, Service, ServiceError, Verdict,
+    InboundId, Millis, NetAction, NodeEvent, Now, Output, PeerHandle, Service, ServiceError,
+    Verdict,
 };
 use crate::store::{SpaceRecord, Storage, Store, StoreError, Write};
 use agora_protocol::idea;
@@ -32,6 +33,28 @@ use agora_protocol::sealed::SealedOp;
 use agora_protocol::{AuthorId, DocId, DocKind, Identity, SpaceId};
 use rand::RngExt;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// How long each admin's turn at a private space's upkeep lasts (see
+/// [`Service::upkeep_tick`]).
+pub const UPKEEP_STEP_MS: Millis = 60_000;
+
+/// This node's place in the order in which admins do a space's upkeep: the owner first, then
+/// the other admins in author order. `None` if it is not an admin, or does not hold the current
+/// secret (it could not share it, and its rotation would not be sealed for those who do).
+fn upkeep_rank(view: &PrivateSpace, me: &AuthorId) -> Option<u64> {
+    let m = view.membership();
+    if m.role(me)? < Role::Admin || view.current().is_none() {
+        return None;
+    }
+    let mut admins: Vec<&AuthorId> = m
+        .members
+        .iter()
+        .filter(|(_, x)| x.role >= Role::Admin)
+        .map(|(a, _)| a)
+        .collect();
+    admins.sort_by_key(|a| (**a != m.owner, **a));
+    admins.iter().position(|a| *a == me).map(|p| p as u64)
+}
 
 /// The keys the service signs membership operations with.
 #[derive(Clone)]
@@ -269,6 +292,8 @@ impl<R: Replica> Service<R> {
         };
         let changed = view.topics() != before;
         self.replica.set_keys(space, keys_of(view));
+        // Whether a rotation or a share is now due is looked at on the next tick.
+        self.upkeep.insert(space, None);
         for doc in self.restand_space(space) {
             let kind = self.replica.doc_kind(&space, &doc).unwrap_or(DocKind::Idea);
             self.changed(space, doc, kind);
@@ -354,6 +379,87 @@ impl<R: Replica> Service<R> {
             .ok_or(ServiceError::UnknownSpace(space))?;
         let ops = view.remove(&keys.identity, &member, pins, &mut self.rng)?;
         self.own_ops(space, ops)
+    }
+
+    /// When the service must next look at a private space's upkeep.
+    pub(crate) fn upkeep_next_wakeup(&self) -> Option<Millis> {
+        self.upkeep
+            .values()
+            .map(|due| due.map_or(0, |(since, rank)| since + rank * UPKEEP_STEP_MS))
+            .min()
+    }
+
+    /// A private space's upkeep (PROTOCOL §14.5): when its membership needs a rotation (someone
+    /// who held the current secret left, or was removed by a removal that did not rotate, or
+    /// the epochs forked) or members lack a wrap of the current secret, an admin holding the
+    /// current secret makes the rotation or the share. To keep admins from all rotating at once
+    /// (each rotation forks the others), they take turns: the owner first, then the other admins
+    /// in author order, the admin of rank `r` acting once the need has lasted `r` minutes.
+    pub(crate) fn upkeep_tick(&mut self, now: Now) {
+        let Some(me) = self.keys.as_ref().map(|k| k.identity.author()) else {
+            self.upkeep.clear();
+            return;
+        };
+        let spaces: Vec<SpaceId> = self.upkeep.keys().copied().collect();
+        for space in spaces {
+            let Some(view) = self.private.get(&space) else {
+                self.upkeep.remove(&space);
+                continue;
+            };
+            let m = view.membership();
+            let (rotate, share) = (m.needs_rotation, !m.missing_wraps.is_empty());
+            let rank = upkeep_rank(view, &me);
+            let (Some(rank), true) = (rank, rotate || share) else {
+                self.upkeep.remove(&space);
+                continue;
+            };
+            let since = match self.upkeep.get(&space) {
+                Some(Some((since, _))) => *since,
+                _ => now.mono,
+            };
+            if now.mono < since + rank * UPKEEP_STEP_MS {
+                self.upkeep.insert(space, Some((since, rank)));
+                continue;
+            }
+            self.upkeep.remove(&space);
+            let done = if rotate {
+                self.rotate_space(space)
+            } else {
+                self.share_missing(space)
+            };
+            match done {
+                Ok(()) => {
+                    tracing::info!(target: "agora::engine", %space, rotate, "private space upkeep done")
+                }
+                Err(e) => {
+                    tracing::warn!(target: "agora::engine", %space, %e, "private space upkeep failed")
+                }
+            }
+        }
+    }
+
+    /// A new epoch for everyone who is a member now.
+    fn rotate_space(&mut self, space: SpaceId) -> Result<(), ServiceError> {
+        let keys = self.node_keys()?.clone();
+        let view = self
+            .private
+            .get(&space)
+            .ok_or(ServiceError::UnknownSpace(space))?;
+        let ops = view.rotate(&keys.identity, &mut self.rng)?;
+        self.own_ops(space, ops)
+    }
+
+    /// Wraps of the current secret for the members who lack one.
+    fn share_missing(&mut self, space: SpaceId) -> Result<(), ServiceError> {
+        let keys = self.node_keys()?.clone();
+        let view = self
+            .private
+            .get(&space)
+            .ok_or(ServiceError::UnknownSpace(space))?;
+        match view.share_missing(&keys.identity, &mut self.rng)? {
+            Some(op) => self.own_ops(space, vec![op]),
+            None => Ok(()),
+        }
     }
 
     /// Changes a member's role.

@@ -2563,6 +2563,75 @@ mod private_content {
         assert_eq!(current(&m), current(&o), "the member holds the new epoch");
     }
 
+    /// What a former member could still open of a space, from `holder`'s operations.
+    fn opens_current(holder: &Node, space: SpaceId, seed: u8) -> bool {
+        use agora_protocol::keys::DeviceKey;
+        use agora_protocol::membership::PrivateSpace;
+        let ops: Vec<_> = holder.service.private[&space]
+            .log()
+            .ops()
+            .cloned()
+            .collect();
+        let identity = Identity::from_seed([seed; 32]);
+        let device = DeviceKey::for_identity(&identity);
+        let view = PrivateSpace::from_ops(space, ops, &identity, &device).unwrap();
+        view.current().is_some()
+    }
+
+    /// A member who leaves takes no key with it: the owner's node rotates as soon as it hears
+    /// of the leave; when the owner is away, the next admin does after its turn comes (a
+    /// minute), not before.
+    #[test]
+    fn a_leave_rotates_the_key_by_the_admins_in_turn() {
+        for owner_hears in [true, false] {
+            let mut o = Node::new(1, config());
+            let Reply::Space(space) =
+                o.command(Command::CreatePrivateSpace { name: "Ops".into() }, at(0))
+            else {
+                panic!()
+            };
+            let mut d = admit(&mut o, space, 2, Role::Admin, 10);
+            let mut l = admit(&mut o, space, 3, Role::Member, 20);
+            // D learns of L's admission by sync with O.
+            link_private(&mut o, &mut d, space, at(30));
+            let before = o.service.private[&space].membership().current;
+            let outputs = l.step(
+                Input::Command {
+                    id: RequestId(1),
+                    command: Command::LeaveSpace { space },
+                },
+                at(40),
+            );
+            let leave = published(&outputs, l.name, space);
+            assert!(!leave.is_empty(), "the leave is published");
+            let (upkeeper, turn) = if owner_hears {
+                (&mut o, 0)
+            } else {
+                (&mut d, super::super::private::UPKEEP_STEP_MS)
+            };
+            let mut outputs = upkeeper.step(Input::Gossip(leave), at(50));
+            assert_eq!(verdicts(&outputs)[0], Verdict::Accept);
+            if turn > 0 {
+                // The owner's turn first: the second admin waits a step.
+                assert!(upkeeper.service.private[&space].membership().needs_rotation);
+                assert_eq!(upkeeper.service.upkeep_next_wakeup(), Some(50 + turn));
+                upkeeper.tick(at(50 + turn - 1));
+                assert!(upkeeper.service.private[&space].membership().needs_rotation);
+                outputs = upkeeper.tick(at(50 + turn));
+            }
+            // (The owner rotates in the same group as it takes the leave in.)
+            let view = &upkeeper.service.private[&space];
+            assert!(!view.membership().needs_rotation);
+            assert_ne!(view.membership().current, before, "a new epoch");
+            assert!(!published(&outputs, upkeeper.name, space).is_empty());
+            assert!(
+                !opens_current(upkeeper, space, 3),
+                "the leaver has no wrap of it"
+            );
+            assert!(opens_current(upkeeper, space, 2) && opens_current(upkeeper, space, 1));
+        }
+    }
+
     /// Every stored contribution of a node in a space (what it would send by sync).
     fn contributions_of_node(node: &mut Node, space: SpaceId) -> Vec<Vec<u8>> {
         let docs = node.service.heads(&space);
