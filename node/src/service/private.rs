@@ -226,14 +226,17 @@ impl<R: Replica> Service<R> {
         let me = keys.identity.author();
         self.remember_private(space);
         let before = self.private_view(&space)?.topics();
-        for op in ops {
-            self.outbox.writes.push(op_write(&space, &op));
-            let view = self
-                .private
-                .get_mut(&space)
-                .ok_or(ServiceError::UnknownSpace(space))?;
-            view.insert(op.clone(), &me, &keys.device)?;
-            self.publish_op(space, &op);
+        for op in &ops {
+            self.outbox.writes.push(op_write(&space, op));
+        }
+        let view = self
+            .private
+            .get_mut(&space)
+            .ok_or(ServiceError::UnknownSpace(space))?;
+        // One resolution for the lot (a removal and its shares).
+        view.insert_all(ops.clone(), &me, &keys.device)?;
+        for op in &ops {
+            self.publish_op(space, op);
         }
         self.view_changed(space, before);
         Ok(())
@@ -704,12 +707,13 @@ impl<R: Replica> Service<R> {
         let me = keys.identity.author();
         self.remember_private(space);
         let before = self.private_view(&space)?.topics();
-        for op in ops {
-            let view = self
-                .private
-                .get_mut(&space)
-                .ok_or(ServiceError::UnknownSpace(space))?;
-            if let Ok(Inserted::Added(ids)) = view.insert(op, &me, &keys.device) {
+        let view = self
+            .private
+            .get_mut(&space)
+            .ok_or(ServiceError::UnknownSpace(space))?;
+        let inserted = view.insert_all(ops, &me, &keys.device)?;
+        for added in inserted {
+            if let Inserted::Added(ids) = added {
                 for id in ids {
                     if let Some(op) = view.log().get(&id) {
                         self.outbox.writes.push(op_write(&space, op));

@@ -107,8 +107,21 @@ impl PrivateSpace {
         me: &AuthorId,
         device: &DeviceKey,
     ) -> Result<Inserted, ActionError> {
-        let inserted = self.log.insert(op);
-        if let Inserted::Added(_) = inserted {
+        let mut inserted = self.insert_all(vec![op], me, device)?;
+        Ok(inserted.pop().expect("one result per operation"))
+    }
+
+    /// Takes in several verified operations, resolving the membership once for all of them
+    /// (what a removal and its shares, or a join answer, need). One result per operation, in
+    /// order.
+    pub fn insert_all(
+        &mut self,
+        ops: Vec<VerifiedOp>,
+        me: &AuthorId,
+        device: &DeviceKey,
+    ) -> Result<Vec<Inserted>, ActionError> {
+        let inserted: Vec<Inserted> = ops.into_iter().map(|op| self.log.insert(op)).collect();
+        if inserted.iter().any(|i| matches!(i, Inserted::Added(_))) {
             self.membership = self.log.resolve()?;
             self.unlock(me, device);
         }
