@@ -687,6 +687,9 @@ pub struct ServiceConfig {
     pub verify_in_parallel: bool,
     /// How many contributions one author may bring into one space by gossip (PROTOCOL 14.12).
     pub author_rate: AuthorRate,
+    /// How many membership operations one author may bring into one private space by gossip
+    /// (PROTOCOL 14.12; each costs every member a resolution of the membership).
+    pub op_rate: AuthorRate,
 }
 
 /// A token bucket per (space, author) over the contributions gossip brings: `burst` at once,
@@ -708,6 +711,43 @@ impl Default for AuthorRate {
     }
 }
 
+impl AuthorRate {
+    /// The default bound on membership operations: 100 at once, then one a second.
+    pub const OPS: AuthorRate = AuthorRate {
+        burst: 100,
+        per_second: 1,
+    };
+
+    /// Takes a token from `key`'s bucket in `buckets` at `now`: whether there was one. Keeps
+    /// at most [`MAX_BUCKETS`] buckets (full ones are forgotten first: a full bucket is what a
+    /// new one starts as).
+    fn take<K: Ord>(self, buckets: &mut BTreeMap<K, (f64, Millis)>, key: K, now: Millis) -> bool {
+        let burst = f64::from(self.burst);
+        let per_ms = f64::from(self.per_second) / 1000.0;
+        if buckets.len() >= MAX_BUCKETS {
+            buckets.retain(|_, (tokens, at)| {
+                *tokens + now.saturating_sub(*at) as f64 * per_ms < burst
+            });
+        }
+        let (tokens, at) = buckets.entry(key).or_insert((burst, now));
+        *tokens = (*tokens + now.saturating_sub(*at) as f64 * per_ms).min(burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Gives back a token taken from `key`'s bucket.
+    fn refund<K: Ord>(self, buckets: &mut BTreeMap<K, (f64, Millis)>, key: &K) {
+        if let Some((tokens, _)) = buckets.get_mut(key) {
+            *tokens = (*tokens + 1.0).min(f64::from(self.burst));
+        }
+    }
+}
+
 impl Default for ServiceConfig {
     fn default() -> Self {
         ServiceConfig {
@@ -721,6 +761,7 @@ impl Default for ServiceConfig {
             pending: PendingLimits::default(),
             verify_in_parallel: true,
             author_rate: AuthorRate::default(),
+            op_rate: AuthorRate::OPS,
         }
     }
 }
@@ -747,6 +788,8 @@ pub struct Service<R: Replica> {
     private_records: BTreeMap<SpaceId, SpaceRecord>,
     /// Per (space, author): the tokens left for gossip and when they were last counted.
     buckets: BTreeMap<(SpaceId, AuthorId), (f64, Millis)>,
+    /// The same for membership operations.
+    op_buckets: BTreeMap<(SpaceId, AuthorId), (f64, Millis)>,
     /// Private spaces whose upkeep (a rotation, a share of missing wraps) this node may owe:
     /// when it was first seen due, and this node's rank among those who do it (see
     /// `private::upkeep`); `None` until the next tick looks.
@@ -850,6 +893,7 @@ impl<R: Replica> Service<R> {
             private: BTreeMap::new(),
             private_records,
             buckets: BTreeMap::new(),
+            op_buckets: BTreeMap::new(),
             upkeep: BTreeMap::new(),
         }
     }
@@ -1007,7 +1051,7 @@ impl<R: Replica> Service<R> {
         });
         for g in private {
             let space = g.topic.expect("partitioned on it");
-            let (verdict, when) = self.private_gossip(space, &g.bytes);
+            let (verdict, when) = self.private_gossip(space, &g.bytes, now);
             self.outbox.push(
                 Output::Net(NetAction::Verdict {
                     token: g.token,
@@ -1084,9 +1128,7 @@ impl<R: Replica> Service<R> {
         }
         for (outcome, key) in outcomes.iter().zip(&charged) {
             if let (Some(key), false) = (key, matches!(outcome, Outcome::Accepted)) {
-                if let Some((tokens, _)) = self.buckets.get_mut(key) {
-                    *tokens = (*tokens + 1.0).min(f64::from(self.config.author_rate.burst));
-                }
+                self.config.author_rate.refund(&mut self.buckets, key);
             }
         }
         for ((((token, from, topic), outcome), stranger), own) in
@@ -1141,23 +1183,11 @@ impl<R: Replica> Service<R> {
         let (Some(space), Some(author)) = (g.topic, contribution_author(&g.bytes)) else {
             return Ok(None);
         };
-        let rate = self.config.author_rate;
-        let burst = f64::from(rate.burst);
-        if self.buckets.len() >= MAX_BUCKETS {
-            let per_ms = f64::from(rate.per_second) / 1000.0;
-            self.buckets.retain(|_, (tokens, at)| {
-                *tokens + now.mono.saturating_sub(*at) as f64 * per_ms < burst
-            });
-        }
-        let (tokens, at) = self
-            .buckets
-            .entry((space, author))
-            .or_insert((burst, now.mono));
-        let refill = now.mono.saturating_sub(*at) as f64 * f64::from(rate.per_second) / 1000.0;
-        *tokens = (*tokens + refill).min(burst);
-        *at = now.mono;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
+        if self
+            .config
+            .author_rate
+            .take(&mut self.buckets, (space, author), now.mono)
+        {
             Ok(Some((space, author)))
         } else {
             Err(())

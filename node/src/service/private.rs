@@ -540,7 +540,12 @@ impl<R: Replica> Service<R> {
     /// A membership operation on a private space's topic: sealed under the topic's epoch (a
     /// CBOR map of four entries; PROTOCOL 14.9). Sealed contributions (six entries) go through
     /// ingest. Returns the verdict and when it may be released.
-    pub(crate) fn private_gossip(&mut self, space: SpaceId, bytes: &[u8]) -> (Verdict, When) {
+    pub(crate) fn private_gossip(
+        &mut self,
+        space: SpaceId,
+        bytes: &[u8],
+        now: Now,
+    ) -> (Verdict, When) {
         let sealed = match SealedOp::decode(bytes) {
             Ok(sealed) => sealed,
             Err(_) => {
@@ -557,7 +562,7 @@ impl<R: Replica> Service<R> {
                 None => Err(agora_protocol::Rejection::UnknownKey),
             });
         match opened {
-            Some(Ok(op)) => self.private_op_in(space, &op),
+            Some(Ok(op)) => self.op_in(space, &op, Some(now)),
             // An epoch this node does not hold (yet): not the sender's fault.
             Some(Err(agora_protocol::Rejection::UnknownKey)) | None => {
                 self.count_op_rejection("unknown_key");
@@ -579,8 +584,15 @@ impl<R: Replica> Service<R> {
             .or_default() += 1;
     }
 
-    /// A membership operation in the clear (opened from gossip, or from a sync answer).
+    /// A membership operation in the clear from a sync answer.
     pub(crate) fn private_op_in(&mut self, space: SpaceId, bytes: &[u8]) -> (Verdict, When) {
+        self.op_in(space, bytes, None)
+    }
+
+    /// A membership operation in the clear, opened from gossip (charged to its author's bucket
+    /// at `gossip`, PROTOCOL 14.12) or from a sync answer (`None`: sync is paced by the
+    /// requester).
+    fn op_in(&mut self, space: SpaceId, bytes: &[u8], gossip: Option<Now>) -> (Verdict, When) {
         let reject = |this: &mut Self, why: &'static str| {
             tracing::info!(target: "agora::network", %space, reason = why, "rejected a membership operation; penalising peer");
             this.count_op_rejection(why);
@@ -606,6 +618,18 @@ impl<R: Replica> Service<R> {
         if past_held && !view.knows(&op.op().author) {
             return reject(self, "not_member");
         }
+        let author = op.op().author;
+        if let Some(now) = gossip {
+            if !self
+                .config
+                .op_rate
+                .take(&mut self.op_buckets, (space, author), now.mono)
+            {
+                // Over its author's bound: neither stored nor relayed; sync brings it later.
+                self.count_op_rejection("rate_limited");
+                return (Verdict::Ignore, When::Now);
+            }
+        }
         self.remember_private(space);
         let Some(view) = self.private.get_mut(&space) else {
             return (Verdict::Ignore, When::Now);
@@ -621,8 +645,16 @@ impl<R: Replica> Service<R> {
                 self.view_changed(space, before);
                 (Verdict::Accept, When::Durable)
             }
-            Ok(_) => (Verdict::Ignore, When::Now),
-            Err(_) => (Verdict::Ignore, When::Now),
+            // A duplicate (a rotation comes on two topics), or one that waits for its parents:
+            // only what is added is charged.
+            _ => {
+                if gossip.is_some() {
+                    self.config
+                        .op_rate
+                        .refund(&mut self.op_buckets, &(space, author));
+                }
+                (Verdict::Ignore, When::Now)
+            }
         }
     }
 

@@ -25,6 +25,7 @@ fn config() -> ServiceConfig {
         pending: PendingLimits::default(),
         verify_in_parallel: true,
         author_rate: AuthorRate::default(),
+        op_rate: AuthorRate::OPS,
     }
 }
 
@@ -2561,6 +2562,82 @@ mod private_content {
         let current = |n: &Node| n.service.private[&space].current().map(|(k, _)| k);
         assert!(current(&o).is_some());
         assert_eq!(current(&m), current(&o), "the member holds the new epoch");
+    }
+
+    /// One author's membership operations on gossip are bounded per space (PROTOCOL 14.12):
+    /// a burst, then a steady rate; what is over is ignored and sync brings it; duplicates are
+    /// not charged.
+    #[test]
+    fn an_authors_membership_operations_are_rate_limited_on_gossip() {
+        let mut o = Node::new(1, config());
+        let Reply::Space(space) =
+            o.command(Command::CreatePrivateSpace { name: "Ops".into() }, at(0))
+        else {
+            panic!()
+        };
+        let mut m = admit(&mut o, space, 2, Role::Member, 10);
+        m.service.config.op_rate = AuthorRate {
+            burst: 5,
+            per_second: 1,
+        };
+        let invites: Vec<GossipIn> = (0..12)
+            .flat_map(|i| {
+                said(
+                    &mut o,
+                    space,
+                    Command::Invite {
+                        space,
+                        role: Role::Member,
+                        expires: 2_000_000_000,
+                        uses: 1,
+                    },
+                    100 + i,
+                )
+            })
+            .collect();
+        assert_eq!(invites.len(), 12);
+        let count =
+            |outputs: &[Output], v: Verdict| verdicts(outputs).iter().filter(|x| **x == v).count();
+        let outputs = m.step(Input::Gossip(invites.clone()), at(200));
+        assert_eq!(
+            (
+                count(&outputs, Verdict::Accept),
+                count(&outputs, Verdict::Ignore)
+            ),
+            (5, 7)
+        );
+        assert_eq!(
+            count(&outputs, Verdict::Reject),
+            0,
+            "the owner's node is not penalised"
+        );
+        let limited = |n: &Node| {
+            n.service
+                .status()
+                .counters
+                .rejected
+                .get("op_rate_limited")
+                .copied()
+        };
+        assert_eq!(limited(&m), Some(7));
+        // Three seconds later: three more tokens; a duplicate of an accepted one costs none.
+        let mut again = vec![invites[0].clone()];
+        again.extend(invites[5..].iter().cloned());
+        let outputs = m.step(Input::Gossip(again), at(3_200));
+        assert_eq!(
+            (
+                count(&outputs, Verdict::Accept),
+                count(&outputs, Verdict::Ignore)
+            ),
+            (3, 5)
+        );
+        assert_eq!(limited(&m), Some(11));
+        // Sync is not bounded per author: it brings the rest.
+        link_private(&mut o, &mut m, space, at(4_000));
+        assert_eq!(
+            m.service.private[&space].log().len(),
+            o.service.private[&space].log().len()
+        );
     }
 
     /// What a former member could still open of a space, from `holder`'s operations.
