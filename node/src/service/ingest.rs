@@ -523,11 +523,17 @@ impl<R: Replica> Service<R> {
         refused.into_iter().map(|(slot, _, e)| (slot, e)).collect()
     }
 
-    /// Bookkeeping after a document changed in memory (ingest or local edit).
+    /// After a document changed in memory (ingest or local edit): the write rule of a private
+    /// space applied to it, and the bookkeeping.
     pub(crate) fn changed(&mut self, space: SpaceId, doc: DocId, kind: DocKind) {
         if self.private.contains_key(&space) {
-            self.restand(space, doc);
+            self.restand(space, doc, false);
         }
+        self.touched(space, doc, kind);
+    }
+
+    /// Bookkeeping after a document changed (or what it shows did).
+    pub(crate) fn touched(&mut self, space: SpaceId, doc: DocId, kind: DocKind) {
         self.outbox.touched.push((space, doc));
         self.digests.remove(&space);
         if kind == DocKind::Idea {

@@ -792,8 +792,11 @@ pub struct Service<R: Replica> {
     op_buckets: BTreeMap<(SpaceId, AuthorId), (f64, Millis)>,
     /// Private spaces whose upkeep (a rotation, a share of missing wraps) this node may owe:
     /// when it was first seen due, and this node's rank among those who do it (see
-    /// `private::upkeep`); `None` until the next tick looks.
-    upkeep: BTreeMap<SpaceId, Option<(Millis, u64)>>,
+    /// `private::upkeep`): when it was first seen due and how long this node waits from then;
+    /// `None` until the next tick looks.
+    upkeep: BTreeMap<SpaceId, Option<(Millis, Millis)>>,
+    /// When this node last rotated a private space by itself.
+    rotated: BTreeMap<SpaceId, Millis>,
 }
 
 /// Most (space, author) buckets kept; beyond, full ones are forgotten (a full bucket is what a
@@ -895,6 +898,7 @@ impl<R: Replica> Service<R> {
             buckets: BTreeMap::new(),
             op_buckets: BTreeMap::new(),
             upkeep: BTreeMap::new(),
+            rotated: BTreeMap::new(),
         }
     }
 

@@ -235,18 +235,21 @@ impl<R: Replica> Service<R> {
             .ok_or(ServiceError::UnknownSpace(space))?;
         // One resolution for the lot (a removal and its shares).
         view.insert_all(ops.clone(), &me, &keys.device)?;
+        let rotates = ops.iter().any(|op| op.op().body.rotation().is_some());
         for op in &ops {
-            self.publish_op(space, op);
+            self.publish_op(space, op, rotates);
         }
         self.view_changed(space, before);
         Ok(())
     }
 
     /// Applies the write rule to what a document of a private space holds: the changes the
-    /// membership whites out (PROTOCOL §14.7) are hidden. Cheap when every author of the
-    /// document may write it (the usual case): the rule is then applied to the authors only.
-    /// Returns whether the document as it stands changed.
-    pub(crate) fn restand(&mut self, space: SpaceId, doc: DocId) -> bool {
+    /// membership whites out (PROTOCOL §14.7) are hidden. `membership_changed`: the rule is
+    /// applied to the whole document; otherwise only its changes since the last time are new,
+    /// and when nothing is hidden and their authors may write the document, nothing can change
+    /// (the usual case, whatever the document's earlier authors). Otherwise cheap when every
+    /// author of the document may write it. Returns whether the document as it stands changed.
+    pub(crate) fn restand(&mut self, space: SpaceId, doc: DocId, membership_changed: bool) -> bool {
         use agora_protocol::membership::{whiteout, WriteRight};
         let Some(view) = self.private.get(&space) else {
             return false;
@@ -255,11 +258,12 @@ impl<R: Replica> Service<R> {
             return false;
         };
         let membership = view.membership();
-        let all_may = self
-            .replica
-            .authors(&space, &doc)
-            .iter()
-            .all(|a| membership.write_right(a, kind, &doc) == WriteRight::Yes);
+        let may = |a: &AuthorId| membership.write_right(a, kind, &doc) == WriteRight::Yes;
+        let fresh = self.replica.take_fresh_authors(&space, &doc);
+        if !membership_changed && !self.replica.hides(&space, &doc) && fresh.iter().all(may) {
+            return false;
+        }
+        let all_may = self.replica.authors(&space, &doc).iter().all(may);
         let hidden = if all_may {
             BTreeSet::new()
         } else {
@@ -280,7 +284,7 @@ impl<R: Replica> Service<R> {
         }
         let mut changed = Vec::new();
         for doc in self.replica.docs(&space) {
-            if self.restand(space, doc) {
+            if self.restand(space, doc, true) {
                 changed.push(doc);
             }
         }
@@ -295,11 +299,13 @@ impl<R: Replica> Service<R> {
         };
         let changed = view.topics() != before;
         self.replica.set_keys(space, keys_of(view));
-        // Whether a rotation or a share is now due is looked at on the next tick.
-        self.upkeep.insert(space, None);
+        // Whether a rotation or a share is now due is looked at on the next tick (a need
+        // already seen keeps the time it was first seen: operations arriving must not put an
+        // admin's turn off).
+        self.upkeep.entry(space).or_insert(None);
         for doc in self.restand_space(space) {
             let kind = self.replica.doc_kind(&space, &doc).unwrap_or(DocKind::Idea);
-            self.changed(space, doc, kind);
+            self.touched(space, doc, kind);
         }
         // Its operations are part of the space's sync digest, and who may sync it may have
         // changed.
@@ -388,7 +394,7 @@ impl<R: Replica> Service<R> {
     pub(crate) fn upkeep_next_wakeup(&self) -> Option<Millis> {
         self.upkeep
             .values()
-            .map(|due| due.map_or(0, |(since, rank)| since + rank * UPKEEP_STEP_MS))
+            .map(|due| due.map_or(0, |(since, wait)| since + wait))
             .min()
     }
 
@@ -410,7 +416,9 @@ impl<R: Replica> Service<R> {
                 continue;
             };
             let m = view.membership();
-            let (rotate, share) = (m.needs_rotation, !m.missing_wraps.is_empty());
+            // Rotate when the current secret may be outside the membership, or the epochs forked.
+            let rotate = m.exposed || m.epoch_heads.len() > 1;
+            let share = !m.missing_wraps.is_empty();
             let rank = upkeep_rank(view, &me);
             let (Some(rank), true) = (rank, rotate || share) else {
                 self.upkeep.remove(&space);
@@ -420,9 +428,16 @@ impl<R: Replica> Service<R> {
                 Some(Some((since, _))) => *since,
                 _ => now.mono,
             };
-            if now.mono < since + rank * UPKEEP_STEP_MS {
-                self.upkeep.insert(space, Some((since, rank)));
+            // At most one automatic rotation per space and step (so that racing rotations that
+            // fork each other cannot turn into a storm).
+            let last = self.rotated.get(&space).map_or(0, |t| t + UPKEEP_STEP_MS);
+            let due = (since + rank * UPKEEP_STEP_MS).max(if rotate { last } else { 0 });
+            if now.mono < due {
+                self.upkeep.insert(space, Some((since, due - since)));
                 continue;
+            }
+            if rotate {
+                self.rotated.insert(space, now.mono);
             }
             self.upkeep.remove(&space);
             let done = if rotate {
@@ -677,15 +692,17 @@ impl<R: Replica> Service<R> {
     }
 
     /// Publishes an operation this node made, sealed under each topic's epoch: on the current
-    /// topic, and one that carries wraps (a rotation, a share) also on the previous one, sealed
-    /// under the previous epoch: its recipients may not hold the new epoch yet, and a member
-    /// whose wrap is in a share can open nothing sealed under the epoch it wraps.
-    fn publish_op(&mut self, space: SpaceId, op: &VerifiedOp) {
+    /// topic, and a rotation and the shares made with it (`rotates`) also on the previous one,
+    /// sealed under the previous epoch: their recipients may not hold the new epoch yet, and a
+    /// member whose wrap is in a share can open nothing sealed under the epoch it wraps. A share
+    /// made later (missing wraps) goes on the current topic only: on the previous one it would
+    /// tell whoever the last rotation removed who joined since; its recipients get it by sync.
+    fn publish_op(&mut self, space: SpaceId, op: &VerifiedOp, rotates: bool) {
         let Some(view) = self.private.get(&space) else {
             return;
         };
         let body = &op.op().body;
-        let n = if body.rotation().is_some() || matches!(body, OpBody::Share { .. }) {
+        let n = if rotates && (body.rotation().is_some() || matches!(body, OpBody::Share { .. })) {
             2
         } else {
             1

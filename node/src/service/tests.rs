@@ -2681,6 +2681,17 @@ mod private_content {
             );
             let leave = published(&outputs, l.name, space);
             assert!(!leave.is_empty(), "the leave is published");
+            let invite = said(
+                &mut o,
+                space,
+                Command::Invite {
+                    space,
+                    role: Role::Member,
+                    expires: 2_000_000_000,
+                    uses: 1,
+                },
+                45,
+            );
             let (upkeeper, turn) = if owner_hears {
                 (&mut o, 0)
             } else {
@@ -2691,6 +2702,11 @@ mod private_content {
             if turn > 0 {
                 // The owner's turn first: the second admin waits a step.
                 assert!(upkeeper.service.private[&space].membership().needs_rotation);
+                assert_eq!(upkeeper.service.upkeep_next_wakeup(), Some(50 + turn));
+                // An operation arriving meanwhile does not put the turn off (else a removed
+                // member could keep the key from rotating by sending operations).
+                let took = upkeeper.step(Input::Gossip(invite.clone()), at(50 + turn - 10));
+                assert_eq!(verdicts(&took), vec![Verdict::Accept]);
                 assert_eq!(upkeeper.service.upkeep_next_wakeup(), Some(50 + turn));
                 upkeeper.tick(at(50 + turn - 1));
                 assert!(upkeeper.service.private[&space].membership().needs_rotation);

@@ -94,6 +94,11 @@ pub struct Membership {
     /// Whether an admin should rotate: the valid epochs have forked, or someone who held the
     /// current secret has left, been removed or been refused admission since it was made.
     pub needs_rotation: bool,
+    /// Of those reasons, the ones a rotation helps against: someone outside the membership may
+    /// hold the current secret, because someone who held it left or was removed by a removal
+    /// that did not rotate, or a refused admission wrapped it (its `key_id` is the current
+    /// epoch's) to its newcomer. (A fork shows as more than one of `epoch_heads`.)
+    pub exposed: bool,
     /// Members with no wrap of the current epoch's secret (a member who holds it shares it).
     pub missing_wraps: Vec<AuthorId>,
     /// Every valid invitation.
@@ -613,17 +618,22 @@ impl Graph<'_> {
         epoch_heads.dedup();
         let covered = |k: usize| k == current_op || self.before(k, current_op);
         let mut needs_rotation = heads.len() > 1;
+        let mut exposed = false;
         for (i, op) in self.ops.iter().enumerate() {
             match &op.op().body {
-                OpBody::Remove { .. } if valid[i] && !covered(i) => needs_rotation = true,
+                OpBody::Remove { .. } if valid[i] && !covered(i) => {
+                    needs_rotation = true;
+                    exposed = true;
+                }
                 // A refused admission still handed its newcomer a secret, if its courier held
                 // one (anyone can sign an admission; only a member's carries a real wrap).
-                OpBody::Admit { .. }
+                OpBody::Admit { key_id, .. }
                     if !valid[i]
                         && !covered(i)
                         && self.role_at(&op.op().author, i, valid).is_some() =>
                 {
-                    needs_rotation = true
+                    needs_rotation = true;
+                    exposed |= *key_id == current;
                 }
                 _ => {}
             }
@@ -755,6 +765,7 @@ impl Graph<'_> {
             current,
             epoch_heads,
             needs_rotation,
+            exposed,
             missing_wraps,
             invites,
             pins,

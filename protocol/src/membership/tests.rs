@@ -236,6 +236,7 @@ fn a_removal_rotates_and_a_leave_asks_for_a_rotation() {
     let m = w.resolve();
     assert_eq!(m.role(&bob.id.author()), None);
     assert!(m.needs_rotation);
+    assert!(m.exposed, "the leaver held the current secret");
 }
 
 #[test]

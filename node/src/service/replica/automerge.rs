@@ -175,6 +175,8 @@ struct DocState {
     /// The authors of its changes: found from the changes' actors the first time the service
     /// asks, then kept up to date.
     authors: Option<BTreeSet<AuthorId>>,
+    /// The authors of the changes applied since the service last asked.
+    fresh: Vec<AuthorId>,
     /// The document without them, when some are hidden: what the node shows, offers by sync
     /// and builds its own edits on. `None` when nothing is hidden (then it is `doc`).
     standing: Option<AutoCommit>,
@@ -192,12 +194,16 @@ impl DocState {
             hidden: BTreeSet::new(),
             standing: None,
             authors: (last_seq == 0).then(BTreeSet::new),
+            fresh: Vec::new(),
         }
     }
 
     fn note_author(&mut self, author: AuthorId) {
         if let Some(authors) = &mut self.authors {
             authors.insert(author);
+        }
+        if !self.fresh.contains(&author) {
+            self.fresh.push(author);
         }
     }
 
@@ -210,6 +216,29 @@ impl DocState {
         self.standing.as_mut().unwrap_or(&mut self.doc)
     }
 
+    /// `have` (a peer's heads) in terms of the document as it stands: a hidden change a peer
+    /// holds (its membership lags) stands for its nearest standing ancestors, so that the peer
+    /// is not sent the whole document again.
+    fn standing_have(&mut self, have: &[ChangeHash]) -> Vec<ChangeHash> {
+        if self.standing.is_none() {
+            return have.to_vec();
+        }
+        let mut out = Vec::new();
+        let mut seen = BTreeSet::new();
+        let mut stack: Vec<ChangeHash> = have.to_vec();
+        while let Some(h) = stack.pop() {
+            if !seen.insert(h) {
+                continue;
+            }
+            if !self.hidden.contains(&h) {
+                out.push(h);
+            } else if let Some(meta) = self.doc.get_change_meta_by_hash(&h) {
+                stack.extend(meta.deps.iter().copied());
+            }
+        }
+        out
+    }
+
     /// Hides `hidden` (a set the write rule gives, so that what remains is closed under
     /// dependencies). Returns whether the document as it stands changed.
     fn hide(&mut self, hidden: BTreeSet<ChangeHash>) -> Result<bool, automerge::AutomergeError> {
@@ -218,10 +247,10 @@ impl DocState {
             return Ok(self.standing.take().is_some());
         }
         let before = self.view_mut().get_heads();
-        let standing = match self.standing.take() {
+        let standing = match &mut self.standing {
             // The same changes hidden: bring the standing document up to date with what was
             // applied since (the changes after its heads, but for the hidden ones).
-            Some(mut standing) if hidden == self.hidden => {
+            Some(standing) if hidden == self.hidden => {
                 let heads = standing.get_heads();
                 let new: Vec<Change> = self
                     .doc
@@ -229,8 +258,9 @@ impl DocState {
                     .into_iter()
                     .filter(|c| !hidden.contains(&c.hash()))
                     .collect();
+                // On an error, what was applied of them stays: none is hidden.
                 standing.apply_changes(new)?;
-                standing
+                return Ok(standing.get_heads() != before);
             }
             _ => {
                 let mut standing = AutoCommit::new().with_actor(self.doc.get_actor().clone());
@@ -244,6 +274,7 @@ impl DocState {
                 standing
             }
         };
+        // Only once the standing document is built: if it cannot be, the one before stays.
         self.hidden = hidden;
         self.standing = Some(standing);
         Ok(self.view_mut().get_heads() != before)
@@ -836,8 +867,9 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
     ) -> Vec<ChangeHash> {
         self.state_mut(space, doc)
             .map(|s| {
+                let have = s.standing_have(have);
                 s.view_mut()
-                    .get_changes_meta(have)
+                    .get_changes_meta(&have)
                     .into_iter()
                     .map(|m| m.hash)
                     .collect()
@@ -935,6 +967,16 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
                 .collect()
         });
         authors.iter().copied().collect()
+    }
+
+    fn take_fresh_authors(&mut self, space: &SpaceId, doc: &DocId) -> Vec<AuthorId> {
+        self.state_mut(space, doc)
+            .map(|s| std::mem::take(&mut s.fresh))
+            .unwrap_or_default()
+    }
+
+    fn hides(&self, space: &SpaceId, doc: &DocId) -> bool {
+        self.state(space, doc).is_some_and(|s| s.standing.is_some())
     }
 
     fn change_infos(&mut self, space: &SpaceId, doc: &DocId) -> Vec<ChangeInfo> {

@@ -309,6 +309,17 @@ pub trait Replica {
         let _ = (space, doc);
         Vec::new()
     }
+    /// The authors of the changes applied to a document since the last call (what the write
+    /// rule must look at when nothing else changed).
+    fn take_fresh_authors(&mut self, space: &SpaceId, doc: &DocId) -> Vec<AuthorId> {
+        let _ = (space, doc);
+        Vec::new()
+    }
+    /// Whether a document hides any change now.
+    fn hides(&self, space: &SpaceId, doc: &DocId) -> bool {
+        let _ = (space, doc);
+        false
+    }
     /// Every change a document holds, hidden or not (what the write rule is applied to).
     fn change_infos(&mut self, space: &SpaceId, doc: &DocId) -> Vec<ChangeInfo> {
         let _ = (space, doc);
