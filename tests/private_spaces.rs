@@ -389,14 +389,36 @@ async fn spammers_are_bounded_while_honest_members_converge() {
     let flood = 2_000;
     let mut failed = Vec::new();
     let started = std::time::Instant::now();
-    for i in 0..flood {
-        let idea = sealed_idea(&spammer.identity, &key, &format!("spam {i}"), &mut rng);
-        if let Err(e) = spammer.publish_topic(&key.topic, idea).await {
-            failed.push(e.to_string());
+    let limited = |a: &agora_node::NodeHandle| {
+        let a = a.clone();
+        async move {
+            a.counters()
+                .await
+                .map(|c| c.rejected.get("rate_limited").copied().unwrap_or(0))
+                .unwrap_or(0)
         }
-        if i % 100 == 0 {
-            let junk = sealed_idea(&stranger.identity, &junk_key, "junk", &mut rng);
-            let _ = stranger.publish_topic(&key.topic, junk).await;
+    };
+    // In waves, until A has seen more than the bound: on a loaded machine gossipsub may drop
+    // part of a wave in the spammer's send queue before A reads it.
+    let mut sent = 0;
+    for _wave in 0..4 {
+        for _ in 0..flood {
+            let idea = sealed_idea(&spammer.identity, &key, &format!("spam {sent}"), &mut rng);
+            if let Err(e) = spammer.publish_topic(&key.topic, idea).await {
+                failed.push(e.to_string());
+            }
+            if sent % 100 == 0 {
+                let junk = sealed_idea(&stranger.identity, &junk_key, "junk", &mut rng);
+                let _ = stranger.publish_topic(&key.topic, junk).await;
+            }
+            sent += 1;
+        }
+        let wave_end = std::time::Instant::now() + Duration::from_secs(10);
+        while limited(&a).await == 0 && std::time::Instant::now() < wave_end {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if limited(&a).await > 0 {
+            break;
         }
     }
     // Honest members post through it all.
@@ -409,7 +431,7 @@ async fn spammers_are_bounded_while_honest_members_converge() {
         n.create_idea(space, draft).await.expect("honest idea");
     }
     assert!(
-        failed.len() < flood / 2,
+        failed.len() < sent / 2,
         "{} publications failed: {:?}",
         failed.len(),
         failed.first()
@@ -457,7 +479,7 @@ async fn spammers_are_bounded_while_honest_members_converge() {
         .count() as u64;
     assert!(
         spam <= 600 + 20 * elapsed,
-        "A took in {spam} of the {flood} spam ideas in {elapsed} s"
+        "A took in {spam} of the {sent} spam ideas in {elapsed} s"
     );
     assert!(spam >= 100, "the bound let a burst through ({spam})");
     // Both raw peers are penalised where they sent: the stranger below the graylist threshold.

@@ -86,42 +86,49 @@ pub fn private_service(
     };
     let mut ops = Vec::new();
     for member in members {
-        let Reply::Invitation(inv) = command(
-            &mut service,
-            &storage,
-            clock,
-            Command::Invite {
-                space,
-                role,
-                expires: u64::MAX / 2,
-                uses: 1,
-            },
-        ) else {
-            panic!("invite")
-        };
-        let redeem = build::redeem(
-            &space,
-            inv.invite,
-            &Identity::from_seed(inv.secret),
+        ops = admit(
+            &mut |c| command(&mut service, &storage, clock, c),
+            space,
             member,
-            &DeviceKey::for_identity(member),
+            role,
         );
-        let Reply::Admitted(admitted) = command(
-            &mut service,
-            &storage,
-            clock,
-            Command::AdmitRedeem {
-                space,
-                redeem: Box::new(redeem),
-            },
-        ) else {
-            panic!("admit")
-        };
-        ops = admitted.ops;
     }
     let owner = Identity::from_seed(OWNER_SEED);
     let key = sealing_key(space, ops, &owner);
     (service, storage, key)
+}
+
+/// A member of `space` admits `member` with `role`, by an invitation and the member's redeem,
+/// as the node does it (`run` runs one command on the admitting node and returns its reply).
+/// Returns the space's operations as the join answer gives them to the newcomer.
+pub fn admit(
+    run: &mut dyn FnMut(Command) -> Reply,
+    space: SpaceId,
+    member: &Identity,
+    role: Role,
+) -> Vec<Vec<u8>> {
+    let Reply::Invitation(inv) = run(Command::Invite {
+        space,
+        role,
+        expires: u64::MAX / 2,
+        uses: 1,
+    }) else {
+        panic!("invite")
+    };
+    let redeem = build::redeem(
+        &space,
+        inv.invite,
+        &Identity::from_seed(inv.secret),
+        member,
+        &DeviceKey::for_identity(member),
+    );
+    let Reply::Admitted(admitted) = run(Command::AdmitRedeem {
+        space,
+        redeem: Box::new(redeem),
+    }) else {
+        panic!("admit")
+    };
+    admitted.ops
 }
 
 /// The current key of a private space, as `member` unlocks it from the space's operations.

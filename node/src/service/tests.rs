@@ -1728,6 +1728,17 @@ mod private_content {
         super::private_gossip::gossip_from(outputs, from, space)
     }
 
+    /// Node 1, owner of a new private space named `name`.
+    fn private_space(name: &str) -> (Node, SpaceId) {
+        let mut node = Node::new(1, config());
+        let Reply::Space(space) =
+            node.command(Command::CreatePrivateSpace { name: name.into() }, at(0))
+        else {
+            panic!()
+        };
+        (node, space)
+    }
+
     /// `owner` invites `seed`'s node with `role`; the newcomer joins with the owner's answer.
     fn admit(owner: &mut Node, space: SpaceId, seed: u8, role: Role, t: u64) -> Node {
         let mut node = Node::new(seed, config());
@@ -2046,12 +2057,7 @@ mod private_content {
 
     #[test]
     fn a_removed_member_is_refused_and_cannot_open_new_ideas() {
-        let mut a = Node::new(1, config());
-        let Reply::Space(space) =
-            a.command(Command::CreatePrivateSpace { name: "Ops".into() }, at(0))
-        else {
-            panic!()
-        };
+        let (mut a, space) = private_space("Ops");
         let mut b = admit(&mut a, space, 2, Role::Member, 10);
         let b_identity = Identity::from_seed([2; 32]);
         // Before its removal B posts and comments on A's idea; A takes both in.
@@ -2212,12 +2218,7 @@ mod private_content {
 
     #[test]
     fn a_member_catches_up_by_sync_and_a_stranger_learns_nothing() {
-        let mut a = Node::new(1, config());
-        let Reply::Space(space) =
-            a.command(Command::CreatePrivateSpace { name: "Lab".into() }, at(0))
-        else {
-            panic!()
-        };
+        let (mut a, space) = private_space("Lab");
         let mut b = admit(&mut a, space, 2, Role::Member, 10);
         // While B is away: ideas, a comment, a rename, and a third member (whose admission
         // B must learn to accept its posts).
@@ -2323,6 +2324,21 @@ mod private_content {
         published(&outputs, node.name, space)
     }
 
+    /// An invitation `node` makes: the operation it publishes.
+    fn invite_op(node: &mut Node, space: SpaceId, t: u64) -> Vec<GossipIn> {
+        said(
+            node,
+            space,
+            Command::Invite {
+                space,
+                role: Role::Member,
+                expires: 2_000_000_000,
+                uses: 1,
+            },
+            t,
+        )
+    }
+
     /// What a node shows of a space: each idea's title with its comments, and the heads that
     /// sync compares.
     fn shown(node: &mut Node, space: SpaceId) -> (Vec<(String, Vec<String>)>, String) {
@@ -2362,12 +2378,7 @@ mod private_content {
     /// after sync every node shows the same ideas and has the same heads: what the write rule
     /// keeps (PROTOCOL §14.7), whatever the order.
     fn concurrent_removal_and_writes(with_reply: bool) {
-        let mut o = Node::new(1, config());
-        let Reply::Space(space) =
-            o.command(Command::CreatePrivateSpace { name: "Ops".into() }, at(0))
-        else {
-            panic!()
-        };
+        let (mut o, space) = private_space("Ops");
         let x_author = Identity::from_seed([3; 32]).author();
         let mut x = admit(&mut o, space, 3, Role::Member, 10);
         let mut m = admit(&mut o, space, 2, Role::Member, 20);
@@ -2569,31 +2580,14 @@ mod private_content {
     /// not charged.
     #[test]
     fn an_authors_membership_operations_are_rate_limited_on_gossip() {
-        let mut o = Node::new(1, config());
-        let Reply::Space(space) =
-            o.command(Command::CreatePrivateSpace { name: "Ops".into() }, at(0))
-        else {
-            panic!()
-        };
+        let (mut o, space) = private_space("Ops");
         let mut m = admit(&mut o, space, 2, Role::Member, 10);
         m.service.config.op_rate = AuthorRate {
             burst: 5,
             per_second: 1,
         };
         let invites: Vec<GossipIn> = (0..12)
-            .flat_map(|i| {
-                said(
-                    &mut o,
-                    space,
-                    Command::Invite {
-                        space,
-                        role: Role::Member,
-                        expires: 2_000_000_000,
-                        uses: 1,
-                    },
-                    100 + i,
-                )
-            })
+            .flat_map(|i| invite_op(&mut o, space, 100 + i))
             .collect();
         assert_eq!(invites.len(), 12);
         let count =
@@ -2661,12 +2655,7 @@ mod private_content {
     #[test]
     fn a_leave_rotates_the_key_by_the_admins_in_turn() {
         for owner_hears in [true, false] {
-            let mut o = Node::new(1, config());
-            let Reply::Space(space) =
-                o.command(Command::CreatePrivateSpace { name: "Ops".into() }, at(0))
-            else {
-                panic!()
-            };
+            let (mut o, space) = private_space("Ops");
             let mut d = admit(&mut o, space, 2, Role::Admin, 10);
             let mut l = admit(&mut o, space, 3, Role::Member, 20);
             // D learns of L's admission by sync with O.
@@ -2681,17 +2670,7 @@ mod private_content {
             );
             let leave = published(&outputs, l.name, space);
             assert!(!leave.is_empty(), "the leave is published");
-            let invite = said(
-                &mut o,
-                space,
-                Command::Invite {
-                    space,
-                    role: Role::Member,
-                    expires: 2_000_000_000,
-                    uses: 1,
-                },
-                45,
-            );
+            let invite = invite_op(&mut o, space, 45);
             let (upkeeper, turn) = if owner_hears {
                 (&mut o, 0)
             } else {

@@ -24,8 +24,7 @@ use agora_node::service::{
 use agora_node::store::{MemoryStorage, Store};
 use agora_protocol::automerge::ChangeHash;
 use agora_protocol::idea::{IdeaDraft, Vote};
-use agora_protocol::keys::DeviceKey;
-use agora_protocol::membership::{build, Role};
+use agora_protocol::membership::Role;
 use agora_protocol::sync::{SyncRequest, SyncResponse, MAX_RESPONSE_BYTES};
 use agora_protocol::{DocId, Identity, SpaceId};
 use rand::rngs::ChaCha8Rng;
@@ -619,19 +618,10 @@ impl<R: SimReplica> Sim<R> {
         // Ideas spread over the write period, starting after the connections are up.
         let start = 1_000;
         let span = self.config.write_seconds * 1_000;
-        for k in 0..self.config.ideas {
+        for _ in 0..self.config.ideas {
             let node = self.rng.random_range(0..n);
-            self.creators.push(node);
             let at = start + self.rng.random_range(0..span.max(1));
-            self.writes_open += 1;
-            self.at(
-                at,
-                Ev::Write {
-                    node,
-                    intent: Intent::Idea { k },
-                    tries: 0,
-                },
-            );
+            self.new_idea(node, at);
         }
         if self.config.partition_seconds > 0 {
             let from = start + span / 3;
@@ -664,6 +654,24 @@ impl<R: SimReplica> Sim<R> {
         self.at(start + span, Ev::Check);
     }
 
+    /// Schedules a new idea, written by `node` at `at`.
+    fn new_idea(&mut self, node: u32, at: u64) {
+        let k = self.creators.len();
+        if self.ideas.len() <= k {
+            self.ideas.push(None);
+        }
+        self.creators.push(node);
+        self.writes_open += 1;
+        self.at(
+            at,
+            Ev::Write {
+                node,
+                intent: Intent::Idea { k },
+                tries: 0,
+            },
+        );
+    }
+
     /// Node 0 creates a private space and admits every other node, each by its own invitation
     /// and redeem; then every node takes the whole membership (as it would by sync).
     fn setup_private(&mut self) {
@@ -679,35 +687,8 @@ impl<R: SimReplica> Sim<R> {
         self.space = space;
         let mut ops = Vec::new();
         for i in 1..self.config.nodes as u32 {
-            let Reply::Invitation(inv) = self.reply(
-                0,
-                Command::Invite {
-                    space,
-                    role: Role::Member,
-                    expires: u64::MAX / 2,
-                    uses: 1,
-                },
-            ) else {
-                panic!("invite")
-            };
             let identity = self.nodes[i as usize].identity.clone();
-            let redeem = build::redeem(
-                &space,
-                inv.invite,
-                &Identity::from_seed(inv.secret),
-                &identity,
-                &DeviceKey::for_identity(&identity),
-            );
-            let Reply::Admitted(admitted) = self.reply(
-                0,
-                Command::AdmitRedeem {
-                    space,
-                    redeem: Box::new(redeem),
-                },
-            ) else {
-                panic!("admit")
-            };
-            ops = admitted.ops;
+            ops = crate::private::admit(&mut |c| self.reply(0, c), space, &identity, Role::Member);
         }
         for i in 1..self.config.nodes as u32 {
             self.reply(
@@ -1328,19 +1309,7 @@ impl<R: SimReplica> Sim<R> {
                 Ev::Remove { node } => {
                     // The member writes a new idea just as it is removed, before it can hear
                     // of it: a late write that reaches every node.
-                    let k = self.ideas.len();
-                    self.ideas.push(None);
-                    self.creators.push(node);
-                    self.writes_open += 1;
-                    let at = self.now + 1;
-                    self.at(
-                        at,
-                        Ev::Write {
-                            node,
-                            intent: Intent::Idea { k },
-                            tries: 0,
-                        },
-                    );
+                    self.new_idea(node, self.now + 1);
                     let member = self.nodes[node as usize].identity.author();
                     let space = self.space;
                     self.removed.insert(node);
