@@ -56,10 +56,21 @@ pub enum Sealing<'a> {
 }
 
 impl Keyring {
-    /// Takes in a private space's keys (they only grow; the current one is replaced).
+    /// Takes in a private space's keys (they only grow; the current one is replaced). A key id
+    /// another space held here already uses stays that space's: a space whose membership reuses
+    /// another's secret (an insider who holds both could rotate to it) cannot have its traffic
+    /// opened, nor this node's edits sealed, as the other's; its own traffic under that key is
+    /// then refused here (a denial of service to that space, not a disclosure).
     pub fn set(&mut self, space: SpaceId, keys: SpaceKeys) {
         for (id, cipher) in keys.ciphers {
-            self.by_id.insert(id, (space, cipher));
+            match self.by_id.get(&id) {
+                Some((held, _)) if *held != space => {
+                    tracing::warn!(target: "agora::engine", %space, other = %held, "a key id of this space is another space's; ignored");
+                }
+                _ => {
+                    self.by_id.insert(id, (space, cipher));
+                }
+            }
         }
         self.current.insert(space, keys.current);
     }
@@ -79,8 +90,8 @@ impl Keyring {
         match self.current.get(space) {
             None => Sealing::Open,
             Some(Some(id)) => match self.by_id.get(id) {
-                Some((_, cipher)) => Sealing::Key(*id, cipher),
-                None => Sealing::NoKey,
+                Some((held, cipher)) if held == space => Sealing::Key(*id, cipher),
+                _ => Sealing::NoKey,
             },
             Some(None) => Sealing::NoKey,
         }
@@ -364,4 +375,34 @@ pub(crate) fn stored_by_hash<R: Replica + ?Sized>(
         .iter()
         .filter_map(|hash| replica.stored(space, doc, hash).transpose());
     crate::store::take_upto(stored, max_bytes, Vec::len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agora_protocol::keys::EpochSecret;
+
+    fn keys_of(secret: &EpochSecret) -> SpaceKeys {
+        SpaceKeys {
+            ciphers: vec![(secret.key_id(), secret.content_key().cipher())],
+            current: Some(secret.key_id()),
+        }
+    }
+
+    /// A space whose epoch reuses another held space's secret never gets that key id: the first
+    /// space's traffic and edits stay its own, and the second cannot seal under it.
+    #[test]
+    fn a_key_id_stays_with_the_first_space_that_holds_it() {
+        let (first, second) = (SpaceId([1; 16]), SpaceId([2; 16]));
+        let shared = EpochSecret::from_bytes([7; 32]);
+        let own = EpochSecret::from_bytes([8; 32]);
+        let mut ring = Keyring::default();
+        ring.set(first, keys_of(&shared));
+        ring.set(second, keys_of(&own));
+        ring.set(second, keys_of(&shared));
+        assert_eq!(ring.get(&shared.key_id()).map(|(s, _)| *s), Some(first));
+        assert_eq!(ring.get(&own.key_id()).map(|(s, _)| *s), Some(second));
+        assert!(matches!(ring.sealing(&first), Sealing::Key(id, _) if id == shared.key_id()));
+        assert!(matches!(ring.sealing(&second), Sealing::NoKey));
+    }
 }
