@@ -797,8 +797,19 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         };
         if state.standing.is_some() {
             if let Err(e) = state.doc.apply_changes([change.clone()]) {
-                // Its dependencies are all in the document: it was made on a subset of it.
+                // Its dependencies are all in the document (it was made on a subset of it), so
+                // only a clash with a hidden change of this very actor can refuse it, which the
+                // write rule does not allow while this node may edit. Refused, not stored; the
+                // standing document (which took it) is rebuilt from the whole one.
                 tracing::error!(target: "agora::engine", %space, %doc, %e, "a local edit does not apply to the whole document");
+                let hidden = std::mem::take(&mut state.hidden);
+                state.standing = None;
+                if let Err(e) = state.hide(hidden) {
+                    tracing::error!(target: "agora::engine", %space, %doc, %e, "the document without its whited-out changes does not build");
+                }
+                return Err(ServiceError::Membership(
+                    "this edit conflicts with a change the membership hides; try again".into(),
+                ));
             }
         }
         state.note_author(author);

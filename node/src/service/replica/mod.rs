@@ -389,6 +389,106 @@ mod tests {
         }
     }
 
+    /// A document hiding a change: reads, heads and sync answers are of the rest; a peer whose
+    /// heads name the hidden change is sent only what follows its standing ancestors, not the
+    /// whole document again; a local edit builds on the standing document.
+    #[test]
+    fn a_hidden_change_is_left_out_of_what_a_document_shows_and_offers() {
+        use crate::store::{MemoryStorage, Store};
+        use agora_protocol::Identity;
+        let space = SpaceId([3; 16]);
+        let store = Store::new(MemoryStorage::new()).unwrap();
+        let identity = Identity::from_seed([4; 32]);
+        let author = identity.author();
+        let mut r =
+            AutomergeReplica::open(store, identity, [5; 16], [space], Keyring::default()).unwrap();
+        let salt = [6; 16];
+        let doc = DocId::idea(&space, &author, &salt);
+        let edit = |r: &mut AutomergeReplica<MemoryStorage>, e: Edit| {
+            let mut writes = Vec::new();
+            r.edit(space, doc, DocKind::Idea, &e, 1_000, [0; 24], &mut writes)
+                .unwrap()
+                .unwrap();
+            r.store().apply(writes).unwrap();
+            r.heads(&space, &doc)[0]
+        };
+        let draft = IdeaDraft {
+            title: "Plan".into(),
+            ..IdeaDraft::default()
+        };
+        let created = edit(&mut r, Edit::CreateIdea { draft, salt });
+        let late = edit(
+            &mut r,
+            Edit::Comment {
+                text: "late".into(),
+            },
+        );
+        assert!(r.set_hidden(&space, &doc, BTreeSet::from([late])));
+        assert!(r.hides(&space, &doc));
+        assert_eq!(r.heads(&space, &doc), vec![created]);
+        assert!(r.idea(&space, &doc).unwrap().comments.is_empty());
+        assert_eq!(r.changes_after(&space, &doc, &[]), vec![created]);
+        assert_eq!(
+            r.changes_after(&space, &doc, &[late]),
+            Vec::<ChangeHash>::new(),
+            "a peer holding the hidden change is sent nothing"
+        );
+        assert_eq!(
+            r.stored_after(&space, &doc, &[], usize::MAX).unwrap().len(),
+            1
+        );
+        assert!(r.holds(&space, &doc, &late), "it is still held");
+        // In this process the hidden change is this actor's own: an edit on what stands clashes
+        // with it (the same sequence number), and is refused without showing the hidden one.
+        let mut writes = Vec::new();
+        let clash = r.edit(
+            space,
+            doc,
+            DocKind::Idea,
+            &Edit::Comment {
+                text: "clash".into(),
+            },
+            1_000,
+            [0; 24],
+            &mut writes,
+        );
+        assert!(clash.is_err(), "{clash:?}");
+        assert!(writes.is_empty(), "nothing of it is stored");
+        assert_eq!(r.heads(&space, &doc), vec![created]);
+        assert!(r.idea(&space, &doc).unwrap().comments.is_empty());
+        // After a restart (a new actor: the same author's own changes are never hidden while it
+        // may edit, so only another process's could be) an edit builds on what stands; the
+        // hidden change stays out of it.
+        let store = Store::new(r.store().storage().clone()).unwrap();
+        let mut r = AutomergeReplica::open(
+            store,
+            Identity::from_seed([4; 32]),
+            [9; 16],
+            [space],
+            Keyring::default(),
+        )
+        .unwrap();
+        assert!(r.set_hidden(&space, &doc, BTreeSet::from([late])));
+        let reply = edit(
+            &mut r,
+            Edit::Comment {
+                text: "on time".into(),
+            },
+        );
+        let comments: Vec<String> = r
+            .idea(&space, &doc)
+            .unwrap()
+            .comments
+            .into_iter()
+            .map(|c| c.text)
+            .collect();
+        assert_eq!(comments, vec!["on time"]);
+        assert_eq!(r.heads(&space, &doc), vec![reply]);
+        // Nothing hidden any more: everything shows again.
+        assert!(r.set_hidden(&space, &doc, BTreeSet::new()));
+        assert_eq!(r.idea(&space, &doc).unwrap().comments.len(), 2);
+    }
+
     /// A space whose epoch reuses another held space's secret never gets that key id: the first
     /// space's traffic and edits stay its own, and the second cannot seal under it.
     #[test]
