@@ -66,14 +66,35 @@ pub async fn wait_for_every<T, F, Fut>(
     what: &str,
     deadline: Duration,
     every: Duration,
-    mut check: F,
+    check: F,
 ) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
     let start = Instant::now();
-    let end = start + deadline;
+    match poll_within(deadline, every, check).await {
+        Ok(value) => value,
+        Err(last) => panic!(
+            "timed out after {:.1} s waiting for {what}; last state: {last}",
+            start.elapsed().as_secs_f64()
+        ),
+    }
+}
+
+/// Polls `check` every `every` until it returns `Ok`, for at most `deadline` from now: its
+/// value, or the last state it reported when the deadline passed (for a test that then does
+/// something else rather than fail).
+pub async fn poll_within<T, F, Fut>(
+    deadline: Duration,
+    every: Duration,
+    mut check: F,
+) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let end = Instant::now() + deadline;
     let mut last = String::from("the condition was never evaluated");
     let polls = deadline.as_millis() / every.as_millis().max(1) + 1;
     for _ in 0..MAX_POLLS.max(u32::try_from(polls).unwrap_or(u32::MAX)) {
@@ -82,7 +103,7 @@ where
             break;
         }
         match tokio::time::timeout(left, check()).await {
-            Ok(Ok(value)) => return value,
+            Ok(Ok(value)) => return Ok(value),
             Ok(Err(state)) => last = state,
             Err(_) => {
                 last = format!("the last check did not finish within the deadline ({last})");
@@ -95,10 +116,7 @@ where
         }
         tokio::time::sleep(every.min(left)).await;
     }
-    panic!(
-        "timed out after {:.1} s waiting for {what}; last state: {last}",
-        start.elapsed().as_secs_f64()
-    );
+    Err(last)
 }
 
 /// Polls `check` until it returns true; panics with `what` when `deadline` (from now) passes.

@@ -790,10 +790,9 @@ pub struct Service<R: Replica> {
     buckets: BTreeMap<(SpaceId, AuthorId), (f64, Millis)>,
     /// The same for membership operations.
     op_buckets: BTreeMap<(SpaceId, AuthorId), (f64, Millis)>,
-    /// Private spaces whose upkeep (a rotation, a share of missing wraps) this node may owe:
-    /// when it was first seen due, and this node's rank among those who do it (see
-    /// `private::upkeep`): when it was first seen due and how long this node waits from then;
-    /// `None` until the next tick looks.
+    /// Private spaces whose upkeep (a rotation, a share of missing wraps) this node may owe
+    /// (see `Service::upkeep_tick`): when it was first seen due and how long this node waits
+    /// from then, its turn among the admins; `None` until the next tick looks.
     upkeep: BTreeMap<SpaceId, Option<(Millis, Millis)>>,
     /// When this node last rotated a private space by itself.
     rotated: BTreeMap<SpaceId, Millis>,
@@ -1068,22 +1067,25 @@ impl<R: Replica> Service<R> {
         // is neither stored nor relayed, and only its author's own node is penalised for it. A
         // token is taken on arrival and given back unless the contribution is accepted (new
         // and valid), so that junk or replays naming an author cannot use up its share.
+        // Each message's author is read once, for the bound and for the blame below.
         let mut charged: Vec<Option<(SpaceId, AuthorId)>> = Vec::with_capacity(batch.len());
         let mut limited = Vec::new();
         let mut kept = Vec::with_capacity(batch.len());
+        let mut authors = Vec::with_capacity(batch.len());
         for g in batch {
-            match self.take_token(&g, now) {
+            let author = contribution_author(&g.bytes);
+            match self.take_token(g.topic, author, now) {
                 Ok(key) => {
                     charged.push(key);
+                    authors.push(author);
                     kept.push(g);
                 }
-                Err(()) => limited.push(g),
+                Err(()) => limited.push((g, author)),
             }
         }
         let batch = kept;
-        for g in limited {
-            let author = contribution_author(&g.bytes);
-            let own = author.is_some() && self.sync.authors.get(&g.from) == author.as_ref();
+        for (g, author) in limited {
+            let own = self.sent_by_author_node(&g, author);
             *self
                 .counters
                 .rejected
@@ -1105,17 +1107,16 @@ impl<R: Replica> Service<R> {
         let meta: Vec<(u64, PeerHandle, Option<SpaceId>)> =
             batch.iter().map(|g| (g.token, g.from, g.topic)).collect();
         // Sealed contributions whose author the private space never knew: junk from a stranger.
-        let strangers: Vec<bool> = batch.iter().map(|g| self.sent_by_stranger(g)).collect();
+        let strangers: Vec<bool> = batch
+            .iter()
+            .zip(&authors)
+            .map(|(g, author)| self.sent_by_stranger(g, *author))
+            .collect();
         // Contributions that come from their author's own node (its peer id holds the key).
         let own: Vec<bool> = batch
             .iter()
-            .map(|g| {
-                self.sync.authors.get(&g.from).is_some_and(|a| {
-                    self.private
-                        .contains_key(&g.topic.unwrap_or(SpaceId([0; 16])))
-                        && contribution_author(&g.bytes) == Some(*a)
-                })
-            })
+            .zip(&authors)
+            .map(|(g, author)| self.sent_by_author_node(g, *author))
             .collect();
         let mut early = Vec::new();
         let outcomes = self.ingest(
@@ -1171,20 +1172,30 @@ impl<R: Replica> Service<R> {
     }
 
     /// Whether a gossip message on a private space's topic is a sealed contribution by an author
-    /// the space never knew (not a member now or before).
-    fn sent_by_stranger(&self, g: &GossipIn) -> bool {
+    /// (`author`, as it names it) the space never knew (not a member now or before).
+    fn sent_by_stranger(&self, g: &GossipIn, author: Option<AuthorId>) -> bool {
         let Some(view) = g.topic.and_then(|s| self.private.get(&s)) else {
             return false;
         };
-        replica::is_sealed(&g.bytes)
-            && contribution_author(&g.bytes).is_some_and(|a| !view.knows(&a))
+        replica::is_sealed(&g.bytes) && author.is_some_and(|a| !view.knows(&a))
     }
 
-    /// Takes a token from the bucket of the gossip message's (space, author), if the message
+    /// Whether a gossip message comes from the node of the author it names (`author`): the
+    /// sending peer's id holds that author's key.
+    fn sent_by_author_node(&self, g: &GossipIn, author: Option<AuthorId>) -> bool {
+        author.is_some() && self.sync.authors.get(&g.from) == author.as_ref()
+    }
+
+    /// Takes a token from the bucket of a gossip message's (space, author), if the message
     /// names both: `Ok` with the bucket it came from (`None`: no bucket applies), `Err` when
     /// the bucket is empty.
-    fn take_token(&mut self, g: &GossipIn, now: Now) -> Result<Option<(SpaceId, AuthorId)>, ()> {
-        let (Some(space), Some(author)) = (g.topic, contribution_author(&g.bytes)) else {
+    fn take_token(
+        &mut self,
+        topic: Option<SpaceId>,
+        author: Option<AuthorId>,
+        now: Now,
+    ) -> Result<Option<(SpaceId, AuthorId)>, ()> {
+        let (Some(space), Some(author)) = (topic, author) else {
             return Ok(None);
         };
         if self

@@ -7,8 +7,9 @@
 //! from them (the secrets are not stored: they follow from the operations and the identity).
 //!
 //! Operations travel by gossip on the space's epoch topics (`private_gossip`: verified, from
-//! someone who is or was a member, stored, relayed; a rotation or share is also published on the previous
-//! topic). Joining is `admit_redeem` on a member and `join_private` on the newcomer.
+//! someone who is or was a member, stored, relayed; a rotation and its shares are also published
+//! on the previous topic). Joining is `admit_redeem` on a member and `join_private` on the
+//! newcomer.
 //!
 //! The write rule (PROTOCOL §14.7) is applied twice: at the gate (`ingest::may_write`, which
 //! refuses what cannot stand) and to what is held (`restand`, which hides the changes the
@@ -160,6 +161,18 @@ pub(crate) fn keys_of(view: &PrivateSpace) -> SpaceKeys {
             .collect(),
         current: view.current().map(|(id, _)| id),
     }
+}
+
+/// The writes that store the operations a view just added (`ids`: one that arrived, and those
+/// that were waiting for it).
+fn added_writes<'a>(
+    space: &'a SpaceId,
+    view: &'a PrivateSpace,
+    ids: &'a [agora_protocol::membership::OpId],
+) -> impl Iterator<Item = Write> + 'a {
+    ids.iter()
+        .filter_map(|id| view.log().get(id))
+        .map(|op| op_write(space, op))
 }
 
 /// The write that stores a membership operation of `space`.
@@ -652,11 +665,7 @@ impl<R: Replica> Service<R> {
         let before = view.topics();
         match view.insert(op, &keys.identity.author(), &keys.device) {
             Ok(Inserted::Added(ids)) => {
-                for id in ids {
-                    if let Some(op) = view.log().get(&id) {
-                        self.outbox.writes.push(op_write(&space, op));
-                    }
-                }
+                self.outbox.writes.extend(added_writes(&space, view, &ids));
                 self.view_changed(space, before);
                 (Verdict::Accept, When::Durable)
             }
@@ -763,11 +772,7 @@ impl<R: Replica> Service<R> {
         let inserted = view.insert_all(ops, &me, &keys.device)?;
         for added in inserted {
             if let Inserted::Added(ids) = added {
-                for id in ids {
-                    if let Some(op) = view.log().get(&id) {
-                        self.outbox.writes.push(op_write(&space, op));
-                    }
-                }
+                self.outbox.writes.extend(added_writes(&space, view, &ids));
             }
         }
         self.view_changed(space, before);

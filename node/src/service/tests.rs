@@ -107,6 +107,17 @@ impl Node {
         self.commands(vec![command], now).remove(0)
     }
 
+    /// `seed`'s node, owner of a new private space named `name`.
+    fn owning(seed: u8, name: &str) -> (Node, SpaceId) {
+        let mut node = Node::new(seed, config());
+        let Reply::Space(space) =
+            node.command(Command::CreatePrivateSpace { name: name.into() }, at(0))
+        else {
+            panic!()
+        };
+        (node, space)
+    }
+
     /// `peer` connects and follows `space`.
     fn connect(&mut self, peer: PeerHandle, space: SpaceId, now: Now) -> Vec<Output> {
         self.run(
@@ -1358,12 +1369,7 @@ mod private_spaces {
 
     #[test]
     fn membership_actions_follow_the_rule() {
-        let mut node = Node::new(2, config());
-        let Reply::Space(space) =
-            node.command(Command::CreatePrivateSpace { name: "Ops".into() }, at(0))
-        else {
-            panic!()
-        };
+        let (mut node, space) = Node::owning(2, "Ops");
         let outsider = Identity::from_seed([9; 32]).author();
         let run = |node: &mut Node, command| {
             replies(&node.step(
@@ -1642,12 +1648,7 @@ mod private_gossip {
 #[test]
 fn a_failed_flush_undoes_a_private_space_change() {
     use agora_protocol::membership::Role;
-    let mut node = Node::new(3, config());
-    let Reply::Space(space) =
-        node.command(Command::CreatePrivateSpace { name: "Ops".into() }, at(0))
-    else {
-        panic!()
-    };
+    let (mut node, space) = Node::owning(3, "Ops");
     node.storage.set_failing(true);
     let outputs = node.step(
         Input::Command {
@@ -1728,19 +1729,8 @@ mod private_content {
         super::private_gossip::gossip_from(outputs, from, space)
     }
 
-    /// Node 1, owner of a new private space named `name`.
-    fn private_space(name: &str) -> (Node, SpaceId) {
-        let mut node = Node::new(1, config());
-        let Reply::Space(space) =
-            node.command(Command::CreatePrivateSpace { name: name.into() }, at(0))
-        else {
-            panic!()
-        };
-        (node, space)
-    }
-
     /// `owner` invites `seed`'s node with `role`; the newcomer joins with the owner's answer.
-    fn admit(owner: &mut Node, space: SpaceId, seed: u8, role: Role, t: u64) -> Node {
+    pub(super) fn admit(owner: &mut Node, space: SpaceId, seed: u8, role: Role, t: u64) -> Node {
         let mut node = Node::new(seed, config());
         let Reply::Invitation(inv) = owner.command(
             Command::Invite {
@@ -1813,15 +1803,7 @@ mod private_content {
 
     #[test]
     fn members_read_sealed_ideas_and_only_writers_write() {
-        let mut a = Node::new(1, config());
-        let Reply::Space(space) = a.command(
-            Command::CreatePrivateSpace {
-                name: "Board".into(),
-            },
-            at(0),
-        ) else {
-            panic!()
-        };
+        let (mut a, space) = Node::owning(1, "Board");
         let mut b = admit(&mut a, space, 2, Role::Member, 10);
         let mut c = admit(&mut a, space, 3, Role::Reader, 20);
         // A posts: sealed, on the private topic only, and nothing of it in the clear.
@@ -1965,15 +1947,7 @@ mod private_content {
     /// rotation still on its way, and is only ignored.
     #[test]
     fn an_unknown_key_is_blamed_only_on_strangers() {
-        let mut a = Node::new(1, config());
-        let Reply::Space(space) = a.command(
-            Command::CreatePrivateSpace {
-                name: "Keys".into(),
-            },
-            at(0),
-        ) else {
-            panic!()
-        };
+        let (mut a, space) = Node::owning(1, "Keys");
         let _b = admit(&mut a, space, 2, Role::Member, 10);
         let secret = agora_protocol::keys::EpochSecret::from_bytes([3; 32]);
         let sealed_by = |who: &Identity, salt: u8| {
@@ -2057,7 +2031,7 @@ mod private_content {
 
     #[test]
     fn a_removed_member_is_refused_and_cannot_open_new_ideas() {
-        let (mut a, space) = private_space("Ops");
+        let (mut a, space) = Node::owning(1, "Ops");
         let mut b = admit(&mut a, space, 2, Role::Member, 10);
         let b_identity = Identity::from_seed([2; 32]);
         // Before its removal B posts and comments on A's idea; A takes both in.
@@ -2218,7 +2192,7 @@ mod private_content {
 
     #[test]
     fn a_member_catches_up_by_sync_and_a_stranger_learns_nothing() {
-        let (mut a, space) = private_space("Lab");
+        let (mut a, space) = Node::owning(1, "Lab");
         let mut b = admit(&mut a, space, 2, Role::Member, 10);
         // While B is away: ideas, a comment, a rename, and a third member (whose admission
         // B must learn to accept its posts).
@@ -2378,7 +2352,7 @@ mod private_content {
     /// after sync every node shows the same ideas and has the same heads: what the write rule
     /// keeps (PROTOCOL §14.7), whatever the order.
     fn concurrent_removal_and_writes(with_reply: bool) {
-        let (mut o, space) = private_space("Ops");
+        let (mut o, space) = Node::owning(1, "Ops");
         let x_author = Identity::from_seed([3; 32]).author();
         let mut x = admit(&mut o, space, 3, Role::Member, 10);
         let mut m = admit(&mut o, space, 2, Role::Member, 20);
@@ -2580,7 +2554,7 @@ mod private_content {
     /// not charged.
     #[test]
     fn an_authors_membership_operations_are_rate_limited_on_gossip() {
-        let (mut o, space) = private_space("Ops");
+        let (mut o, space) = Node::owning(1, "Ops");
         let mut m = admit(&mut o, space, 2, Role::Member, 10);
         m.service.config.op_rate = AuthorRate {
             burst: 5,
@@ -2655,7 +2629,7 @@ mod private_content {
     #[test]
     fn a_leave_rotates_the_key_by_the_admins_in_turn() {
         for owner_hears in [true, false] {
-            let (mut o, space) = private_space("Ops");
+            let (mut o, space) = Node::owning(1, "Ops");
             let mut d = admit(&mut o, space, 2, Role::Admin, 10);
             let mut l = admit(&mut o, space, 3, Role::Member, 20);
             // D learns of L's admission by sync with O.
@@ -2796,52 +2770,10 @@ fn an_authors_gossip_is_rate_limited_per_space() {
 fn a_space_that_reuses_another_spaces_secret_is_refused() {
     use agora_protocol::keys::DeviceKey;
     use agora_protocol::membership::{build, PrivateSpace, Role};
-    let mut a = Node::new(1, config());
-    let Reply::Space(space) = a.command(
-        Command::CreatePrivateSpace {
-            name: "Real".into(),
-        },
-        at(0),
-    ) else {
-        panic!()
-    };
+    let (mut a, space) = Node::owning(1, "Real");
     // The victim (seed 5) joins the real space.
-    let mut v = Node::new(5, config());
+    let mut v = private_content::admit(&mut a, space, 5, Role::Member, 1);
     let v_keys = NodeKeys::new(Identity::from_seed([5; 32]));
-    let Reply::Invitation(inv) = a.command(
-        Command::Invite {
-            space,
-            role: Role::Member,
-            expires: 2_000_000_000,
-            uses: 1,
-        },
-        at(1),
-    ) else {
-        panic!()
-    };
-    let redeem = build::redeem(
-        &space,
-        inv.invite,
-        &Identity::from_seed(inv.secret),
-        &v_keys.identity,
-        &v_keys.device,
-    );
-    let Reply::Admitted(admitted) = a.command(
-        Command::AdmitRedeem {
-            space,
-            redeem: Box::new(redeem),
-        },
-        at(2),
-    ) else {
-        panic!()
-    };
-    v.command(
-        Command::JoinPrivate {
-            space,
-            ops: admitted.ops,
-        },
-        at(3),
-    );
     // The insider (seed 9) replays A's randomness to get the same root secret under its own
     // space id (A's service drew its actor nonce, then the creation's salt and secret).
     let insider = Identity::from_seed([9; 32]);

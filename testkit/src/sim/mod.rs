@@ -484,7 +484,7 @@ impl<R: SimReplica> Sim<R> {
             });
         }
         Sim {
-            ideas: vec![None; config.ideas],
+            ideas: Vec::with_capacity(config.ideas),
             config,
             boot,
             params,
@@ -656,10 +656,8 @@ impl<R: SimReplica> Sim<R> {
 
     /// Schedules a new idea, written by `node` at `at`.
     fn new_idea(&mut self, node: u32, at: u64) {
-        let k = self.creators.len();
-        if self.ideas.len() <= k {
-            self.ideas.push(None);
-        }
+        let k = self.ideas.len();
+        self.ideas.push(None);
         self.creators.push(node);
         self.writes_open += 1;
         self.at(

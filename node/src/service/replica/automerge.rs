@@ -247,36 +247,32 @@ impl DocState {
             return Ok(self.standing.take().is_some());
         }
         let before = self.view_mut().get_heads();
-        let standing = match &mut self.standing {
-            // The same changes hidden: bring the standing document up to date with what was
-            // applied since (the changes after its heads, but for the hidden ones).
-            Some(standing) if hidden == self.hidden => {
-                let heads = standing.get_heads();
-                let new: Vec<Change> = self
-                    .doc
-                    .get_changes(&heads)
-                    .into_iter()
-                    .filter(|c| !hidden.contains(&c.hash()))
-                    .collect();
-                // On an error, what was applied of them stays: none is hidden.
-                standing.apply_changes(new)?;
-                return Ok(standing.get_heads() != before);
-            }
-            _ => {
-                let mut standing = AutoCommit::new().with_actor(self.doc.get_actor().clone());
-                let kept: Vec<Change> = self
-                    .doc
-                    .get_changes(&[])
-                    .into_iter()
-                    .filter(|c| !hidden.contains(&c.hash()))
-                    .collect();
-                standing.apply_changes(kept)?;
-                standing
+        // The same changes hidden: bring the standing document up to date with what was
+        // applied since; otherwise build it again from nothing. Either way it takes the changes
+        // after its heads but for the hidden ones.
+        let reuse = hidden == self.hidden && self.standing.is_some();
+        let mut standing = match self.standing.take() {
+            Some(standing) if reuse => standing,
+            old => {
+                self.standing = old;
+                AutoCommit::new().with_actor(self.doc.get_actor().clone())
             }
         };
-        // Only once the standing document is built: if it cannot be, the one before stays.
-        self.hidden = hidden;
-        self.standing = Some(standing);
+        let heads = standing.get_heads();
+        let new: Vec<Change> = self
+            .doc
+            .get_changes(&heads)
+            .into_iter()
+            .filter(|c| !hidden.contains(&c.hash()))
+            .collect();
+        let applied = standing.apply_changes(new);
+        // A new standing document replaces the one before only once it is built; one brought
+        // up to date stays, with what of the new changes it took (none of them hidden).
+        if reuse || applied.is_ok() {
+            self.hidden = hidden;
+            self.standing = Some(standing);
+        }
+        applied?;
         Ok(self.view_mut().get_heads() != before)
     }
 
