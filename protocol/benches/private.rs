@@ -16,11 +16,13 @@
 //! Run with `cargo bench -p agora-protocol --bench private`. `AGORA_BENCH_N` sets the number of
 //! contributions (default 5,000) and `AGORA_BENCH_MEMBERS` the space size (default 1,000).
 
+use agora_protocol::contribution::check_change;
 use agora_protocol::identity::Identity;
 use agora_protocol::ids::{AuthorId, DocId, SpaceId};
+use agora_protocol::keys::KeyId;
 use agora_protocol::keys::{self, DeviceKey, EpochSecret};
 use agora_protocol::membership::{build, resolve, Op, OpBody, Role, VerifiedOp};
-use agora_protocol::sealed::Envelope;
+use agora_protocol::sealed::{Envelope, Plaintext};
 use agora_protocol::{idea, Contribution, DocKind};
 use rand::SeedableRng;
 use std::time::{Duration, Instant};
@@ -112,21 +114,29 @@ fn contributions(n: usize) {
         }
     });
     let sealed_batch = time(|| {
-        let envelopes: Vec<Envelope> = sealed
+        let opened: Vec<(Plaintext, KeyId)> = sealed
             .iter()
-            .map(|b| Envelope::decode(b).unwrap())
+            .map(|b| {
+                let e = Envelope::decode(b).unwrap();
+                (e.unseal(&space, &cipher).unwrap(), e.key_id)
+            })
             .collect();
-        let refs: Vec<(&Envelope, SpaceId)> = envelopes.iter().map(|e| (e, space)).collect();
+        let refs: Vec<(&Plaintext, SpaceId, KeyId)> =
+            opened.iter().map(|(p, k)| (p, space, *k)).collect();
         for r in agora_protocol::sealed::verify_signatures(&refs) {
             r.unwrap();
         }
-        for e in &envelopes {
-            e.open(&space, &cipher).unwrap();
+        for (p, _) in &opened {
+            check_change(&space, &p.doc, p.kind, &p.author, &p.change).unwrap();
         }
     });
     let open_only = time(|| {
         for b in &sealed {
-            Envelope::decode(b).unwrap().open(&space, &cipher).unwrap();
+            let p = Envelope::decode(b)
+                .unwrap()
+                .unseal(&space, &cipher)
+                .unwrap();
+            check_change(&space, &p.doc, p.kind, &p.author, &p.change).unwrap();
         }
     });
     let per = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;

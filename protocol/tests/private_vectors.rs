@@ -16,7 +16,7 @@ use agora_protocol::membership::{
     self, build, name_aad, redeem_message, resolve, seal_aad, Op, OpBody, Role, Rotation,
     SealedBytes, VerifiedOp, WrapTo,
 };
-use agora_protocol::sealed::{content_aad, signing_message, Envelope};
+use agora_protocol::sealed::{sealed_aad, signing_message, Envelope, Plaintext};
 use agora_protocol::ticket::Ticket;
 use agora_protocol::{idea, DocKind};
 use hpke::rand_core::{TryCryptoRng, TryRng};
@@ -229,7 +229,7 @@ fn compute(spec: &BTreeMap<String, String>) -> (BTreeMap<&'static str, String>, 
     .unwrap();
     v.insert("v2_admit", hex::encode(admit.bytes()));
     // The admission as gossip carries it: sealed under the epoch of the topic (the root's).
-    let sealed_admit = agora_protocol::sealed::SealedOp::seal(
+    let sealed_admit = Envelope::seal_bytes(
         &space,
         root.key_id(),
         &root.content_key().cipher(),
@@ -323,8 +323,8 @@ fn compute(spec: &BTreeMap<String, String>) -> (BTreeMap<&'static str, String>, 
     v.insert("v2_idea_doc", doc_id.to_hex());
     v.insert("v2_idea_change", hex::encode(change.raw_bytes()));
     v.insert(
-        "v2_content_aad",
-        hex::encode(content_aad(&space, &epoch.key_id(), &newcomer.author())),
+        "v2_sealed_aad",
+        hex::encode(sealed_aad(&space, &epoch.key_id())),
     );
     v.insert(
         "v2_content_signing_message",
@@ -332,10 +332,20 @@ fn compute(spec: &BTreeMap<String, String>) -> (BTreeMap<&'static str, String>, 
             &space,
             &epoch.key_id(),
             &newcomer.author(),
-            &content_nonce,
-            &envelope.ct,
+            &doc_id,
+            DocKind::Idea,
+            change.raw_bytes(),
         )),
     );
+    let signed = Plaintext::sign(
+        &newcomer,
+        &space,
+        &epoch.key_id(),
+        doc_id,
+        DocKind::Idea,
+        change.raw_bytes().to_vec(),
+    );
+    v.insert("v2_contribution_plaintext", hex::encode(signed.encode()));
     v.insert("v2_contribution", hex::encode(envelope.encode()));
     (v, ops)
 }
@@ -398,15 +408,10 @@ fn the_version_2_vectors_verify_and_open_as_the_spec_says() {
         use chacha20poly1305::aead::{Aead, KeyInit, Payload};
         let root = EpochSecret::from_bytes(hex_in(&spec, "v2_root_secret"));
         let sealed = bytes("v2_sealed_admit");
-        let parsed = agora_protocol::sealed::SealedOp::decode(&sealed).expect("decodes");
+        let parsed = Envelope::decode(&sealed).expect("decodes");
         assert_eq!(parsed.key_id, root.key_id());
         let space = ops[0].op().space;
-        let aad = [
-            b"agora-op-gossip-v2\0".as_slice(),
-            &space.0,
-            &root.key_id().0,
-        ]
-        .concat();
+        let aad = [b"agora-sealed-v2\0".as_slice(), &space.0, &root.key_id().0].concat();
         let cipher = chacha20poly1305::XChaCha20Poly1305::new(&content_key_bytes(&root).into());
         let plain = cipher
             .decrypt(
@@ -418,6 +423,39 @@ fn the_version_2_vectors_verify_and_open_as_the_spec_says() {
             )
             .expect("opens");
         assert_eq!(plain, bytes("v2_admit"));
+        // The sealed contribution opens the same way, under the rotation's epoch, to the signed
+        // contribution, whose author and signature only a member sees (§14.6).
+        let epoch = EpochSecret::from_bytes(hex_in(&spec, "v2_epoch_secret"));
+        let sealed = Envelope::decode(&bytes("v2_contribution")).expect("decodes");
+        assert_eq!(
+            [b"agora-sealed-v2\0".as_slice(), &space.0, &epoch.key_id().0].concat(),
+            bytes("v2_sealed_aad")
+        );
+        let cipher = chacha20poly1305::XChaCha20Poly1305::new(&content_key_bytes(&epoch).into());
+        let plain = cipher
+            .decrypt(
+                &chacha20poly1305::XNonce::from(sealed.nonce),
+                Payload {
+                    msg: &sealed.ct,
+                    aad: &bytes("v2_sealed_aad"),
+                },
+            )
+            .expect("opens");
+        assert_eq!(plain, bytes("v2_contribution_plaintext"));
+        let signed = Plaintext::decode(&plain).expect("a signed contribution");
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&signed.author.0).unwrap();
+        let message = bytes("v2_content_signing_message");
+        let hash: [u8; 32] = Sha256::digest(&signed.change).into();
+        assert!(message.starts_with(b"agora-contribution-v2\0"));
+        assert!(message.ends_with(&hash));
+        key.verify_strict(
+            &message,
+            &ed25519_dalek::Signature::from_bytes(&signed.signature),
+        )
+        .expect("the author's signature");
+        assert!(!bytes("v2_contribution")
+            .windows(32)
+            .any(|w| w == signed.author.0));
     }
     // An operation id is SHA-256 of the domain and the map without "sig" (§14.3).
     for op in &ops {

@@ -35,6 +35,7 @@ mod tests;
 
 pub use self::checked::{Checked, Verifier};
 pub use self::pending::{PendingLimits, PendingSet};
+use self::private::PrivateGossip;
 pub use self::private::{Admitted, Invitation, MemberInfo, NodeKeys};
 pub use self::replica::{AutomergeReplica, Edit, Item, Keyring, Replica, SpaceKeys};
 pub use self::sync::{PairStatus, SyncState};
@@ -1047,33 +1048,40 @@ impl<R: Replica> Service<R> {
     }
 
     fn gossip(&mut self, batch: Vec<GossipIn>, now: Now) {
-        // A private space's topic carries its operations and sealed contributions; the
-        // operations are taken apart, the contributions ingested with the rest.
-        let (private, batch): (Vec<GossipIn>, Vec<GossipIn>) = batch.into_iter().partition(|g| {
-            g.topic.is_some_and(|s| self.private.contains_key(&s)) && !replica::is_sealed(&g.bytes)
-        });
-        for g in private {
-            let space = g.topic.expect("partitioned on it");
-            let (verdict, when) = self.private_gossip(space, &g.bytes, now);
-            self.outbox.push(
-                Output::Net(NetAction::Verdict {
-                    token: g.token,
-                    verdict,
-                }),
-                when,
-            );
+        // A private space's topic carries sealed operations and contributions: each is opened
+        // here, the operations taken in, the contributions ingested with the rest. An open
+        // space's contribution names its author in the clear.
+        let mut contributions = Vec::with_capacity(batch.len());
+        for g in batch {
+            match g.topic.filter(|s| self.private.contains_key(s)) {
+                Some(space) => match self.private_gossip(space, &g.bytes, now) {
+                    PrivateGossip::Contribution(author) => contributions.push((g, Some(author))),
+                    PrivateGossip::Done(verdict, when) => self.outbox.push(
+                        Output::Net(NetAction::Verdict {
+                            token: g.token,
+                            verdict,
+                        }),
+                        when,
+                    ),
+                },
+                None => {
+                    let author = agora_protocol::Contribution::decode(&g.bytes)
+                        .ok()
+                        .map(|c| c.author);
+                    contributions.push((g, author));
+                }
+            }
         }
         // Each author's share of a space's gossip is bounded (PROTOCOL 14.12): what is over it
         // is neither stored nor relayed, and only its author's own node is penalised for it. A
         // token is taken on arrival and given back unless the contribution is accepted (new
         // and valid), so that junk or replays naming an author cannot use up its share.
         // Each message's author is read once, for the bound and for the blame below.
-        let mut charged: Vec<Option<(SpaceId, AuthorId)>> = Vec::with_capacity(batch.len());
+        let mut charged: Vec<Option<(SpaceId, AuthorId)>> = Vec::with_capacity(contributions.len());
         let mut limited = Vec::new();
-        let mut kept = Vec::with_capacity(batch.len());
-        let mut authors = Vec::with_capacity(batch.len());
-        for g in batch {
-            let author = contribution_author(&g.bytes);
+        let mut kept = Vec::with_capacity(contributions.len());
+        let mut authors = Vec::with_capacity(contributions.len());
+        for (g, author) in contributions {
             match self.take_token(g.topic, author, now) {
                 Ok(key) => {
                     charged.push(key);
@@ -1302,18 +1310,5 @@ impl<R: Replica> Service<R> {
                 Reply::Done
             }
         })
-    }
-}
-
-/// The author a contribution names (sealed or not), read without checking anything else.
-fn contribution_author(bytes: &[u8]) -> Option<AuthorId> {
-    if replica::is_sealed(bytes) {
-        agora_protocol::sealed::Envelope::decode(bytes)
-            .ok()
-            .map(|e| e.author)
-    } else {
-        agora_protocol::Contribution::decode(bytes)
-            .ok()
-            .map(|c| c.author)
     }
 }

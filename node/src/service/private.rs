@@ -30,7 +30,7 @@ use agora_protocol::keys::DeviceKey;
 use agora_protocol::membership::{
     ActionError, Inserted, Op, OpBody, Pin, PrivateSpace, Role, VerifiedOp,
 };
-use agora_protocol::sealed::SealedOp;
+use agora_protocol::sealed::{Envelope, Inside};
 use agora_protocol::{AuthorId, DocId, DocKind, Identity, SpaceId};
 use rand::RngExt;
 use std::collections::{BTreeMap, BTreeSet};
@@ -555,6 +555,14 @@ impl<R: Replica> Service<R> {
     }
 }
 
+/// What became of a message on a private space's topic.
+pub(crate) enum PrivateGossip {
+    /// Taken care of (a membership operation, or refused).
+    Done(Verdict, When),
+    /// A sealed contribution by this author (as it says, not yet verified): for ingest.
+    Contribution(AuthorId),
+}
+
 /// What a member does for a newcomer who redeemed a ticket, and what the newcomer gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Admitted {
@@ -565,40 +573,42 @@ pub struct Admitted {
 }
 
 impl<R: Replica> Service<R> {
-    /// A membership operation on a private space's topic: sealed under the topic's epoch (a
-    /// CBOR map of four entries; PROTOCOL 14.9). Sealed contributions (six entries) go through
-    /// ingest. Returns the verdict and when it may be released.
+    /// A message on a private space's topic: an envelope sealed under one of the space's epochs
+    /// (PROTOCOL 14.9), holding a membership operation (taken in here) or a signed contribution
+    /// (its author returned: it goes through ingest with the rest of the batch). A node follows
+    /// only topics of epochs it holds, and members seal what they publish on a topic under its
+    /// epoch: an envelope it cannot open is the sender's fault.
     pub(crate) fn private_gossip(
         &mut self,
         space: SpaceId,
         bytes: &[u8],
         now: Now,
-    ) -> (Verdict, When) {
-        let sealed = match SealedOp::decode(bytes) {
-            Ok(sealed) => sealed,
-            Err(_) => {
-                // Anything else (an operation in the clear among them) has no place there.
-                self.count_op_rejection("malformed");
-                return (Verdict::Reject, When::Now);
-            }
-        };
-        let opened = self
-            .private
-            .get(&space)
-            .map(|view| match view.cipher(&sealed.key_id) {
-                Some(cipher) => sealed.open(&space, cipher),
+    ) -> PrivateGossip {
+        let inside = Envelope::decode(bytes).and_then(|sealed| {
+            match self
+                .private
+                .get(&space)
+                .and_then(|v| v.cipher(&sealed.key_id))
+            {
+                Some(cipher) => sealed.open_inside(&space, cipher),
                 None => Err(agora_protocol::Rejection::UnknownKey),
-            });
-        match opened {
-            Some(Ok(op)) => self.op_in(space, &op, Some(now)),
-            // An epoch this node does not hold (yet): not the sender's fault.
-            Some(Err(agora_protocol::Rejection::UnknownKey)) | None => {
-                self.count_op_rejection("unknown_key");
-                (Verdict::Ignore, When::Now)
             }
-            Some(Err(e)) => {
-                self.count_op_rejection(e.code());
-                (Verdict::Reject, When::Now)
+        });
+        match inside {
+            Ok(Inside::Op(op)) => {
+                let (verdict, when) = self.op_in(space, &op, Some(now));
+                PrivateGossip::Done(verdict, when)
+            }
+            Ok(Inside::Contribution(plain)) => PrivateGossip::Contribution(plain.author),
+            Err(e) => {
+                // Anything else (an operation in the clear among them) has no place there.
+                tracing::info!(target: "agora::network", %space, reason = e.code(), "rejected a sealed gossip message; penalising peer");
+                *self
+                    .counters
+                    .rejected
+                    .entry(format!("sealed_{}", e.code()))
+                    .or_default() += 1;
+                PrivateGossip::Done(Verdict::Reject, When::Now)
             }
         }
     }
@@ -720,7 +730,8 @@ impl<R: Replica> Service<R> {
         for (topic, key_id) in view.topic_keys().into_iter().take(n) {
             if let Some(cipher) = view.cipher(&key_id) {
                 let nonce: [u8; 24] = self.rng.random();
-                let bytes = SealedOp::seal(&space, key_id, cipher, op.bytes(), nonce).encode();
+                let bytes =
+                    Envelope::seal_bytes(&space, key_id, cipher, op.bytes(), nonce).encode();
                 sealed.push((topic, bytes));
             }
         }

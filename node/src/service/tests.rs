@@ -1429,6 +1429,19 @@ mod private_gossip {
     use agora_protocol::membership::{build, Role};
 
     /// What `outputs` publish on private topics, as gossip from `from` on `space`'s topic.
+    /// What gossipsub would deliver of `msgs` to `node`: a node follows only the topics of the
+    /// epochs it holds, so an envelope under a key it lacks never reaches it.
+    pub(super) fn followed(node: &Node, space: SpaceId, msgs: &[GossipIn]) -> Vec<GossipIn> {
+        let view = &node.service.private[&space];
+        msgs.iter()
+            .filter(|g| {
+                agora_protocol::sealed::Envelope::decode(&g.bytes)
+                    .map_or(true, |e| view.cipher(&e.key_id).is_some())
+            })
+            .cloned()
+            .collect()
+    }
+
     pub(super) fn gossip_from(
         outputs: &[Output],
         from: PeerHandle,
@@ -1626,10 +1639,9 @@ mod private_gossip {
         assert_eq!(new_topics.len(), 2);
         assert_ne!(new_topics[0], a_topics[0], "a new epoch, a new topic");
         let msgs = gossip_from(&outputs, a.name, space);
-        // The copy on the new topic is sealed under the new epoch, which B never gets; the copy
-        // on the previous topic is sealed under the epoch B holds.
-        let outputs = b.step(Input::Gossip(msgs[..1].to_vec()), at(13));
-        assert_eq!(verdicts(&outputs), vec![Verdict::Ignore]);
+        // The copy on the new topic is sealed under the new epoch, which B never gets (nor
+        // follows its topic); the copy on the previous topic is sealed under the epoch B holds.
+        assert!(followed(&b, space, &msgs[..1]).is_empty());
         let outputs = b.step(Input::Gossip(msgs[1..2].to_vec()), at(13));
         assert_eq!(verdicts(&outputs), vec![Verdict::Accept]);
         let Reply::Members(members) = b.command(Command::Members { space }, at(14)) else {
@@ -1942,11 +1954,12 @@ mod private_content {
         assert_eq!(ideas[0].comments.len(), 1);
     }
 
-    /// A sealed contribution under a key nobody in the space holds: from a stranger (an author
-    /// the space never knew) it is junk and penalised; from a member it may be sealed under a
-    /// rotation still on its way, and is only ignored.
+    /// An envelope a node cannot open on a private space's topic is the sender's fault: a node
+    /// follows only the topics of epochs it holds, and members seal what they publish on a topic
+    /// under its epoch. Whoever's name is inside, a key nobody in the space holds is refused and
+    /// penalised (PROTOCOL §14.6); so is garbage under a key the node holds.
     #[test]
-    fn an_unknown_key_is_blamed_only_on_strangers() {
+    fn an_envelope_a_node_cannot_open_on_gossip_is_blamed_on_its_sender() {
         let (mut a, space) = Node::owning(1, "Keys");
         let _b = admit(&mut a, space, 2, Role::Member, 10);
         let secret = agora_protocol::keys::EpochSecret::from_bytes([3; 32]);
@@ -1993,11 +2006,41 @@ mod private_content {
             ]),
             at(20),
         );
-        assert_eq!(verdicts(&outputs), vec![Verdict::Ignore, Verdict::Reject]);
+        assert_eq!(verdicts(&outputs), vec![Verdict::Reject, Verdict::Reject]);
         assert_eq!(
-            a.service.status().counters.rejected.get("unknown_key"),
+            a.service
+                .status()
+                .counters
+                .rejected
+                .get("sealed_unknown_key"),
             Some(&2)
         );
+        // Under the space's own key, bytes that do not open are refused too.
+        let (key_id, _) = a.service.private[&space].current().unwrap();
+        let junk = agora_protocol::sealed::Envelope {
+            key_id,
+            nonce: [5; 24],
+            ct: vec![7; 64],
+        };
+        let outputs = a.step(
+            Input::Gossip(vec![GossipIn {
+                token: 3,
+                from: PeerHandle(66),
+                topic: Some(space),
+                bytes: junk.encode(),
+            }]),
+            at(21),
+        );
+        assert_eq!(verdicts(&outputs), vec![Verdict::Reject]);
+        assert_eq!(
+            a.service
+                .status()
+                .counters
+                .rejected
+                .get("sealed_undecryptable"),
+            Some(&1)
+        );
+        assert!(titles(&mut a, space).is_empty());
     }
 
     /// A sealed idea by `author` in `space`, under the current key of `holder`'s view (as a
@@ -2131,12 +2174,16 @@ mod private_content {
         // A's next idea is sealed under the new epoch: B cannot open it.
         let (_, outputs) = post(&mut a, space, "After B left", 30);
         let msgs = published(&outputs, a.name, space);
-        let outputs = b.step(Input::Gossip(msgs), at(31));
-        assert_eq!(verdicts(&outputs), vec![Verdict::Ignore]);
-        assert_eq!(
-            b.service.status().counters.rejected.get("unknown_key"),
-            Some(&1)
+        assert_eq!(msgs.len(), 1);
+        assert!(
+            super::private_gossip::followed(&b, space, &msgs).is_empty(),
+            "B holds no key that opens it (nor follows its topic)"
         );
+        // Were it put on a topic B follows, B could not open it, and would blame the sender.
+        let sealed = agora_protocol::sealed::Envelope::decode(&msgs[0].bytes).unwrap();
+        assert!(b.service.private[&space].cipher(&sealed.key_id).is_none());
+        let outputs = b.step(Input::Gossip(msgs), at(31));
+        assert_eq!(verdicts(&outputs), vec![Verdict::Reject]);
         assert_eq!(titles(&mut b, space), vec!["Before removal", "A's plan"]);
 
         // A newcomer admitted after the removal gets, by sync from A, everything B wrote before
@@ -2362,7 +2409,8 @@ mod private_content {
             .map(|i| admit(&mut o, space, 10 + i as u8, Role::Reader, 30 + 3 * i as u64))
             .collect();
         let deliver = |node: &mut Node, msgs: &[GossipIn], t: u64| {
-            let outputs = node.step(Input::Gossip(msgs.to_vec()), at(t));
+            let msgs = super::private_gossip::followed(node, space, msgs);
+            let outputs = node.step(Input::Gossip(msgs), at(t));
             assert!(
                 !verdicts(&outputs).contains(&Verdict::Reject),
                 "nobody here is at fault: {:?}",
@@ -2542,6 +2590,7 @@ mod private_content {
         );
         let msgs = published(&outputs, o.name, space);
         assert!(msgs.len() > 2, "a removal, shares, each on two topics");
+        let msgs = super::private_gossip::followed(&m, space, &msgs);
         let outputs = m.step(Input::Gossip(msgs), at(3));
         assert!(!verdicts(&outputs).contains(&Verdict::Reject));
         let current = |n: &Node| n.service.private[&space].current().map(|(k, _)| k);

@@ -6,7 +6,7 @@ use crate::store::{Storage, Store, StoreError, Write};
 use agora_protocol::automerge::{AutoCommit, Change, ChangeHash};
 use agora_protocol::contribution::{change_preview, check_change, verify_batch};
 use agora_protocol::idea::{self, Idea};
-use agora_protocol::keys::{self, XChaCha20Poly1305};
+use agora_protocol::keys::{self, KeyId, XChaCha20Poly1305};
 use agora_protocol::membership::ChangeInfo;
 use agora_protocol::sealed::{self, Envelope, Plaintext};
 use agora_protocol::{
@@ -622,20 +622,20 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
             }
         }
         if !sealed.is_empty() {
-            let signed: Vec<(&Envelope, SpaceId)> = sealed
+            let signed: Vec<(&Plaintext, SpaceId, KeyId)> = sealed
                 .iter()
-                .map(|(_, e, space, _, _)| (e, *space))
+                .map(|(_, e, space, plain, _)| (plain, *space, e.key_id))
                 .collect();
             let signatures = sealed::verify_signatures(&signed);
-            for ((i, e, space, plain, bytes), signature) in sealed.into_iter().zip(signatures) {
+            for ((i, _, space, plain, bytes), signature) in sealed.into_iter().zip(signatures) {
                 results[i] = Some(signature.and_then(|()| {
                     let change =
-                        check_change(&space, &plain.doc, plain.kind, &e.author, &plain.change)?;
+                        check_change(&space, &plain.doc, plain.kind, &plain.author, &plain.change)?;
                     Ok(Verified {
                         space,
                         doc: plain.doc,
                         kind: plain.kind,
-                        author: e.author,
+                        author: plain.author,
                         change,
                         bytes,
                     })

@@ -110,19 +110,21 @@ impl Keyring {
             Ok((
                 c.space,
                 Plaintext {
+                    author: c.author,
                     doc: c.doc,
                     kind: c.kind,
                     change: c.change,
+                    signature: c.signature,
                 },
             ))
         }
     }
 }
 
-/// Whether encoded bytes are a sealed (version 2) contribution: a CBOR map of six entries,
-/// where a version 1 contribution has seven.
+/// Whether encoded bytes are a sealed (version 2) envelope: a CBOR map of four entries, where a
+/// version 1 contribution has seven.
 pub fn is_sealed(bytes: &[u8]) -> bool {
-    bytes.first() == Some(&0xa6)
+    agora_protocol::sealed::is_sealed(bytes)
 }
 
 /// A verified contribution, ready to be applied.
