@@ -209,6 +209,9 @@ fn lie_with(claimed: Vec<DocHeads>, items: Vec<Vec<u8>>) -> Script {
             items: items.iter().cloned().map(Into::into).collect(),
             more: false,
         }),
+        SyncRequest::Hello { .. } => Answer::Respond(SyncResponse::Refused {
+            reason: "open spaces only".into(),
+        }),
     })
 }
 
@@ -438,6 +441,9 @@ async fn huge_and_oversize_answers_are_bounded_and_store_nothing() {
             SyncRequest::Fetch { .. } => Answer::Respond(SyncResponse::Contributions {
                 items: Vec::new(),
                 more: true,
+            }),
+            SyncRequest::Hello { .. } => Answer::Respond(SyncResponse::Refused {
+                reason: "open spaces only".into(),
             }),
         }),
     );

@@ -147,6 +147,7 @@ fn main() {
             .map(|(k, bytes)| GossipIn {
                 token: (i * 100 + k) as u64,
                 from: PeerHandle(1),
+                first_hop: true,
                 topic: Some(space),
                 bytes,
             })

@@ -308,15 +308,16 @@ impl NodeHandle {
             other => unexpected("Invite", other),
         };
         let view = self.net_view().await?;
-        let members: std::collections::BTreeSet<AuthorId> = self
+        // Other members' nodes this node is connected to, as their hellos proved them.
+        let members: std::collections::BTreeSet<crate::service::PeerHandle> = self
             .members(space)
             .await?
             .into_iter()
-            .map(|m| m.author)
+            .flat_map(|m| m.peers)
             .collect();
         let mut addrs: Vec<String> = view.listen_addrs.clone();
-        for (author, listen) in &view.dialable {
-            if members.contains(author) {
+        for (peer, listen) in &view.dialable {
+            if members.contains(peer) {
                 addrs.extend(listen.iter().cloned());
             }
         }

@@ -79,9 +79,10 @@ pub fn load_or_create_identity(path: &Path) -> Result<(Identity, bool), NodeErro
     }
 }
 
-/// The libp2p peer id that the identity's secret yields.
+/// The libp2p peer id of a node whose identity is `identity`: its transport key is derived from
+/// the identity's secret (PROTOCOL 14.9), so the peer id says nothing of the author key.
 pub fn peer_id_of(identity: &Identity) -> String {
-    network::peer_id_of(identity.seed())
+    network::peer_id(agora_protocol::keys::transport_seed(identity)).to_string()
 }
 
 /// Opens the store in a data dir, translating "locked" into a clear error.
@@ -130,10 +131,15 @@ impl Node {
         let store = open_store(&config)?;
         let (events, _) = broadcast::channel(1024);
         let started = std::time::Instant::now();
+        // The transport key is not the author key: a peer id says nothing of who runs the node.
+        let transport_seed = agora_protocol::keys::transport_seed(&identity);
         let service = Service::open(
             store.clone(),
             identity.clone(),
-            config.service_config(),
+            crate::service::ServiceConfig {
+                transport_id: network::peer_id(transport_seed).to_bytes(),
+                ..config.service_config()
+            },
             random_bytes(),
         )?;
         tracing::info!(target: "agora::node", elapsed_ms = started.elapsed().as_millis() as u64, "store loaded");
@@ -147,7 +153,7 @@ impl Node {
         );
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let event_loop =
-            match network::new(identity.seed(), net_config, engine.clone(), net_rx, cmd_rx) {
+            match network::new(transport_seed, net_config, engine.clone(), net_rx, cmd_rx) {
                 Ok(l) => l,
                 Err(e) => {
                     engine.stop().await;

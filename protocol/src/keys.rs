@@ -42,6 +42,8 @@ pub const INFO_SEAL_PREV: &[u8] = b"agora/v2/seal-prev";
 pub const INFO_TOPIC: &[u8] = b"agora/v2/topic";
 /// HKDF info of a node's device key seed (from its identity seed).
 pub const INFO_DEVICE: &[u8] = b"agora/v2/device-key";
+/// HKDF info of a node's transport key seed (from its identity seed).
+pub const INFO_TRANSPORT: &[u8] = b"agora/v2/transport-key";
 /// HKDF info of the sync locator (from the root secret).
 pub const INFO_LOCATOR: &[u8] = b"agora/v2/locator";
 /// The prefix of every private space's gossip topic; 64 hex characters follow.
@@ -261,6 +263,13 @@ impl DeviceKey {
     pub fn public(&self) -> [u8; 32] {
         self.public
     }
+}
+
+/// The seed of a node's transport key (its libp2p ed25519 identity): `HKDF-SHA256(salt
+/// "agora/v2", ikm identity seed, info "agora/v2/transport-key")`. A hash of the identity seed:
+/// a peer id says nothing of the author key behind it (PROTOCOL 14.9).
+pub fn transport_seed(identity: &crate::identity::Identity) -> [u8; 32] {
+    derive(&identity.seed(), INFO_TRANSPORT)
 }
 
 /// An epoch secret wrapped to one member's device key with HPKE.

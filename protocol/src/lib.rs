@@ -19,6 +19,7 @@
 
 mod cbor;
 pub mod contribution;
+pub mod hello;
 pub mod idea;
 pub mod identity;
 pub mod ids;

@@ -97,6 +97,23 @@ pub enum SyncRequest {
         /// The most contribution bytes the requester wants in this response.
         max_bytes: u32,
     },
+    /// "This is who runs me" (private spaces, version 2; [`crate::hello`]): the requester's
+    /// author, sealed under an epoch key of the space and bound to both transport ids.
+    Hello {
+        /// Protocol version (2).
+        v: u8,
+        /// The space (a private space's locator, first 16 bytes).
+        #[serde(with = "serde_bytes")]
+        space: [u8; 16],
+        /// The key id of the epoch it is sealed under.
+        #[serde(with = "serde_bytes")]
+        key: [u8; 32],
+        /// The nonce.
+        #[serde(with = "serde_bytes")]
+        nonce: [u8; 24],
+        /// The sealed hello.
+        ct: serde_bytes::ByteBuf,
+    },
 }
 
 /// A sync response.
@@ -121,6 +138,14 @@ pub enum SyncResponse {
     Refused {
         /// Why.
         reason: String,
+    },
+    /// The responder's hello, sealed under the key of the request's.
+    Hello {
+        /// The nonce.
+        #[serde(with = "serde_bytes")]
+        nonce: [u8; 24],
+        /// The sealed hello.
+        ct: serde_bytes::ByteBuf,
     },
 }
 
@@ -198,9 +223,9 @@ impl SyncRequest {
     /// The space the request is about.
     pub fn space(&self) -> SpaceId {
         match self {
-            SyncRequest::Summary { space, .. } | SyncRequest::Fetch { space, .. } => {
-                SpaceId(*space)
-            }
+            SyncRequest::Summary { space, .. }
+            | SyncRequest::Fetch { space, .. }
+            | SyncRequest::Hello { space, .. } => SpaceId(*space),
         }
     }
 
@@ -209,6 +234,12 @@ impl SyncRequest {
         match self {
             SyncRequest::Summary { v, .. } | SyncRequest::Fetch { v, .. } if *v != 1 => {
                 Err(format!("unsupported sync version {v}"))
+            }
+            SyncRequest::Hello { v, .. } if *v != 2 => {
+                Err(format!("unsupported hello version {v}"))
+            }
+            SyncRequest::Hello { ct, .. } if ct.len() != crate::hello::HELLO_CT_LEN => {
+                Err("a hello of the wrong length".into())
             }
             SyncRequest::Fetch { wants, .. } if wants.len() > MAX_WANTS_ACCEPTED => Err(format!(
                 "{} documents wanted; at most {MAX_WANTS_ACCEPTED}",
@@ -336,6 +367,20 @@ impl SyncRequest {
                     + string_len(9)
                     + head_len(*max_bytes as usize)
             }
+            SyncRequest::Hello { v, ct, .. } => {
+                head_len(6)
+                    + tag_len("hello")
+                    + string_len(1)
+                    + head_len(*v as usize)
+                    + string_len(5)
+                    + string_len(16)
+                    + string_len(3)
+                    + string_len(32)
+                    + string_len(5)
+                    + string_len(24)
+                    + string_len(2)
+                    + string_len(ct.len())
+            }
         }
     }
 }
@@ -374,6 +419,14 @@ impl SyncResponse {
             SyncResponse::Refused { reason } => {
                 head_len(2) + tag_len("refused") + string_len(6) + string_len(reason.len())
             }
+            SyncResponse::Hello { ct, .. } => {
+                head_len(3)
+                    + tag_len("hello")
+                    + string_len(5)
+                    + string_len(24)
+                    + string_len(2)
+                    + string_len(ct.len())
+            }
         }
     }
 
@@ -384,6 +437,7 @@ impl SyncResponse {
             SyncResponse::Heads { .. } => "heads",
             SyncResponse::Contributions { .. } => "contributions",
             SyncResponse::Refused { .. } => "refused",
+            SyncResponse::Hello { .. } => "hello",
         }
     }
 }
@@ -433,6 +487,13 @@ mod tests {
                 wants: Vec::new(),
                 max_bytes: 7,
             },
+            SyncRequest::Hello {
+                v: 2,
+                space: [4; 16],
+                key: [6; 32],
+                nonce: [7; 24],
+                ct: serde_bytes::ByteBuf::from(vec![8; crate::hello::HELLO_CT_LEN]),
+            },
         ];
         for r in requests {
             let bytes = r.encode();
@@ -454,6 +515,10 @@ mod tests {
             },
             SyncResponse::Refused {
                 reason: "busy".into(),
+            },
+            SyncResponse::Hello {
+                nonce: [7; 24],
+                ct: serde_bytes::ByteBuf::from(vec![8; crate::hello::HELLO_CT_LEN]),
             },
         ];
         for r in responses {

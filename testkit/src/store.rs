@@ -54,6 +54,7 @@ pub fn gossip<'a>(space: SpaceId, contributions: impl IntoIterator<Item = &'a [u
             .map(|(token, bytes)| GossipIn {
                 token: token as u64,
                 from: PeerHandle(1),
+                first_hop: true,
                 topic: Some(space),
                 bytes: bytes.to_vec(),
             })

@@ -1,7 +1,7 @@
 //! The task that owns the swarm and translates between libp2p and the service.
 
 use super::behaviour::{build_swarm, decode_error, topic_score_params, Behaviour, BehaviourEvent};
-use super::peers::{author_of, Peers};
+use super::peers::Peers;
 use super::{
     parse_addr, NetCommand, NetConfig, NetView, NetworkError, MAX_AWAITING_VERDICT, MAX_BACKLOG,
     MAX_INBOUND_JOIN, MAX_INBOUND_SYNC, MAX_LISTEN_ADDRS, MAX_QUEUED_PER_TOPIC,
@@ -443,7 +443,7 @@ impl EventLoop {
                                 .filter_map(|a| a.clone().with_p2p(*p).ok())
                                 .map(|a| a.to_string())
                                 .collect();
-                            Some((author_of(p)?, addrs))
+                            Some((self.peers.known(p)?, addrs))
                         })
                         .collect(),
                 });
@@ -476,9 +476,10 @@ impl EventLoop {
                 if first {
                     let peer = self.peers.handle(peer_id);
                     self.send_to_engine(Input::PeerConnected { peer });
-                    if let Some(author) = author_of(&peer_id) {
-                        self.send_to_engine(Input::PeerIdentified { peer, author });
-                    }
+                    self.send_to_engine(Input::PeerIdentified {
+                        peer,
+                        id: peer_id.to_bytes(),
+                    });
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -578,6 +579,7 @@ impl EventLoop {
                 let g = GossipIn {
                     token,
                     from,
+                    first_hop: message.source == Some(propagation_source),
                     topic: self.topics.get(&message.topic).copied(),
                     bytes: message.data,
                 };

@@ -79,12 +79,12 @@ pub fn parse_addr(s: &str) -> Result<Multiaddr, NetworkError> {
         })
 }
 
-/// The libp2p peer id that an identity's 32-byte secret yields.
-pub fn peer_id_of(seed: [u8; 32]) -> String {
+/// The libp2p peer id that a transport key's 32-byte seed yields.
+pub fn peer_id(seed: [u8; 32]) -> libp2p::PeerId {
     // `ed25519_from_bytes` zeroes the buffer it is given: it gets its own copy.
     let mut secret = seed;
     libp2p::identity::Keypair::ed25519_from_bytes(&mut secret)
-        .map(|k| k.public().to_peer_id().to_string())
+        .map(|k| k.public().to_peer_id())
         .expect("an ed25519 seed is always 32 valid bytes")
 }
 
@@ -118,8 +118,8 @@ pub struct NetView {
     pub queued: u64,
     /// The peer id behind each handle the service may mention.
     pub names: BTreeMap<PeerHandle, String>,
-    /// Connected peers' authors and the addresses they listen on (with `/p2p/`), for tickets.
-    pub dialable: Vec<(agora_protocol::AuthorId, Vec<String>)>,
+    /// Connected peers and the addresses they listen on (with `/p2p/`), for tickets.
+    pub dialable: Vec<(PeerHandle, Vec<String>)>,
 }
 
 /// Network settings (a slice of the node's `Config`).

@@ -2,7 +2,6 @@
 //! peers mDNS found.
 
 use crate::service::PeerHandle;
-use agora_protocol::AuthorId;
 use libp2p::{Multiaddr, PeerId};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -19,18 +18,6 @@ pub(crate) struct Peers {
     pub mdns: HashMap<PeerId, Multiaddr>,
     /// The addresses connected peers say they listen on (identify), for tickets.
     pub listen: HashMap<PeerId, Vec<Multiaddr>>,
-}
-
-/// The author behind a peer id: a node's libp2p key is its identity's ed25519 key, and an
-/// ed25519 peer id holds the public key itself (noise authenticated it on connection).
-pub(crate) fn author_of(peer: &PeerId) -> Option<AuthorId> {
-    let hash = peer.as_ref();
-    // Multihash code 0 is "identity": the digest is the protobuf-encoded public key.
-    if hash.code() != 0 {
-        return None;
-    }
-    let key = libp2p::identity::PublicKey::try_decode_protobuf(hash.digest()).ok()?;
-    Some(AuthorId(key.try_into_ed25519().ok()?.to_bytes()))
 }
 
 impl Peers {

@@ -302,6 +302,9 @@ pub struct GossipIn {
     pub token: u64,
     /// The peer that forwarded it.
     pub from: PeerHandle,
+    /// Whether that peer published it (the message's signed source is the sender): a message
+    /// over its author's bound sent by its publisher is the publisher's fault (PROTOCOL 14.12).
+    pub first_hop: bool,
     /// The space of the topic it arrived on (`None`: not a space topic).
     pub topic: Option<SpaceId>,
     /// The payload.
@@ -359,13 +362,13 @@ pub enum Input {
         /// The peer.
         peer: PeerHandle,
     },
-    /// The author behind a connected peer (its libp2p key is the author's ed25519 key, which
-    /// noise authenticated): what private spaces' sync answers are gated on.
+    /// A connected peer's transport id (the bytes of its libp2p peer id, which noise
+    /// authenticated): what the hellos of private spaces' sync bind (PROTOCOL 14.9).
     PeerIdentified {
         /// The peer.
         peer: PeerHandle,
-        /// Its author.
-        author: AuthorId,
+        /// Its transport id.
+        id: Vec<u8>,
     },
     /// A peer's last connection closed.
     PeerDisconnected {
@@ -691,6 +694,9 @@ pub struct ServiceConfig {
     /// How many membership operations one author may bring into one private space by gossip
     /// (PROTOCOL 14.12; each costs every member a resolution of the membership).
     pub op_rate: AuthorRate,
+    /// This node's transport id (the bytes of its libp2p peer id), which the hellos of private
+    /// spaces' sync bind (PROTOCOL 14.9).
+    pub transport_id: Vec<u8>,
 }
 
 /// A token bucket per (space, author) over the contributions gossip brings: `burst` at once,
@@ -763,6 +769,7 @@ impl Default for ServiceConfig {
             verify_in_parallel: true,
             author_rate: AuthorRate::default(),
             op_rate: AuthorRate::OPS,
+            transport_id: Vec::new(),
         }
     }
 }
@@ -944,7 +951,7 @@ impl<R: Replica> Service<R> {
             }
             Input::Gossip(batch) => self.gossip(batch, now),
             Input::PeerConnected { peer } => self.peer_connected(peer, now),
-            Input::PeerIdentified { peer, author } => self.peer_identified(peer, author),
+            Input::PeerIdentified { peer, id } => self.peer_identified(peer, id),
             Input::PeerDisconnected { peer } => self.peer_disconnected(peer, now),
             Input::PeerSubscribed { peer, space } => self.peer_subscribed(peer, space, now),
             Input::PeerUnsubscribed { peer, space } => self.peer_unsubscribed(peer, space, now),
@@ -1092,8 +1099,8 @@ impl<R: Replica> Service<R> {
             }
         }
         let batch = kept;
-        for (g, author) in limited {
-            let own = self.sent_by_author_node(&g, author);
+        for (g, _) in limited {
+            let own = g.first_hop;
             *self
                 .counters
                 .rejected
@@ -1120,12 +1127,8 @@ impl<R: Replica> Service<R> {
             .zip(&authors)
             .map(|(g, author)| self.sent_by_stranger(g, *author))
             .collect();
-        // Contributions that come from their author's own node (its peer id holds the key).
-        let own: Vec<bool> = batch
-            .iter()
-            .zip(&authors)
-            .map(|(g, author)| self.sent_by_author_node(g, *author))
-            .collect();
+        // Contributions that come from the node that published them.
+        let own: Vec<bool> = batch.iter().map(|g| g.first_hop).collect();
         let mut early = Vec::new();
         let outcomes = self.ingest(
             batch.into_iter().map(|g| (g.bytes, g.topic)).collect(),
@@ -1186,12 +1189,6 @@ impl<R: Replica> Service<R> {
             return false;
         };
         replica::is_sealed(&g.bytes) && author.is_some_and(|a| !view.knows(&a))
-    }
-
-    /// Whether a gossip message comes from the node of the author it names (`author`): the
-    /// sending peer's id holds that author's key.
-    fn sent_by_author_node(&self, g: &GossipIn, author: Option<AuthorId>) -> bool {
-        author.is_some() && self.sync.authors.get(&g.from) == author.as_ref()
     }
 
     /// Takes a token from the bucket of a gossip message's (space, author), if the message

@@ -91,6 +91,9 @@ pub struct MemberInfo {
     pub role: Role,
     /// Its display name in the space, if it set one and this node holds it.
     pub name: Option<String>,
+    /// The connected peers whose hello proved them this member's nodes (PROTOCOL 14.9): where
+    /// a ticket may send a newcomer.
+    pub peers: Vec<PeerHandle>,
 }
 
 /// What an invitation gives back: enough for the ticket (the handle adds addresses).
@@ -355,6 +358,13 @@ impl<R: Replica> Service<R> {
                 author: *author,
                 role: m.role,
                 name: names.get(author).cloned(),
+                peers: self
+                    .sync
+                    .authors
+                    .iter()
+                    .filter(|((_, s), a)| s == space && *a == author)
+                    .map(|((p, _), _)| *p)
+                    .collect(),
             })
             .collect();
         // Owner first, then admins, members, readers; by id within a role.

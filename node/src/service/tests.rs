@@ -26,6 +26,7 @@ fn config() -> ServiceConfig {
         verify_in_parallel: true,
         author_rate: AuthorRate::default(),
         op_rate: AuthorRate::OPS,
+        transport_id: Vec::new(),
     }
 }
 
@@ -67,6 +68,11 @@ impl Node {
         let storage = MemoryStorage::new();
         let store = Store::new(storage.clone()).expect("memory store");
         let identity = Identity::from_seed([seed; 32]);
+        // Its transport id is its name's byte (what a peer id's bytes are on the wire).
+        let config = ServiceConfig {
+            transport_id: vec![seed],
+            ..config
+        };
         let service = Service::open(store, identity, config, [seed; 32]).expect("service");
         Node {
             name: PeerHandle(u64::from(seed)),
@@ -730,6 +736,7 @@ fn a_failed_flush_ends_the_exchange_and_the_retry_converges() {
     let gossip = GossipIn {
         token: 7,
         from: a.name,
+        first_hop: true,
         topic: Some(space),
         bytes: fresh,
     };
@@ -1021,6 +1028,7 @@ fn verifying_on_a_second_thread_changes_no_outcome() {
             .map(|(i, (bytes, topic))| GossipIn {
                 token: i as u64,
                 from: PeerHandle(1),
+                first_hop: true,
                 topic: *topic,
                 bytes: bytes.clone(),
             })
@@ -1457,6 +1465,7 @@ mod private_gossip {
             .map(|(i, bytes)| GossipIn {
                 token: 1000 + i as u64,
                 from,
+                first_hop: true,
                 topic: Some(space),
                 bytes,
             })
@@ -1598,6 +1607,7 @@ mod private_gossip {
             Input::Gossip(vec![GossipIn {
                 token: 7,
                 from: PeerHandle(9),
+                first_hop: true,
                 topic: Some(space),
                 bytes: forged.bytes().to_vec(),
             }]),
@@ -1608,6 +1618,7 @@ mod private_gossip {
             Input::Gossip(vec![GossipIn {
                 token: 8,
                 from: PeerHandle(9),
+                first_hop: true,
                 topic: Some(space),
                 bytes: vec![0xa7, 0, 1, 2],
             }]),
@@ -1880,18 +1891,13 @@ mod private_content {
         );
         let c_identity = Identity::from_seed([3; 32]);
         let forged = forge_sealed(&a, space, &c_identity, "Forged by a reader");
-        // It comes from C's own node (its peer id holds C's key): C's node is to blame.
-        a.step(
-            Input::PeerIdentified {
-                peer: c.name,
-                author: c_identity.author(),
-            },
-            at(61),
-        );
+        // C's own node publishes it (the gossip message's source is the sender): C's node is to
+        // blame.
         let outputs = a.step(
             Input::Gossip(vec![GossipIn {
                 token: 9,
                 from: c.name,
+                first_hop: true,
                 topic: Some(space),
                 bytes: forged.clone(),
             }]),
@@ -1922,6 +1928,7 @@ mod private_content {
             Input::Gossip(vec![GossipIn {
                 token: 10,
                 from: c.name,
+                first_hop: true,
                 topic: Some(space),
                 bytes: plain,
             }]),
@@ -1994,12 +2001,14 @@ mod private_content {
                 GossipIn {
                     token: 1,
                     from: PeerHandle(2),
+                    first_hop: true,
                     topic: Some(space),
                     bytes: sealed_by(&member, 1),
                 },
                 GossipIn {
                     token: 2,
                     from: PeerHandle(66),
+                    first_hop: true,
                     topic: Some(space),
                     bytes: sealed_by(&stranger, 2),
                 },
@@ -2026,6 +2035,7 @@ mod private_content {
             Input::Gossip(vec![GossipIn {
                 token: 3,
                 from: PeerHandle(66),
+                first_hop: true,
                 topic: Some(space),
                 bytes: junk.encode(),
             }]),
@@ -2161,6 +2171,7 @@ mod private_content {
             Input::Gossip(vec![GossipIn {
                 token: 11,
                 from: b.name,
+                first_hop: true,
                 topic: Some(space),
                 bytes: late.clone(),
             }]),
@@ -2208,6 +2219,7 @@ mod private_content {
             Input::Gossip(vec![GossipIn {
                 token: 12,
                 from: a.name,
+                first_hop: true,
                 topic: Some(space),
                 bytes: late,
             }]),
@@ -2217,15 +2229,18 @@ mod private_content {
         assert_eq!(titles(&mut c, space).len(), 3);
     }
 
-    /// `a` and `b` connect (each knowing the other's author), follow `space`, and run their
-    /// sync rounds to the end. Every output.
+    /// `a` and `b` connect (each told the other's transport id; their hellos tell each other
+    /// the member behind it), follow `space`, and run their sync rounds to the end. Every
+    /// output.
     fn link_private(a: &mut Node, b: &mut Node, space: SpaceId, now: Now) -> Vec<Output> {
         let meet = |x: &mut Node, y: PeerHandle| {
-            let author = Identity::from_seed([y.0 as u8; 32]).author();
             x.run(
                 vec![
                     Input::PeerConnected { peer: y },
-                    Input::PeerIdentified { peer: y, author },
+                    Input::PeerIdentified {
+                        peer: y,
+                        id: vec![y.0 as u8],
+                    },
                     Input::PeerSubscribed { peer: y, space },
                 ],
                 now,
@@ -2268,6 +2283,7 @@ mod private_content {
                 Input::Gossip(vec![GossipIn {
                     token: 50 + i as u64,
                     from: c.name,
+                    first_hop: true,
                     topic: Some(space),
                     bytes,
                 }]),
@@ -2307,7 +2323,7 @@ mod private_content {
                 Input::PeerConnected { peer: stranger },
                 Input::PeerIdentified {
                     peer: stranger,
-                    author: Identity::from_seed([9; 32]).author(),
+                    id: vec![9],
                 },
             ],
             at(70),
@@ -2762,15 +2778,9 @@ fn an_authors_gossip_is_rate_limited_per_space() {
     );
     let all = contributions(&mut a, space);
     assert_eq!(all.len(), 80);
+    // The author's own node publishes; a relay forwards what it published.
     let own = a.name;
     let relay = PeerHandle(50);
-    b.step(
-        Input::PeerIdentified {
-            peer: own,
-            author: Identity::from_seed([1; 32]).author(),
-        },
-        at(0),
-    );
     let gossip = |from: PeerHandle, items: &[Vec<u8>], first: u64| {
         Input::Gossip(
             items
@@ -2779,6 +2789,7 @@ fn an_authors_gossip_is_rate_limited_per_space() {
                 .map(|(i, bytes)| GossipIn {
                     token: first + i as u64,
                     from,
+                    first_hop: from == own,
                     topic: Some(space),
                     bytes: bytes.clone(),
                 })

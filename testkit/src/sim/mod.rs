@@ -405,6 +405,11 @@ struct Node<R: Replica> {
     requests: HashMap<RequestId, (Intent, u32)>,
 }
 
+/// A node's transport id in the model (what a peer id's bytes are on the wire).
+fn transport_id(node: u32) -> Vec<u8> {
+    node.to_be_bytes().to_vec()
+}
+
 struct Sim<R: Replica> {
     config: SimConfig,
     boot: Boot,
@@ -412,6 +417,8 @@ struct Sim<R: Replica> {
     service_config: ServiceConfig,
     rng: ChaCha8Rng,
     nodes: Vec<Node<R>>,
+    /// The node that first published each gossip message.
+    origins: HashMap<u64, u32>,
     /// Events by virtual millisecond, each millisecond's in the order they were scheduled.
     queue: BTreeMap<u64, VecDeque<Ev>>,
     now: u64,
@@ -466,7 +473,10 @@ impl<R: SimReplica> Sim<R> {
                 &boot,
                 identity.clone(),
                 &storage,
-                service_config.clone(),
+                ServiceConfig {
+                    transport_id: transport_id(nodes.len() as u32),
+                    ..service_config.clone()
+                },
                 rng.random(),
             );
             nodes.push(Node {
@@ -491,6 +501,7 @@ impl<R: SimReplica> Sim<R> {
             service_config,
             rng,
             nodes,
+            origins: HashMap::new(),
             queue: BTreeMap::new(),
             now: 0,
             space: SpaceId([0; 16]),
@@ -845,6 +856,7 @@ impl<R: SimReplica> Sim<R> {
             // One topic in the model: a private space's epoch topics are that of the space.
             NetAction::Publish { bytes, .. } | NetAction::PublishTo { bytes, .. } => {
                 let id = message_id(self.config.replica, &bytes);
+                self.origins.entry(id).or_insert(i);
                 let mut out = Vec::new();
                 self.nodes[i as usize]
                     .gossip
@@ -899,12 +911,14 @@ impl<R: SimReplica> Sim<R> {
         for (x, y) in [(a, b), (b, a)] {
             self.nodes[x as usize].gossip.connected(y);
             let peer = PeerHandle(u64::from(y));
-            let author = self.nodes[y as usize].identity.author();
             self.step(
                 x,
                 vec![
                     Input::PeerConnected { peer },
-                    Input::PeerIdentified { peer, author },
+                    Input::PeerIdentified {
+                        peer,
+                        id: transport_id(y),
+                    },
                     Input::PeerSubscribed { peer, space },
                 ],
             );
@@ -939,6 +953,7 @@ impl<R: SimReplica> Sim<R> {
                 let g = GossipIn {
                     token,
                     from: PeerHandle(u64::from(from)),
+                    first_hop: self.origins.get(&id) == Some(&from),
                     topic: Some(space),
                     bytes: bytes.as_ref().clone(),
                 };
@@ -1187,7 +1202,10 @@ impl<R: SimReplica> Sim<R> {
             old,
             n.identity.clone(),
             &n.storage,
-            self.service_config.clone(),
+            ServiceConfig {
+                transport_id: transport_id(node),
+                ..self.service_config.clone()
+            },
             seed,
         );
         n.service = Some(service);

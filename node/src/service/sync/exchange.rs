@@ -2,6 +2,7 @@
 //! for (with a deadline), what it has received but not yet ingested, and its progress.
 //!
 //! ```text
+//!  [Hello ──hello (a member's)──►]   (a private space, while the peer's author is not known)
 //!  Summary ──in_sync──────────────────────────────────────────► end: InSync
 //!     │ ──heads, nothing wanted───────────────────────────────► end: InSync | PeerBehind
 //!     │ ──heads, wants──► Fetch ──contributions (new)──► Fetch   (next fetch sent at once,
@@ -25,6 +26,9 @@ use std::collections::BTreeMap;
 /// Where an exchange stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
+    /// A private space's `Hello` is out (sealed under this epoch); the peer's `Hello` is
+    /// expected, then the exchange goes on as from `Summary`.
+    Hello(agora_protocol::keys::KeyId),
     /// A `Summary` is out; `InSync` or `Heads` is expected.
     Summary,
     /// A `Fetch` is out; `Contributions` is expected.

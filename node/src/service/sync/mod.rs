@@ -26,6 +26,7 @@ use super::{
     SyncBatch, SyncFailure,
 };
 use agora_protocol::automerge::ChangeHash;
+use agora_protocol::keys::KeyId;
 use agora_protocol::sync::{
     self, DocHeads, SyncRequest, SyncResponse, MAX_DOCS_PER_SPACE, MAX_HEADS_PER_DOC,
     MAX_RESPONSE_CONTRIBUTION_BYTES, MAX_WANTS,
@@ -100,8 +101,11 @@ pub(crate) struct Scheduler {
     next_id: u64,
     /// Outbound requests that failed (timeouts, transport failures, refusals).
     pub failures: u64,
-    /// The author behind each connected peer, where the network could tell.
-    pub(crate) authors: BTreeMap<PeerHandle, agora_protocol::AuthorId>,
+    /// The member behind a connected peer, per private space, as its hello proved it (PROTOCOL
+    /// 14.9): a peer id says nothing of its author.
+    pub(crate) authors: BTreeMap<Pair, agora_protocol::AuthorId>,
+    /// Each connected peer's transport id (the bytes of its peer id), which hellos bind.
+    pub(crate) transport_ids: BTreeMap<PeerHandle, Vec<u8>>,
     /// Private spaces whose membership changed: the next tick opens pairs with the peers that
     /// follow them and are members now.
     pub(crate) rejoin: BTreeSet<SpaceId>,
@@ -154,7 +158,8 @@ impl<R: Replica> Service<R> {
     pub(super) fn peer_disconnected(&mut self, peer: PeerHandle, now: Now) {
         self.sync.wakeup.set(None);
         self.sync.peers.remove(&peer);
-        self.sync.authors.remove(&peer);
+        self.sync.authors.retain(|(p, _), _| *p != peer);
+        self.sync.transport_ids.remove(&peer);
         self.forget_peer(peer);
         self.start_queued(now);
     }
@@ -169,7 +174,7 @@ impl<R: Replica> Service<R> {
             return;
         }
         spaces.insert(space);
-        if self.syncs_with(peer, &space) {
+        if self.may_open(peer, &space) {
             self.open_pair((peer, space), now);
             self.start_exchange((peer, space), now);
         }
@@ -197,6 +202,24 @@ impl<R: Replica> Service<R> {
         }
     }
 
+    /// The member behind `peer` in `space` became known: a round with it starts now, unless one
+    /// runs already.
+    pub(super) fn sync_with_known(&mut self, peer: PeerHandle, space: SpaceId, now: Now) {
+        self.sync.wakeup.set(None);
+        let follows = self
+            .sync
+            .peers
+            .get(&peer)
+            .is_some_and(|s| s.contains(&space));
+        if follows
+            && self.syncs_with(peer, &space)
+            && !self.sync.exchanges.contains_key(&(peer, space))
+        {
+            self.open_pair((peer, space), now);
+            self.start_exchange((peer, space), now);
+        }
+    }
+
     /// A space was joined: start rounds with the peers already in it.
     pub(super) fn sync_joined(&mut self, space: SpaceId, now: Now) {
         self.sync.wakeup.set(None);
@@ -208,7 +231,7 @@ impl<R: Replica> Service<R> {
             .map(|(p, _)| *p)
             .collect();
         for peer in peers {
-            if !self.syncs_with(peer, &space) {
+            if !self.may_open(peer, &space) {
                 continue;
             }
             self.open_pair((peer, space), now);
@@ -354,22 +377,52 @@ impl<R: Replica> Service<R> {
             self.sync.queued.insert(pair);
             return;
         }
-        let (peer, space) = pair;
-        let digest = self.digest(&space);
         let id = self.next_id();
-        self.sync
-            .exchanges
-            .insert(pair, Exchange::new(id, now.mono + self.config.sync_timeout));
+        let mut exchange = Exchange::new(id, now.mono + self.config.sync_timeout);
+        // A private space's peer says which member runs it before anything else.
+        let hello = match self.hello_needed(pair) {
+            Ok(hello) => hello,
+            Err(()) => return,
+        };
+        if let Some((key, _)) = &hello {
+            exchange.phase = Phase::Hello(*key);
+        }
+        self.sync.exchanges.insert(pair, exchange);
+        self.sync.outstanding.insert(id, pair);
+        let request = match hello {
+            Some((_, request)) => request,
+            None => self.summary(&pair.1),
+        };
+        self.outbox.net(NetAction::SyncRequest {
+            peer: pair.0,
+            exchange: id,
+            request,
+        });
+    }
+
+    /// The running exchange of `pair` goes on with this node's `Summary`.
+    fn send_summary(&mut self, pair: Pair, now: Now) {
+        let id = self.next_id();
+        let request = self.summary(&pair.1);
+        if let Some(ex) = self.sync.exchanges.get_mut(&pair) {
+            ex.phase = Phase::Summary;
+            ex.outstanding = Some((id, now.mono + self.config.sync_timeout));
+        }
         self.sync.outstanding.insert(id, pair);
         self.outbox.net(NetAction::SyncRequest {
-            peer,
+            peer: pair.0,
             exchange: id,
-            request: SyncRequest::Summary {
-                v: 1,
-                space: self.wire_name(&space),
-                digest,
-            },
+            request,
         });
+    }
+
+    /// This node's `Summary` of `space`.
+    fn summary(&mut self, space: &SpaceId) -> SyncRequest {
+        SyncRequest::Summary {
+            v: 1,
+            space: self.wire_name(space),
+            digest: self.digest(space),
+        }
     }
 
     fn start_queued(&mut self, now: Now) {
@@ -509,6 +562,18 @@ impl<R: Replica> Service<R> {
             }
         };
         match (phase, response) {
+            (Phase::Hello(key), SyncResponse::Hello { nonce, ct }) => {
+                match self.hello_answered(pair, key, &nonce, &ct) {
+                    // A member: the exchange goes on with this node's summary.
+                    Ok(true) => self.send_summary(pair, now),
+                    Ok(false) => {
+                        // Not a member in this node's view: no sync of this space with it.
+                        self.sync.pairs.remove(&pair);
+                        self.drop_exchange(pair);
+                    }
+                    Err(why) => self.ban(peer, why, now),
+                }
+            }
             (Phase::Summary, SyncResponse::InSync) => {
                 self.end_exchange(pair, Some(SyncState::InSync), now)
             }
@@ -518,6 +583,13 @@ impl<R: Replica> Service<R> {
                 // these items (it was made from them; a mismatch means a shell bug: verify here).
                 let checked = checked.filter(|c| c.len() == items.len());
                 self.on_contributions(pair, items, checked, now)
+            }
+            // The peer could not open this node's hello (it lacks this epoch yet), but its own
+            // hello, under an older one, told this node who runs it: go on without.
+            (Phase::Hello(_), SyncResponse::Refused { .. })
+                if self.sync.authors.contains_key(&pair) =>
+            {
+                self.send_summary(pair, now)
             }
             (_, SyncResponse::Refused { reason }) => {
                 self.sync.failures += 1;
@@ -949,6 +1021,16 @@ impl<R: Replica> Service<R> {
         if let Err(reason) = request.check() {
             return SyncResponse::Refused { reason };
         }
+        if let SyncRequest::Hello {
+            space,
+            key,
+            nonce,
+            ct,
+            ..
+        } = &request
+        {
+            return self.answer_hello(peer, *space, KeyId(*key), nonce, ct, now);
+        }
         // A private space is named by its locator; it is answered only to a member's node, and
         // anyone else gets exactly what a space not held gets.
         let Some(space) = self
@@ -1015,6 +1097,10 @@ impl<R: Replica> Service<R> {
                 }
                 SyncResponse::Contributions { items, more }
             }
+            // Answered above.
+            SyncRequest::Hello { .. } => SyncResponse::Refused {
+                reason: "space not held here".into(),
+            },
         }
     }
 
@@ -1043,7 +1129,7 @@ impl<R: Replica> Service<R> {
                 .sync
                 .pairs
                 .keys()
-                .filter(|(p, s)| *s == space && !self.syncs_with(*p, s))
+                .filter(|(p, s)| *s == space && !self.may_open(*p, s))
                 .copied()
                 .collect();
             for pair in stale {
@@ -1167,7 +1253,7 @@ impl<R: Replica> Service<R> {
                     .sync
                     .exchanges
                     .get(&(*peer, *space))
-                    .filter(|ex| ex.phase != Phase::Summary)
+                    .filter(|ex| !matches!(ex.phase, Phase::Summary | Phase::Hello(_)))
                     .map(|ex| SyncState::CatchingUp {
                         docs_left: ex.docs_left,
                         received: ex.accepted,

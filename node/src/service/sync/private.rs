@@ -1,6 +1,8 @@
 //! Sync of private spaces (PROTOCOL §14.9): requests name a private space by its locator (the
-//! first 16 bytes of it, where an open space's id goes), a responder answers only peers whose
-//! author is a member, and the space's membership operations are synced as one more document,
+//! first 16 bytes of it, where an open space's id goes), each pair begins with a hello that tells
+//! the member behind each peer to the other (sealed under the space's key, bound to both
+//! transport ids: a peer id says nothing of its author), a responder answers only peers whose
+//! member it knows that way, and the space's membership operations are synced as one more document,
 //! [`OPS_DOC`]: its changes are the operations (an operation's id is its hash, its parents its
 //! dependencies).
 //!
@@ -8,10 +10,14 @@
 //! what the replica holds.
 
 use crate::service::replica::Replica;
-use crate::service::{PeerHandle, Service};
+use crate::service::{Now, PeerHandle, Service};
 use agora_protocol::automerge::ChangeHash;
+use agora_protocol::hello;
+use agora_protocol::keys::KeyId;
 use agora_protocol::membership::{Op, OpId};
-use agora_protocol::{AuthorId, DocId, SpaceId};
+use agora_protocol::sync::{SyncRequest, SyncResponse};
+use agora_protocol::{DocId, SpaceId};
+use rand::RngExt;
 
 /// The document id under which a private space's membership operations are synced (no real
 /// document has it: document ids are hashes).
@@ -54,10 +60,13 @@ impl<R: Replica> Service<R> {
             .map(|(s, _)| *s)
     }
 
-    /// Remembers the author behind a peer (the network derives it from the peer id, which
-    /// noise authenticated).
-    pub(crate) fn peer_identified(&mut self, peer: PeerHandle, author: AuthorId) {
-        self.sync.authors.insert(peer, author);
+    /// Remembers a connected peer's transport id (the bytes of its peer id), which its hellos
+    /// and this node's hellos to it bind. An id longer than a hello allows is not kept: no hello
+    /// with that peer can be made, so no private space is synced with it.
+    pub(crate) fn peer_identified(&mut self, peer: PeerHandle, id: Vec<u8>) {
+        if id.len() <= hello::MAX_TRANSPORT_ID {
+            self.sync.transport_ids.insert(peer, id);
+        }
     }
 
     /// A private space's membership changed: the next tick opens pairs with the peers that
@@ -67,8 +76,9 @@ impl<R: Replica> Service<R> {
         self.sync.wakeup.set(None);
     }
 
-    /// Whether this node syncs `space` with `peer`: an open space held, or a private space of
-    /// which both this node and the peer's author are members.
+    /// Whether this node answers `peer`'s requests about `space`: an open space held, or a
+    /// private space of which both this node and the member behind the peer (as its hello
+    /// proved) are members.
     pub(crate) fn syncs_with(&self, peer: PeerHandle, space: &SpaceId) -> bool {
         if self.spaces.contains_key(space) {
             return true;
@@ -76,14 +86,159 @@ impl<R: Replica> Service<R> {
         let Some(view) = self.private.get(space) else {
             return false;
         };
-        let me = self.replica.author();
         let members = view.membership();
-        members.role(&me).is_some()
+        members.role(&self.replica.author()).is_some()
             && self
                 .sync
                 .authors
-                .get(&peer)
+                .get(&(peer, *space))
                 .is_some_and(|a| members.role(a).is_some())
+    }
+
+    /// Whether this node opens a sync pair with `peer` about `space`: as [`Self::syncs_with`],
+    /// or a private space whose member behind the peer is not known yet (its first request is
+    /// then a hello).
+    pub(crate) fn may_open(&self, peer: PeerHandle, space: &SpaceId) -> bool {
+        if self.syncs_with(peer, space) {
+            return true;
+        }
+        self.private.get(space).is_some_and(|view| {
+            view.membership().role(&self.replica.author()).is_some()
+                && !self.sync.authors.contains_key(&(peer, *space))
+        })
+    }
+
+    /// The hello a pair's exchange starts with: `None` when none is needed (an open space, or
+    /// the member behind the peer is known), `Err` when one is needed and cannot be made (no
+    /// current key, or no transport id for the peer).
+    #[allow(clippy::result_unit_err)]
+    pub(crate) fn hello_needed(
+        &mut self,
+        (peer, space): (PeerHandle, SpaceId),
+    ) -> Result<Option<(KeyId, SyncRequest)>, ()> {
+        if !self.private.contains_key(&space) || self.sync.authors.contains_key(&(peer, space)) {
+            return Ok(None);
+        }
+        let nonce: [u8; 24] = self.rng.random();
+        let name = self.wire_name(&space);
+        let (Some(view), Some(keys), Some(to)) = (
+            self.private.get(&space),
+            self.keys.as_ref(),
+            self.sync.transport_ids.get(&peer),
+        ) else {
+            return Err(());
+        };
+        let (key, cipher) = view.current().ok_or(())?;
+        let ct = hello::seal(
+            &keys.identity,
+            &space,
+            &key,
+            cipher,
+            &self.config.transport_id,
+            to,
+            &nonce,
+        )
+        .map_err(|_| ())?;
+        Ok(Some((
+            key,
+            SyncRequest::Hello {
+                v: 2,
+                space: name,
+                key: key.0,
+                nonce,
+                ct: serde_bytes::ByteBuf::from(ct),
+            },
+        )))
+    }
+
+    /// A peer's answer to this node's hello (sealed under `key`): `Ok(true)` when it is a
+    /// member's (now known), `Ok(false)` when a valid hello comes from someone who is not a
+    /// member in this node's view, `Err` with a ban reason when it is not a valid hello.
+    pub(crate) fn hello_answered(
+        &mut self,
+        (peer, space): (PeerHandle, SpaceId),
+        key: KeyId,
+        nonce: &[u8; 24],
+        ct: &[u8],
+    ) -> Result<bool, &'static str> {
+        let (Some(view), Some(from)) =
+            (self.private.get(&space), self.sync.transport_ids.get(&peer))
+        else {
+            return Ok(false);
+        };
+        let cipher = view.cipher(&key).ok_or("sync_bad_hello")?;
+        let author = hello::open(
+            &space,
+            &key,
+            cipher,
+            nonce,
+            ct,
+            from,
+            &self.config.transport_id,
+        )
+        .map_err(|_| "sync_bad_hello")?;
+        if view.membership().role(&author).is_none() {
+            return Ok(false);
+        }
+        self.sync.authors.insert((peer, space), author);
+        Ok(true)
+    }
+
+    /// A peer's hello: if this node holds the space it names and the epoch it is sealed under,
+    /// and the member it proves is a member in this node's view, remember it and answer with this
+    /// node's own hello under the same key. Anyone else gets exactly what a space not held gets
+    /// (a peer that cannot seal under the space's key learns nothing of who runs this node).
+    pub(crate) fn answer_hello(
+        &mut self,
+        peer: PeerHandle,
+        name: [u8; 16],
+        key: KeyId,
+        nonce: &[u8; 24],
+        ct: &[u8],
+        now: Now,
+    ) -> SyncResponse {
+        let refused = || SyncResponse::Refused {
+            reason: "space not held here".into(),
+        };
+        let reply_nonce: [u8; 24] = self.rng.random();
+        let Some(space) = self
+            .space_named(name)
+            .filter(|s| self.private.contains_key(s))
+        else {
+            return refused();
+        };
+        let (Some(view), Some(keys), Some(from)) = (
+            self.private.get(&space),
+            self.keys.as_ref(),
+            self.sync.transport_ids.get(&peer),
+        ) else {
+            return refused();
+        };
+        let me = &self.config.transport_id;
+        let Some(cipher) = view.cipher(&key) else {
+            return refused();
+        };
+        let members = view.membership();
+        let author = match hello::open(&space, &key, cipher, nonce, ct, from, me) {
+            Ok(author) if members.role(&author).is_some() => author,
+            Ok(_) | Err(_) => return refused(),
+        };
+        if members.role(&keys.identity.author()).is_none() {
+            return refused();
+        }
+        let Ok(ct) = hello::seal(&keys.identity, &space, &key, cipher, me, from, &reply_nonce)
+        else {
+            return refused();
+        };
+        self.sync.authors.insert((peer, space), author);
+        // This node's own round with the peer needs no hello now: start it if none runs (the
+        // peer's hello may have come under an older epoch than this node's, which the peer
+        // could not have opened).
+        self.sync_with_known(peer, space, now);
+        SyncResponse::Hello {
+            nonce: reply_nonce,
+            ct: serde_bytes::ByteBuf::from(ct),
+        }
     }
 
     /// Calls `f` with every document of a space that has heads, in id order, with its heads
