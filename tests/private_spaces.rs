@@ -509,6 +509,33 @@ async fn spammers_are_bounded_while_honest_members_converge() {
             );
         }
     }
+    // Nor who is in the space: no member's author key is in any byte it received (authors and
+    // signatures travel inside the ciphertext), and no node's peer id holds its author key (a
+    // node's transport key is derived apart from it), so the peers it saw follow the topic name
+    // nobody.
+    let authors = [
+        a.author(),
+        b.author(),
+        c.author(),
+        spammer.identity.author(),
+    ];
+    for (_, bytes) in &received {
+        for author in &authors {
+            assert!(
+                !bytes.windows(32).any(|w| w == author.0),
+                "the stranger received a member's author key in the clear"
+            );
+        }
+    }
+    for node in &nodes {
+        let id: libp2p::PeerId = node.handle.peer_id().parse().expect("peer id");
+        for author in &authors {
+            assert!(
+                !id.to_bytes().windows(32).any(|w| w == author.0),
+                "a node's peer id holds an author key"
+            );
+        }
+    }
     spammer.stop().await;
     stranger.stop().await;
     shutdown_all(&nodes).await;

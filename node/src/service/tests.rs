@@ -2410,6 +2410,122 @@ mod private_content {
         out
     }
 
+    /// `node` meets `peer` (told its transport id, the peer's name byte) following `space`: the
+    /// hello its sync round begins with.
+    fn hello_to(node: &mut Node, peer: PeerHandle, space: SpaceId, t: u64) -> SyncRequest {
+        let outputs = node.run(
+            vec![
+                Input::PeerConnected { peer },
+                Input::PeerIdentified {
+                    peer,
+                    id: vec![peer.0 as u8],
+                },
+                Input::PeerSubscribed { peer, space },
+            ],
+            at(t),
+        );
+        let hellos: Vec<SyncRequest> = requests(&outputs)
+            .into_iter()
+            .filter(|(to, _, r)| *to == peer && matches!(r, SyncRequest::Hello { .. }))
+            .map(|(_, _, r)| r)
+            .collect();
+        assert_eq!(hellos.len(), 1, "one hello, before any summary");
+        hellos.into_iter().next().unwrap()
+    }
+
+    /// The hello of private-space sync (PROTOCOL §14.9) tells the member behind a peer only to
+    /// the member it greets: nothing is answered before it; a member's hello is answered with
+    /// the responder's, which only a holder of the key opens; the same hello from another
+    /// connection, a stranger's, and a removed member's are answered as a space not held is.
+    #[test]
+    fn a_hello_tells_who_runs_a_node_only_to_a_member() {
+        let (mut o, space) = Node::owning(1, "Hello");
+        let mut m = admit(&mut o, space, 2, Role::Member, 10);
+        let mut x = admit(&mut o, space, 3, Role::Member, 20);
+        let not_held = SyncResponse::Refused {
+            reason: "space not held here".into(),
+        };
+        for peer in [m.name, x.name, PeerHandle(9)] {
+            o.run(
+                vec![
+                    Input::PeerConnected { peer },
+                    Input::PeerIdentified {
+                        peer,
+                        id: vec![peer.0 as u8],
+                    },
+                ],
+                at(30),
+            );
+        }
+        // Before a hello, even a member's summary is refused: a peer id names no author.
+        let summary = SyncRequest::Summary {
+            v: 1,
+            space: o.service.wire_name(&space),
+            digest: [0; 32],
+        };
+        assert_eq!(o.answer(m.name, summary.clone(), at(31)), not_held);
+
+        // M's hello is sealed (its author is nowhere in the clear) and O answers with its own.
+        let hello = hello_to(&mut m, o.name, space, 32);
+        let SyncRequest::Hello { key, ct, .. } = &hello else {
+            unreachable!()
+        };
+        let m_author = Identity::from_seed([2; 32]).author();
+        assert!(!ct.windows(32).any(|w| w == m_author.0));
+        let SyncResponse::Hello { nonce, ct } = o.answer(m.name, hello.clone(), at(33)) else {
+            panic!("O answers a member's hello with its own")
+        };
+        let key = agora_protocol::keys::KeyId(*key);
+        let cipher = m.service.private[&space].cipher(&key).unwrap().clone();
+        assert_eq!(
+            agora_protocol::hello::open(&space, &key, &cipher, &nonce, &ct, &[1], &[2]),
+            Ok(Identity::from_seed([1; 32]).author()),
+            "O's hello, bound to this connection"
+        );
+        assert!(matches!(
+            o.answer(m.name, summary.clone(), at(34)),
+            SyncResponse::Heads { .. }
+        ));
+
+        // The same hello replayed over another connection proves nothing.
+        assert_eq!(o.answer(PeerHandle(9), hello, at(35)), not_held);
+        assert_eq!(o.answer(PeerHandle(9), summary.clone(), at(35)), not_held);
+
+        // A stranger's hello, under a key of its own making: a space not held.
+        let made_up = agora_protocol::keys::EpochSecret::from_bytes([42; 32]);
+        let stranger = Identity::from_seed([9; 32]);
+        let forged = agora_protocol::hello::seal(
+            &stranger,
+            &space,
+            &made_up.key_id(),
+            &made_up.content_key().cipher(),
+            &[9],
+            &[1],
+            &[5; 24],
+        )
+        .unwrap();
+        let forged = SyncRequest::Hello {
+            v: 2,
+            space: o.service.wire_name(&space),
+            key: made_up.key_id().0,
+            nonce: [5; 24],
+            ct: serde_bytes::ByteBuf::from(forged),
+        };
+        assert_eq!(o.answer(PeerHandle(9), forged, at(36)), not_held);
+
+        // X is removed; its node has not heard of it and greets O under the key it holds.
+        o.command(
+            Command::RemoveMember {
+                space,
+                member: Identity::from_seed([3; 32]).author(),
+            },
+            at(40),
+        );
+        let hello = hello_to(&mut x, o.name, space, 41);
+        assert_eq!(o.answer(x.name, hello, at(42)), not_held);
+        assert_eq!(o.answer(x.name, summary, at(42)), not_held);
+    }
+
     /// A removal and the removed member's concurrent writes (a comment, a new idea), with or
     /// without a member's reply built on the late comment, reach observers in every order;
     /// after sync every node shows the same ideas and has the same heads: what the write rule
