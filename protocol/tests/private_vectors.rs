@@ -93,6 +93,7 @@ const INPUTS: &[&str] = &[
     "v2_addr",
     "v2_content_nonce",
     "v2_op_nonce",
+    "v2_hello_nonce",
 ];
 
 fn wrap_with(
@@ -347,6 +348,60 @@ fn compute(spec: &BTreeMap<String, String>) -> (BTreeMap<&'static str, String>, 
     );
     v.insert("v2_contribution_plaintext", hex::encode(signed.encode()));
     v.insert("v2_contribution", hex::encode(envelope.encode()));
+
+    // Transport keys (14.9): each node's libp2p key, derived from its identity seed; its peer
+    // id's bytes are the identity multihash of the protobuf-encoded ed25519 public key.
+    let transport_public = |who: &Identity| Identity::from_seed(keys::transport_seed(who)).author();
+    v.insert(
+        "v2_transport_seed",
+        hex::encode(keys::transport_seed(&owner)),
+    );
+    v.insert("v2_transport_public", transport_public(&owner).to_hex());
+    let peer_id = |who: &Identity| {
+        [
+            &[0x00, 0x24, 0x08, 0x01, 0x12, 0x20][..],
+            &transport_public(who).0,
+        ]
+        .concat()
+    };
+    let (from, to) = (peer_id(&newcomer), peer_id(&owner));
+    v.insert("v2_hello_from", hex::encode(&from));
+    v.insert("v2_hello_to", hex::encode(&to));
+    // The newcomer's hello to the owner, under the rotation's epoch.
+    let hello_nonce: [u8; 24] = hex_in(spec, "v2_hello_nonce");
+    v.insert(
+        "v2_hello_message",
+        hex::encode(
+            agora_protocol::hello::hello_message(
+                &space,
+                &epoch.key_id(),
+                &newcomer.author(),
+                &from,
+                &to,
+            )
+            .unwrap(),
+        ),
+    );
+    let ct = agora_protocol::hello::seal(
+        &newcomer,
+        &space,
+        &epoch.key_id(),
+        &epoch.content_key().cipher(),
+        &from,
+        &to,
+        &hello_nonce,
+    )
+    .unwrap();
+    let mut locator = [0u8; 16];
+    locator.copy_from_slice(&hkdf(&root, b"agora/v2/locator")[..16]);
+    let hello = agora_protocol::sync::SyncRequest::Hello {
+        v: 2,
+        space: locator,
+        key: epoch.key_id().0,
+        nonce: hello_nonce,
+        ct: ct.into(),
+    };
+    v.insert("v2_hello", hex::encode(hello.encode()));
     (v, ops)
 }
 
@@ -456,6 +511,43 @@ fn the_version_2_vectors_verify_and_open_as_the_spec_says() {
         assert!(!bytes("v2_contribution")
             .windows(32)
             .any(|w| w == signed.author.0));
+        // The hello opens under the same epoch to the newcomer's author and a signature over the
+        // hello message, which binds both transport ids (§14.9).
+        let Ok(agora_protocol::sync::SyncRequest::Hello { key, nonce, ct, .. }) =
+            agora_protocol::sync::SyncRequest::decode(&bytes("v2_hello"))
+        else {
+            panic!("a hello request")
+        };
+        assert_eq!(key, epoch.key_id().0);
+        let aad = [b"agora-hello-v2\0".as_slice(), &space.0, &key].concat();
+        let plain = cipher
+            .decrypt(
+                &chacha20poly1305::XNonce::from(nonce),
+                Payload {
+                    msg: &ct,
+                    aad: &aad,
+                },
+            )
+            .expect("the hello opens");
+        let mut r = plain.as_slice();
+        let mut take = |n: usize| {
+            let (head, rest) = r.split_at(n);
+            r = rest;
+            head.to_vec()
+        };
+        assert_eq!(take(1), [0xa2]);
+        assert_eq!(take(7), b"\x66author");
+        assert_eq!(take(2), [0x58, 0x20]);
+        let author: [u8; 32] = take(32).try_into().unwrap();
+        assert_eq!(take(4), b"\x63sig");
+        assert_eq!(take(2), [0x58, 0x40]);
+        let sig: [u8; 64] = take(64).try_into().unwrap();
+        let message = bytes("v2_hello_message");
+        assert!(message.ends_with(&[&[38], &bytes("v2_hello_to")[..]].concat()));
+        ed25519_dalek::VerifyingKey::from_bytes(&author)
+            .unwrap()
+            .verify_strict(&message, &ed25519_dalek::Signature::from_bytes(&sig))
+            .expect("the newcomer's signature");
     }
     // An operation id is SHA-256 of the domain and the map without "sig" (§14.3).
     for op in &ops {

@@ -150,3 +150,30 @@ pub fn new(
 ) -> Result<EventLoop, NetworkError> {
     EventLoop::new(seed, config, engine, actions, commands)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agora_protocol::Identity;
+
+    /// A node's peer id is its transport key's (PROTOCOL 14.9), whose bytes are what the spec
+    /// says a transport id is: the identity multihash of the protobuf-encoded ed25519 public key
+    /// of `keys::transport_seed`. It holds nothing of the author key.
+    #[test]
+    fn a_peer_id_is_the_transport_key_and_names_no_author() {
+        let identity = Identity::from_seed([7; 32]);
+        let seed = agora_protocol::keys::transport_seed(&identity);
+        let id = peer_id(seed).to_bytes();
+        let public = Identity::from_seed(seed).author();
+        assert_eq!(
+            id,
+            [&[0x00, 0x24, 0x08, 0x01, 0x12, 0x20][..], &public.0].concat()
+        );
+        assert!(!id.windows(32).any(|w| w == identity.author().0));
+        assert_eq!(
+            crate::peer_id_of(&identity),
+            peer_id(seed).to_string(),
+            "what the CLI prints is the peer id the node runs with"
+        );
+    }
+}
