@@ -1,8 +1,8 @@
 //! The identity of a person and their node: one ed25519 secret.
 //!
 //! The 32-byte secret seed is the signing key of every contribution; its public key is the
-//! [`AuthorId`]. The node derives its libp2p `PeerId` from the same seed, so one key names both
-//! the node and its author.
+//! [`AuthorId`]. The node's libp2p key is derived from the seed by HKDF
+//! ([`crate::keys::transport_seed`]), so its `PeerId` says nothing of its author.
 
 use crate::ids::AuthorId;
 use ed25519_dalek::{Signer, SigningKey};

@@ -459,9 +459,9 @@ fn outputs_follow_the_rules_in_the_spec() {
 #[test]
 fn peer_id_derivation_matches_the_known_libp2p_form() {
     // Every libp2p ed25519 PeerId starts with "12D3KooW" (the fixed 6-byte prefix); the exact
-    // value for the vector seed was computed with libp2p-identity 0.3
-    // (`Keypair::ed25519_from_bytes(seed).public().to_peer_id()`). The node crate should assert
-    // the same against libp2p itself.
+    // value for the vector seed's key was computed with libp2p-identity 0.3
+    // (`Keypair::ed25519_from_bytes(seed).public().to_peer_id()`). A node's own PeerId is that
+    // of its transport seed (PROTOCOL 2.2); the node crate checks that layout against libp2p.
     let spec = spec_vectors();
     assert!(spec["peer_id"].starts_with("12D3KooW"));
     assert_eq!(base58btc(&[0, 0, 1]), "112");

@@ -108,6 +108,8 @@ impl Peer {
     }
 
     fn start(seed: [u8; 32], script: Option<Script>) -> Peer {
+        // A raw peer keeps it simple: its libp2p key is its identity's own (a node derives a
+        // transport key apart; nothing a node does depends on which).
         let identity = Identity::from_seed(seed);
         let mut secret = seed; // `ed25519_from_bytes` zeroes its argument.
         let keypair =

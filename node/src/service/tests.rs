@@ -2487,7 +2487,7 @@ mod private_content {
             SyncResponse::Heads { .. }
         ));
 
-        // The same hello replayed over another connection proves nothing.
+        // The same hello replayed by another peer proves nothing (it binds M's transport id).
         assert_eq!(o.answer(PeerHandle(9), hello, at(35)), not_held);
         assert_eq!(o.answer(PeerHandle(9), summary.clone(), at(35)), not_held);
 
@@ -2524,6 +2524,111 @@ mod private_content {
         let hello = hello_to(&mut x, o.name, space, 41);
         assert_eq!(o.answer(x.name, hello, at(42)), not_held);
         assert_eq!(o.answer(x.name, summary, at(42)), not_held);
+    }
+
+    /// The requester checks the hello it is answered with: a valid hello from someone who is no
+    /// longer a member in its view (removed while the hello travelled) ends the pair without
+    /// blame and with no summary sent; a hello that does not open bans the peer; a member's
+    /// goes on with the summary.
+    #[test]
+    fn a_requester_checks_the_hello_it_is_answered_with() {
+        let (mut o, space) = Node::owning(1, "Hello back");
+        let mut x = admit(&mut o, space, 3, Role::Member, 10);
+        // (M joins after X: it holds X's admission, which X's removal builds on.)
+        let mut m = admit(&mut o, space, 2, Role::Member, 20);
+        let answer_from = |o: &mut Node, peer: &mut Node, t: u64| {
+            let outputs = o.run(
+                vec![
+                    Input::PeerConnected { peer: peer.name },
+                    Input::PeerIdentified {
+                        peer: peer.name,
+                        id: vec![peer.name.0 as u8],
+                    },
+                    Input::PeerSubscribed {
+                        peer: peer.name,
+                        space,
+                    },
+                ],
+                at(t),
+            );
+            let (_, exchange, hello) = requests(&outputs).pop().expect("a hello");
+            assert!(matches!(hello, SyncRequest::Hello { .. }));
+            peer.step(
+                Input::PeerIdentified {
+                    peer: o.name,
+                    id: vec![1],
+                },
+                at(t),
+            );
+            (exchange, peer.answer(o.name, hello, at(t)))
+        };
+        // X answers with a valid hello of its own; O removes X before the answer arrives.
+        let (exchange, answer) = answer_from(&mut o, &mut x, 40);
+        assert!(matches!(answer, SyncResponse::Hello { .. }), "{answer:?}");
+        let removal = said(
+            &mut o,
+            space,
+            Command::RemoveMember {
+                space,
+                member: Identity::from_seed([3; 32]).author(),
+            },
+            40,
+        );
+        let outputs = o.step(
+            Input::SyncResponse {
+                peer: x.name,
+                exchange,
+                result: Ok(answer),
+                checked: None,
+            },
+            at(41),
+        );
+        assert!(bans(&outputs).is_empty());
+        assert!(requests(&outputs).is_empty(), "no summary to a non-member");
+        assert!(o.service.sync_status().iter().all(|p| p.peer != x.name));
+
+        // M takes the removal in (and the new epoch with it), then answers O's hello with bytes
+        // that do not open: banned.
+        let removal = super::private_gossip::followed(&m, space, &removal);
+        assert!(!verdicts(&m.step(Input::Gossip(removal), at(45))).contains(&Verdict::Reject));
+        let (exchange, answer) = answer_from(&mut o, &mut m, 50);
+        let SyncResponse::Hello { nonce, ct } = answer else {
+            panic!("M greets O back")
+        };
+        let mut bad = ct.to_vec();
+        bad[0] ^= 1;
+        let outputs = o.step(
+            Input::SyncResponse {
+                peer: m.name,
+                exchange,
+                result: Ok(SyncResponse::Hello {
+                    nonce,
+                    ct: serde_bytes::ByteBuf::from(bad),
+                }),
+                checked: None,
+            },
+            at(51),
+        );
+        assert_eq!(bans(&outputs), vec![(m.name, "sync_bad_hello")]);
+
+        // Unbanned and greeted again later, M's true answer lets the round go on.
+        let later = 51 + config().ban_for + 1;
+        o.step(Input::PeerDisconnected { peer: m.name }, at(later));
+        let (exchange, answer) = answer_from(&mut o, &mut m, later + 1);
+        let outputs = o.step(
+            Input::SyncResponse {
+                peer: m.name,
+                exchange,
+                result: Ok(answer),
+                checked: None,
+            },
+            at(later + 2),
+        );
+        assert!(bans(&outputs).is_empty());
+        assert!(matches!(
+            requests(&outputs).as_slice(),
+            [(_, _, SyncRequest::Summary { .. })]
+        ));
     }
 
     /// A removal and the removed member's concurrent writes (a comment, a new idea), with or
@@ -2675,6 +2780,19 @@ mod private_content {
     /// wraps, which that member could not open, and only sync repaired it).
     #[test]
     fn a_member_whose_wrap_is_in_a_share_takes_a_removal_in_by_gossip() {
+        let (o, mut m, space, msgs) = removal_in_a_big_space();
+        let msgs = super::private_gossip::followed(&m, space, &msgs);
+        let outputs = m.step(Input::Gossip(msgs), at(3));
+        assert!(!verdicts(&outputs).contains(&Verdict::Reject));
+        let current = |n: &Node| n.service.private[&space].current().map(|(k, _)| k);
+        assert!(current(&o).is_some());
+        assert_eq!(current(&m), current(&o), "the member holds the new epoch");
+    }
+
+    /// A space of more than `MAX_WRAPS` members whose owner's node (`o`) removes one: `m` is the
+    /// member whose wrap of the new epoch is in the last share. What `o` publishes, in order
+    /// (the removal, then the shares, each on the current topic then the previous one).
+    fn removal_in_a_big_space() -> (Node, Node, SpaceId, Vec<GossipIn>) {
         use agora_protocol::membership::MAX_WRAPS;
         let owner = Identity::from_seed([1; 32]);
         let people: Vec<Identity> = (0..MAX_WRAPS as u64 + 10)
@@ -2692,9 +2810,13 @@ mod private_content {
         let node = |seed: u8, identity: Identity| {
             let storage = MemoryStorage::new();
             let store = Store::new(storage.clone()).unwrap();
+            let config = ServiceConfig {
+                transport_id: vec![seed],
+                ..config()
+            };
             Node {
                 name: PeerHandle(u64::from(seed)),
-                service: Service::open(store, identity, config(), [seed; 32]).unwrap(),
+                service: Service::open(store, identity, config, [seed; 32]).unwrap(),
                 storage,
             }
         };
@@ -2722,12 +2844,62 @@ mod private_content {
         );
         let msgs = published(&outputs, o.name, space);
         assert!(msgs.len() > 2, "a removal, shares, each on two topics");
-        let msgs = super::private_gossip::followed(&m, space, &msgs);
-        let outputs = m.step(Input::Gossip(msgs), at(3));
-        assert!(!verdicts(&outputs).contains(&Verdict::Reject));
+        (o, m, space, msgs)
+    }
+
+    /// A member whose wrap of the current epoch has not arrived (its share was lost) greets
+    /// under the epoch before, which the others hold: it syncs, and the share comes with it.
+    /// A pair with no hello possible (no transport id for the peer) is retried later, not in a
+    /// loop.
+    #[test]
+    fn a_member_without_the_current_key_greets_under_the_one_before_and_catches_up() {
+        let (mut o, mut m, space, msgs) = removal_in_a_big_space();
+        // Only the removal reaches M (on the previous topic): its shares are lost.
+        let removal = super::private_gossip::followed(&m, space, &msgs[..2]);
+        assert_eq!(removal.len(), 1);
+        m.step(Input::Gossip(removal), at(3));
+        let view = &m.service.private[&space];
+        assert!(
+            view.current().is_none(),
+            "M knows the new epoch, not its key"
+        );
+        let newest = view.topic_keys()[0].1;
+
+        // Without O's transport id no hello can be made: a failed round, retried later.
+        let outputs = m.run(
+            vec![
+                Input::PeerConnected { peer: o.name },
+                Input::PeerSubscribed {
+                    peer: o.name,
+                    space,
+                },
+            ],
+            at(4),
+        );
+        assert!(requests(&outputs).is_empty());
+        assert!(
+            m.service.next_wakeup().is_some_and(|t| t > 4),
+            "no busy loop"
+        );
+        m.step(Input::PeerDisconnected { peer: o.name }, at(5));
+
+        let outputs = link_private(&mut m, &mut o, space, at(10));
+        assert!(bans(&outputs).is_empty(), "{:?}", bans(&outputs));
+        let hello_key = requests(&outputs)
+            .into_iter()
+            .find_map(|(to, _, r)| match r {
+                SyncRequest::Hello { key, .. } if to == o.name => Some(key),
+                _ => None,
+            });
+        assert_eq!(
+            hello_key,
+            Some(newest.0),
+            "M greets under the newest epoch it holds"
+        );
         let current = |n: &Node| n.service.private[&space].current().map(|(k, _)| k);
-        assert!(current(&o).is_some());
-        assert_eq!(current(&m), current(&o), "the member holds the new epoch");
+        assert!(current(&m).is_some(), "the share came by sync");
+        assert_eq!(current(&m), current(&o));
+        assert_eq!(m.service.digest(&space), o.service.digest(&space));
     }
 
     /// One author's membership operations on gossip are bounded per space (PROTOCOL 14.12):

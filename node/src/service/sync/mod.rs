@@ -67,7 +67,7 @@ pub enum SyncState {
     },
 }
 
-type Pair = (PeerHandle, SpaceId);
+pub(crate) type Pair = (PeerHandle, SpaceId);
 
 #[derive(Debug)]
 struct PairState {
@@ -106,6 +106,9 @@ pub(crate) struct Scheduler {
     pub(crate) authors: BTreeMap<Pair, agora_protocol::AuthorId>,
     /// Each connected peer's transport id (the bytes of its peer id), which hellos bind.
     pub(crate) transport_ids: BTreeMap<PeerHandle, Vec<u8>>,
+    /// When this node last sent a hello to each pair (at most one per `sync_retry`, whatever
+    /// the peer does with its subscriptions); forgotten when the peer disconnects.
+    pub(crate) hellos: BTreeMap<Pair, Millis>,
     /// Private spaces whose membership changed: the next tick opens pairs with the peers that
     /// follow them and are members now.
     pub(crate) rejoin: BTreeSet<SpaceId>,
@@ -159,6 +162,7 @@ impl<R: Replica> Service<R> {
         self.sync.wakeup.set(None);
         self.sync.peers.remove(&peer);
         self.sync.authors.retain(|(p, _), _| *p != peer);
+        self.sync.hellos.retain(|(p, _), _| *p != peer);
         self.sync.transport_ids.remove(&peer);
         self.forget_peer(peer);
         self.start_queued(now);
@@ -252,6 +256,11 @@ impl<R: Replica> Service<R> {
     ) {
         self.sync.wakeup.set(None);
         let due = now.mono + self.config.sync_recheck;
+        // Only from a peer this node syncs with: a private space's document names go to no
+        // one whose member has not said hello.
+        if !self.syncs_with(peer, &space) {
+            return;
+        }
         let Some(p) = self.sync.pairs.get_mut(&(peer, space)) else {
             return;
         };
@@ -270,6 +279,7 @@ impl<R: Replica> Service<R> {
             .filter(|(pair, p)| {
                 !self.sync.exchanges.contains_key(pair)
                     && p.early.iter().any(|(_, _, at)| *at <= now.mono)
+                    && self.syncs_with(pair.0, &pair.1)
             })
             .map(|(pair, _)| *pair)
             .collect();
@@ -380,9 +390,10 @@ impl<R: Replica> Service<R> {
         let id = self.next_id();
         let mut exchange = Exchange::new(id, now.mono + self.config.sync_timeout);
         // A private space's peer says which member runs it before anything else.
-        let hello = match self.hello_needed(pair) {
+        let hello = match self.hello_needed(pair, now) {
             Ok(hello) => hello,
-            Err(()) => return,
+            // No hello can be made now: a failed round, retried with back-off.
+            Err(()) => return self.end_exchange(pair, None, now),
         };
         if let Some((key, _)) = &hello {
             exchange.phase = Phase::Hello(*key);
@@ -567,9 +578,11 @@ impl<R: Replica> Service<R> {
                     // A member: the exchange goes on with this node's summary.
                     Ok(true) => self.send_summary(pair, now),
                     Ok(false) => {
-                        // Not a member in this node's view: no sync of this space with it.
+                        // Not a member in this node's view: no sync of this space with it (a
+                        // change of the membership opens the pair again).
                         self.sync.pairs.remove(&pair);
                         self.drop_exchange(pair);
+                        self.start_queued(now);
                     }
                     Err(why) => self.ban(peer, why, now),
                 }

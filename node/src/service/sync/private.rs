@@ -9,6 +9,7 @@
 //! The scheduler reads documents through the `sync_*` methods here, which add that document to
 //! what the replica holds.
 
+use super::Pair;
 use crate::service::replica::Replica;
 use crate::service::{Now, PeerHandle, Service};
 use agora_protocol::automerge::ChangeHash;
@@ -109,15 +110,25 @@ impl<R: Replica> Service<R> {
     }
 
     /// The hello a pair's exchange starts with: `None` when none is needed (an open space, or
-    /// the member behind the peer is known), `Err` when one is needed and cannot be made (no
-    /// current key, or no transport id for the peer).
-    #[allow(clippy::result_unit_err)]
+    /// the member behind the peer is known), `Err` when one is needed and cannot be made now
+    /// (no key held, no transport id for the peer, or a hello went to this pair less than
+    /// `sync_retry` ago). Sealed under the newest epoch this node holds: the current one, or,
+    /// while its wrap of the current one has not arrived, the one before.
     pub(crate) fn hello_needed(
         &mut self,
-        (peer, space): (PeerHandle, SpaceId),
+        (peer, space): Pair,
+        now: Now,
     ) -> Result<Option<(KeyId, SyncRequest)>, ()> {
         if !self.private.contains_key(&space) || self.sync.authors.contains_key(&(peer, space)) {
             return Ok(None);
+        }
+        if self
+            .sync
+            .hellos
+            .get(&(peer, space))
+            .is_some_and(|at| now.mono < at.saturating_add(self.config.sync_retry))
+        {
+            return Err(());
         }
         let nonce: [u8; 24] = self.rng.random();
         let name = self.wire_name(&space);
@@ -128,7 +139,8 @@ impl<R: Replica> Service<R> {
         ) else {
             return Err(());
         };
-        let (key, cipher) = view.current().ok_or(())?;
+        let key = view.topic_keys().first().map(|(_, k)| *k).ok_or(())?;
+        let cipher = view.cipher(&key).ok_or(())?;
         let ct = hello::seal(
             &keys.identity,
             &space,
@@ -139,6 +151,7 @@ impl<R: Replica> Service<R> {
             &nonce,
         )
         .map_err(|_| ())?;
+        self.sync.hellos.insert((peer, space), now.mono);
         Ok(Some((
             key,
             SyncRequest::Hello {
