@@ -130,6 +130,12 @@ enum SpaceCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Withdraw a ticket you (or another admin) made: it admits no one from now on, and a
+    /// newcomer who tries it is told it was revoked.
+    Revoke {
+        /// The ticket.
+        ticket: String,
+    },
     /// List a private space's members with their roles and names.
     Members {
         /// The space id.
@@ -643,6 +649,17 @@ async fn client_command(c: &Client, cmd: Command) -> Result<()> {
             } else {
                 println!("{}", v.ticket);
             }
+        }
+        Command::Space(SpaceCmd::Revoke { ticket }) => {
+            let text = ticket.trim();
+            if !text.starts_with(agora_protocol::ticket::TICKET_PREFIX) {
+                bail!(
+                    "that is not a ticket (a ticket starts with {})",
+                    agora_protocol::ticket::TICKET_PREFIX
+                );
+            }
+            let v: Joined = c.post("/revoke", json!({ "ticket": text })).await?;
+            println!("revoked; the ticket admits no one to {} from now on", v.id);
         }
         Command::Space(SpaceCmd::Members { space_id, json }) => {
             let id = check_id::<SpaceId>(&space_id)?;

@@ -123,8 +123,8 @@ async fn titles(node: &agora_node::NodeHandle, space: SpaceId) -> Vec<String> {
     t
 }
 
-/// The whole life of a private space between four real nodes: tickets (one used up, one for a
-/// join while the inviter is offline), catch-up by sync, a removal after which the removed
+/// The whole life of a private space between four real nodes: tickets (one used up, one revoked,
+/// one for a join while the inviter is offline), catch-up by sync, a removal after which the removed
 /// node reads nothing new, and stores that hold no plaintext, a non-member's least of all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invite_join_while_the_inviter_is_offline_and_remove() {
@@ -166,6 +166,23 @@ async fn invite_join_while_the_inviter_is_offline_and_remove() {
     assert!(used.to_string().contains("used"), "{used}");
     let junk = c.join_ticket("agora2:AAAA").await.expect_err("junk");
     assert!(junk.to_string().contains("ticket"), "{junk}");
+    // A ticket its maker withdrew: revoked, said plainly; a member that is not an admin cannot
+    // withdraw one.
+    let withdrawn = a
+        .invite(space, Role::Member, 3600, 1)
+        .await
+        .expect("invite");
+    let refused = b
+        .revoke_ticket(&withdrawn)
+        .await
+        .expect_err("B is no admin");
+    assert!(refused.to_string().contains("role"), "{refused}");
+    assert_eq!(a.revoke_ticket(&withdrawn).await.expect("revoke"), space);
+    let revoked = c
+        .join_ticket(&withdrawn)
+        .await
+        .expect_err("a revoked ticket");
+    assert!(revoked.to_string().contains("revoked"), "{revoked}");
     assert!(
         c.spaces().await.expect("spaces").is_empty(),
         "a refused join leaves no entry"

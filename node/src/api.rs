@@ -186,6 +186,11 @@ async fn join_ticket(State(node): State<NodeHandle>, Json(b): Json<TicketBody>) 
     ok(json!({ "id": space, "joined": true }))
 }
 
+async fn revoke_ticket(State(node): State<NodeHandle>, Json(b): Json<TicketBody>) -> ApiResult {
+    let space = node.revoke_ticket(&b.ticket).await?;
+    ok(json!({ "id": space, "revoked": true }))
+}
+
 async fn members(State(node): State<NodeHandle>, Path(id): Path<String>) -> ApiResult {
     let members = node.members(parse(&id)?).await?;
     ok(members
@@ -380,6 +385,7 @@ pub fn router(node: NodeHandle) -> Router {
         .route("/spaces", get(list_spaces).post(create_space))
         .route("/spaces/{id}/join", post(join_space))
         .route("/join", post(join_ticket))
+        .route("/revoke", post(revoke_ticket))
         .route("/spaces/{id}/invites", post(invite))
         .route("/spaces/{id}/members", get(members))
         .route(

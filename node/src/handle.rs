@@ -432,6 +432,19 @@ impl NodeHandle {
         .map(drop)
     }
 
+    /// Withdraws the invitation a ticket holds (an admin's): the ticket admits no one from then
+    /// on. The space.
+    pub async fn revoke_ticket(&self, text: &str) -> Result<SpaceId, NodeError> {
+        let ticket =
+            Ticket::decode(text.trim()).map_err(|e| NodeError::BadTicket(e.to_string()))?;
+        self.request(Command::RevokeInvite {
+            space: ticket.space,
+            invite: ticket.invite,
+        })
+        .await?;
+        Ok(ticket.space)
+    }
+
     /// Renames a private space.
     pub async fn rename_space(&self, space: SpaceId, name: &str) -> Result<(), ServiceError> {
         let name = name.to_string();

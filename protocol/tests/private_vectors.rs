@@ -467,17 +467,19 @@ fn the_version_2_vectors_verify_and_open_as_the_spec_says() {
         assert_eq!(parsed.key_id, root.key_id());
         let space = ops[0].op().space;
         let aad = [b"agora-sealed-v2\0".as_slice(), &space.0, &root.key_id().0].concat();
-        let cipher = chacha20poly1305::XChaCha20Poly1305::new(&content_key_bytes(&root).into());
-        let plain = cipher
-            .decrypt(
-                &chacha20poly1305::XNonce::from(parsed.nonce),
-                Payload {
-                    msg: &parsed.ct,
-                    aad: &aad,
-                },
-            )
-            .expect("opens");
-        assert_eq!(plain, bytes("v2_admit"));
+        // XChaCha20-Poly1305 under an epoch's content key, as any AEAD library does it.
+        let open = |secret: &EpochSecret, nonce: [u8; 24], ct: &[u8], aad: &[u8]| {
+            chacha20poly1305::XChaCha20Poly1305::new(&content_key_bytes(secret).into())
+                .decrypt(
+                    &chacha20poly1305::XNonce::from(nonce),
+                    Payload { msg: ct, aad },
+                )
+                .expect("opens")
+        };
+        assert_eq!(
+            open(&root, parsed.nonce, &parsed.ct, &aad),
+            bytes("v2_admit")
+        );
         // The sealed contribution opens the same way, under the rotation's epoch, to the signed
         // contribution, whose author and signature only a member sees (§14.6).
         let epoch = EpochSecret::from_bytes(hex_in(&spec, "v2_epoch_secret"));
@@ -486,16 +488,7 @@ fn the_version_2_vectors_verify_and_open_as_the_spec_says() {
             [b"agora-sealed-v2\0".as_slice(), &space.0, &epoch.key_id().0].concat(),
             bytes("v2_sealed_aad")
         );
-        let cipher = chacha20poly1305::XChaCha20Poly1305::new(&content_key_bytes(&epoch).into());
-        let plain = cipher
-            .decrypt(
-                &chacha20poly1305::XNonce::from(sealed.nonce),
-                Payload {
-                    msg: &sealed.ct,
-                    aad: &bytes("v2_sealed_aad"),
-                },
-            )
-            .expect("opens");
+        let plain = open(&epoch, sealed.nonce, &sealed.ct, &bytes("v2_sealed_aad"));
         assert_eq!(plain, bytes("v2_contribution_plaintext"));
         let signed = Plaintext::decode(&plain).expect("a signed contribution");
         let key = ed25519_dalek::VerifyingKey::from_bytes(&signed.author.0).unwrap();
@@ -520,15 +513,7 @@ fn the_version_2_vectors_verify_and_open_as_the_spec_says() {
         };
         assert_eq!(key, epoch.key_id().0);
         let aad = [b"agora-hello-v2\0".as_slice(), &space.0, &key].concat();
-        let plain = cipher
-            .decrypt(
-                &chacha20poly1305::XNonce::from(nonce),
-                Payload {
-                    msg: &ct,
-                    aad: &aad,
-                },
-            )
-            .expect("the hello opens");
+        let plain = open(&epoch, nonce, &ct, &aad);
         let mut r = plain.as_slice();
         let mut take = |n: usize| {
             let (head, rest) = r.split_at(n);
@@ -542,8 +527,20 @@ fn the_version_2_vectors_verify_and_open_as_the_spec_says() {
         assert_eq!(take(4), b"\x63sig");
         assert_eq!(take(2), [0x58, 0x40]);
         let sig: [u8; 64] = take(64).try_into().unwrap();
-        let message = bytes("v2_hello_message");
-        assert!(message.ends_with(&[&[38], &bytes("v2_hello_to")[..]].concat()));
+        // The signed message, rebuilt from §14.9: domain, space id, key id, author, then each
+        // transport id after its length.
+        let message = [
+            b"agora-hello-v2\0".as_slice(),
+            &space.0,
+            &key,
+            &author,
+            &[38],
+            &bytes("v2_hello_from"),
+            &[38],
+            &bytes("v2_hello_to"),
+        ]
+        .concat();
+        assert_eq!(message, bytes("v2_hello_message"));
         ed25519_dalek::VerifyingKey::from_bytes(&author)
             .unwrap()
             .verify_strict(&message, &ed25519_dalek::Signature::from_bytes(&sig))

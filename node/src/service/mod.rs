@@ -205,6 +205,14 @@ pub enum Command {
         /// The space.
         space: SpaceId,
     },
+    /// Withdraw an invitation to a private space (an admin's): its ticket admits no one from
+    /// then on.
+    RevokeInvite {
+        /// The space.
+        space: SpaceId,
+        /// The invitation operation's id (what its ticket names).
+        invite: agora_protocol::membership::OpId,
+    },
     /// Rename a private space.
     RenameSpace {
         /// The space.
@@ -256,6 +264,7 @@ impl Command {
                 | Command::RemoveMember { .. }
                 | Command::SetRole { .. }
                 | Command::RenameSpace { .. }
+                | Command::RevokeInvite { .. }
                 | Command::LeaveSpace { .. }
                 | Command::AdmitRedeem { .. }
                 | Command::JoinPrivate { .. }
@@ -1278,6 +1287,10 @@ impl<R: Replica> Service<R> {
             }
             Command::RenameSpace { space, name } => {
                 self.rename_space(space, &name)?;
+                Reply::Done
+            }
+            Command::RevokeInvite { space, invite } => {
+                self.revoke_invite(space, invite)?;
                 Reply::Done
             }
             Command::LeaveSpace { space } => {

@@ -559,6 +559,21 @@ impl<R: Replica> Service<R> {
         self.own_ops(space, vec![op])
     }
 
+    /// Withdraws an invitation to a private space.
+    pub(crate) fn revoke_invite(
+        &mut self,
+        space: SpaceId,
+        invite: agora_protocol::membership::OpId,
+    ) -> Result<(), ServiceError> {
+        let keys = self.node_keys()?.clone();
+        let view = self
+            .private
+            .get(&space)
+            .ok_or(ServiceError::UnknownSpace(space))?;
+        let op = view.revoke(&keys.identity, invite)?;
+        self.own_ops(space, vec![op])
+    }
+
     /// The name of a private space (sealed in its operations), if this node can open it.
     pub(crate) fn private_name(&self, space: &SpaceId) -> Option<String> {
         self.private.get(space).and_then(PrivateSpace::name)

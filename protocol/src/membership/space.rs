@@ -26,6 +26,9 @@ pub enum ActionError {
     /// This node does not hold the current epoch's secret (it has not received it yet).
     #[error("this node does not hold the space's current key yet")]
     NoKey,
+    /// No invitation with that id in this space (as this node sees it).
+    #[error("no such invitation in this space")]
+    UnknownInvite,
     /// The operation could not be made (for example a name too long).
     #[error(transparent)]
     Op(#[from] OpError),
@@ -541,6 +544,23 @@ impl PrivateSpace {
                 wraps,
             },
         )?))
+    }
+
+    /// Withdraws an invitation (an admin's): no one is admitted by it from then on, and a
+    /// newcomer who tries it is told it was revoked.
+    pub fn revoke(
+        &self,
+        identity: &Identity,
+        invite: super::OpId,
+    ) -> Result<VerifiedOp, ActionError> {
+        let mine = self.my_role(&identity.author())?;
+        if mine < Role::Admin {
+            return Err(ActionError::NotAllowed(mine.name()));
+        }
+        if !self.membership.invites.contains_key(&invite) {
+            return Err(ActionError::UnknownInvite);
+        }
+        self.sign(identity, OpBody::Revoke { invite })
     }
 
     /// Renames the space.
