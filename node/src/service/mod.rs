@@ -813,6 +813,9 @@ pub struct Service<R: Replica> {
     upkeep: BTreeMap<SpaceId, Option<(Millis, Millis)>>,
     /// When this node last rotated a private space by itself.
     rotated: BTreeMap<SpaceId, Millis>,
+    /// Private spaces whose operations were added and not resolved yet, with the topics they
+    /// followed before (see `Service::settle_ops`).
+    unsettled: BTreeMap<SpaceId, Vec<String>>,
 }
 
 /// Most (space, author) buckets kept; beyond, full ones are forgotten (a full bucket is what a
@@ -915,6 +918,7 @@ impl<R: Replica> Service<R> {
             op_buckets: BTreeMap::new(),
             upkeep: BTreeMap::new(),
             rotated: BTreeMap::new(),
+            unsettled: BTreeMap::new(),
         }
     }
 
@@ -983,6 +987,9 @@ impl<R: Replica> Service<R> {
             } => self.answer_join(peer, inbound, *request, now),
             Input::Tick => self.tick(now),
         }
+        // Operations taken in by this input are resolved by now (each input's handler settles
+        // them before it reads the membership again; this is the backstop).
+        self.settle_ops();
     }
 
     /// The store writes queued since the last call, in order. The caller applies them before it
@@ -1090,6 +1097,9 @@ impl<R: Replica> Service<R> {
                 }
             }
         }
+        // The group's operations are resolved once, before its contributions are checked
+        // against the membership.
+        self.settle_ops();
         // Each author's share of a space's gossip is bounded (PROTOCOL 14.12): what is over it
         // is neither stored nor relayed, and only its author's own node is penalised for it. A
         // token is taken on arrival and given back unless the contribution is accepted (new

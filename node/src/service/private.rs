@@ -638,6 +638,28 @@ impl<R: Replica> Service<R> {
         }
     }
 
+    /// Resolves, once each, the private spaces whose operations arrived since the last call (a
+    /// gossip group's, a sync answer's), and applies what changed. Called before anything reads
+    /// a membership that operations were added to.
+    pub(crate) fn settle_ops(&mut self) {
+        let Some(keys) = self.keys.clone() else {
+            self.unsettled.clear();
+            return;
+        };
+        for (space, before) in std::mem::take(&mut self.unsettled) {
+            let Some(view) = self.private.get_mut(&space) else {
+                continue;
+            };
+            if let Err(e) = view.settle(&keys.identity.author(), &keys.device) {
+                // The log is bounded and resolution of what it holds does not fail in practice;
+                // the view keeps its membership of before, and the next operation tries again.
+                tracing::error!(target: "agora::engine", %space, %e, "membership did not resolve");
+                continue;
+            }
+            self.view_changed(space, before);
+        }
+    }
+
     /// Counts a refused membership operation under `op_<code>` (beside contributions' codes).
     fn count_op_rejection(&mut self, code: &str) {
         *self
@@ -668,9 +690,9 @@ impl<R: Replica> Service<R> {
         if op.op().space != space {
             return reject(self, "wrong_topic");
         }
-        let Some(keys) = self.keys.clone() else {
+        if self.keys.is_none() {
             return (Verdict::Ignore, When::Now);
-        };
+        }
         let Some(view) = self.private.get(&space) else {
             return (Verdict::Ignore, When::Now);
         };
@@ -698,10 +720,11 @@ impl<R: Replica> Service<R> {
             return (Verdict::Ignore, When::Now);
         };
         let before = view.topics();
-        match view.insert(op, &keys.identity.author(), &keys.device) {
-            Ok(Inserted::Added(ids)) => {
+        match view.insert_unsettled(op) {
+            Inserted::Added(ids) => {
                 self.outbox.writes.extend(added_writes(&space, view, &ids));
-                self.view_changed(space, before);
+                // Resolved once for the whole group of operations (`settle_ops`).
+                self.unsettled.entry(space).or_insert(before);
                 (Verdict::Accept, When::Durable)
             }
             // A duplicate (a rotation comes on two topics), or one that waits for its parents:

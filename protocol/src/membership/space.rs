@@ -123,12 +123,29 @@ impl PrivateSpace {
         me: &AuthorId,
         device: &DeviceKey,
     ) -> Result<Vec<Inserted>, ActionError> {
-        let inserted: Vec<Inserted> = ops.into_iter().map(|op| self.log.insert(op)).collect();
+        let inserted: Vec<Inserted> = ops
+            .into_iter()
+            .map(|op| self.insert_unsettled(op))
+            .collect();
         if inserted.iter().any(|i| matches!(i, Inserted::Added(_))) {
-            self.membership = self.log.resolve()?;
-            self.unlock(me, device);
+            self.settle(me, device)?;
         }
         Ok(inserted)
+    }
+
+    /// Adds a verified operation to the log without resolving the membership: until
+    /// [`PrivateSpace::settle`], the membership and keys are those of before (what
+    /// [`PrivateSpace::knows`] and the log answer already count it). For a caller that checks a
+    /// group of operations one by one as the log grows, and resolves once.
+    pub fn insert_unsettled(&mut self, op: VerifiedOp) -> Inserted {
+        self.log.insert(op)
+    }
+
+    /// Resolves the membership from every operation held and opens what `me` can open.
+    pub fn settle(&mut self, me: &AuthorId, device: &DeviceKey) -> Result<(), ActionError> {
+        self.membership = self.log.resolve()?;
+        self.unlock(me, device);
+        Ok(())
     }
 
     /// Opens every wrap addressed to `me` and every seal a held secret opens, until nothing new

@@ -783,6 +783,8 @@ impl<R: Replica> Service<R> {
                 crate::service::Verdict::Ignore => {}
             }
         }
+        // Resolved once for the whole answer, before its contributions are checked.
+        self.settle_ops();
         let items = items.into_iter().map(|b| (b, Some(space))).collect();
         let outcomes = self.ingest(items, checked, now, &mut Vec::new());
         let invalid = outcomes.iter().find_map(|o| match o {
