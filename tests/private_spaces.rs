@@ -433,6 +433,44 @@ async fn spammers_are_bounded_while_honest_members_converge() {
             break;
         }
     }
+    // Both raw peers are penalised where they sent, below gossipsub's graylist threshold. A
+    // penalty decays within seconds of the last offence (by design: a peer can mend its ways),
+    // so this is checked while they offend: right after the flood, the stranger sending one
+    // more junk message at each look.
+    let graylisted = |node: agora_node::NodeHandle, who: String| async move {
+        let score = node.net_status().await.ok().and_then(|s| {
+            s.peers
+                .iter()
+                .find(|p| p.peer_id == who)
+                .and_then(|p| p.score)
+        });
+        match score {
+            Some(x) if x < -80.0 => Ok(()),
+            other => Err(format!("score {other:?}")),
+        }
+    };
+    let looks = std::cell::Cell::new(0u64);
+    agora_testkit::node::poll_within(SPREAD, agora_testkit::node::POLL_EVERY, || {
+        looks.set(looks.get() + 1);
+        let junk = sealed_idea(
+            &stranger.identity,
+            &junk_key,
+            "junk",
+            &mut agora_testkit::Rng::new(1_000 + looks.get()),
+        );
+        let (b, who, stranger, topic) = (b.clone(), me[1].clone(), &stranger, key.topic.clone());
+        async move {
+            let _ = stranger.publish_topic(&topic, junk).await;
+            graylisted(b, who).await
+        }
+    })
+    .await
+    .expect("B to graylist the stranger");
+    agora_testkit::node::poll_within(SPREAD, agora_testkit::node::POLL_EVERY, || {
+        graylisted(a.clone(), me[0].clone())
+    })
+    .await
+    .expect("A to graylist the flooding member's node");
     // Honest members post through it all.
     for (n, who) in [(&a, "A"), (&b, "B"), (&c, "C")] {
         let draft = agora_protocol::IdeaDraft {
@@ -494,23 +532,6 @@ async fn spammers_are_bounded_while_honest_members_converge() {
         "A took in {spam} of the {sent} spam ideas in {elapsed} s"
     );
     assert!(spam >= 100, "the bound let a burst through ({spam})");
-    // Both raw peers are penalised where they sent: the stranger below the graylist threshold.
-    for (node, who, what) in [
-        (&b, &me[1], "B to graylist the stranger"),
-        (&a, &me[0], "A to graylist the flooding member's node"),
-    ] {
-        wait_until(what, SPREAD, || {
-            let (node, who) = (node.clone(), who.clone());
-            async move {
-                node.net_status().await.is_ok_and(|s| {
-                    s.peers
-                        .iter()
-                        .any(|p| p.peer_id == who && p.score.is_some_and(|x| x < -80.0))
-                })
-            }
-        })
-        .await;
-    }
     // The stranger followed the topic and received its traffic: ciphertext only (operations
     // are sealed on gossip too), with nothing that names the space or holds a title.
     let received = stranger.state().messages.clone();
