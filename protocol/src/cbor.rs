@@ -152,6 +152,22 @@ pub(crate) fn put_head(out: &mut Vec<u8>, major: u8, n: u64) {
     }
 }
 
+/// Bytes of a CBOR head whose argument is `n` (what [`put_head`] writes).
+pub(crate) fn head_len(n: usize) -> usize {
+    match n {
+        0..=23 => 1,
+        24..=0xff => 2,
+        0x100..=0xffff => 3,
+        0x1_0000..=0xffff_ffff => 5,
+        _ => 9,
+    }
+}
+
+/// Bytes of a CBOR text or byte string of `n` bytes.
+pub(crate) fn string_len(n: usize) -> usize {
+    head_len(n) + n
+}
+
 /// Writes a text key.
 pub(crate) fn put_key(out: &mut Vec<u8>, key: &str) {
     put_head(out, 3, key.len() as u64);

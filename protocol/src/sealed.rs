@@ -34,9 +34,12 @@ pub const SEALED_VERSION: u64 = 2;
 pub const SEALED_SIGNING_DOMAIN: &[u8] = b"agora-contribution-v2\0";
 /// Prefix of the AEAD associated data.
 pub const SEALED_AAD: &[u8] = b"agora-sealed-v2\0";
-/// What the envelope adds to its plaintext, at most: the map, its keys, the version, the key
-/// id, the nonce, the byte string's head and the tag.
-pub const ENVELOPE_OVERHEAD: usize = 1 + 2 + 1 + 4 + 2 + 32 + 6 + 2 + 24 + 3 + 5 + TAG_LEN;
+/// An encoded envelope's bytes before the ciphertext: the map head, the four keys, the version,
+/// the key id and the nonce with their heads.
+const ENVELOPE_FIXED: usize = 1 + 2 + 1 + 4 + 2 + 32 + 6 + 2 + 24 + 3;
+/// What the envelope adds to its plaintext, at most: the fixed part, the ciphertext's head and
+/// the tag.
+pub const ENVELOPE_OVERHEAD: usize = ENVELOPE_FIXED + 5 + TAG_LEN;
 /// Largest envelope: a membership operation at its limit, sealed.
 pub const MAX_SEALED_BYTES: usize = crate::membership::MAX_OP_BYTES + ENVELOPE_OVERHEAD;
 
@@ -400,14 +403,7 @@ impl Envelope {
 
     /// The length of [`Envelope::encode`].
     pub fn encoded_len(&self) -> usize {
-        let ct_head = match self.ct.len() {
-            0..=23 => 1,
-            24..=0xff => 2,
-            0x100..=0xffff => 3,
-            _ => 5,
-        };
-        // Map head, the four keys and the version, the key id and the nonce with their heads.
-        1 + 2 + 1 + 4 + 2 + 32 + 6 + 2 + 24 + 3 + ct_head + self.ct.len()
+        ENVELOPE_FIXED + cbor::string_len(self.ct.len())
     }
 
     /// The content hash that names an envelope on the wire (the gossip message id): SHA-256 of

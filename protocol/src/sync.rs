@@ -17,6 +17,7 @@
 //! This module owns the bytes: [`SyncRequest::encode`] / [`SyncRequest::decode`] (and the same
 //! for [`SyncResponse`]) are what travels; the node's libp2p transport only carries them.
 
+use crate::cbor::{head_len, string_len};
 use crate::ids::{DocId, SpaceId};
 use automerge::ChangeHash;
 use serde::{Deserialize, Serialize};
@@ -293,22 +294,6 @@ fn decode_cbor<T: serde::de::DeserializeOwned>(
     }
     ciborium::from_reader(bytes)
         .map_err(|e| SyncDecodeError::Malformed(e.to_string().chars().take(200).collect()))
-}
-
-/// Bytes of a CBOR head (major type and argument) for the argument `n`.
-fn head_len(n: usize) -> usize {
-    match n {
-        0..=23 => 1,
-        24..=0xff => 2,
-        0x100..=0xffff => 3,
-        0x1_0000..=0xffff_ffff => 5,
-        _ => 9,
-    }
-}
-
-/// Bytes of a CBOR text or byte string of `n` bytes.
-fn string_len(n: usize) -> usize {
-    head_len(n) + n
 }
 
 fn doc_heads_len(d: &DocHeads) -> usize {

@@ -1116,11 +1116,11 @@ impl<R: Replica> Service<R> {
                     authors.push(author);
                     kept.push(g);
                 }
-                Err(()) => limited.push((g, author)),
+                Err(()) => limited.push(g),
             }
         }
         let batch = kept;
-        for (g, _) in limited {
+        for g in limited {
             let own = g.first_hop;
             *self
                 .counters

@@ -21,7 +21,7 @@ use super::outbox::When;
 use super::replica::{Replica, SpaceKeys};
 use super::{
     InboundId, Millis, NetAction, NodeEvent, Now, Output, PeerHandle, Service, ServiceError,
-    Verdict,
+    ServiceRng, Verdict,
 };
 use crate::store::{SpaceRecord, Storage, Store, StoreError, Write};
 use agora_protocol::idea;
@@ -196,8 +196,21 @@ impl<R: Replica> Service<R> {
             .ok_or(ServiceError::UnknownSpace(*space))
     }
 
-    /// Stores and takes in operations this node made (in order): writes queued, the view
-    /// updated. Their publication comes with the gossip of private spaces.
+    /// A membership action of this node on `space`'s view: `act` gets the view, this node's
+    /// identity and the service's randomness, and makes the operations.
+    fn act<T>(
+        &mut self,
+        space: SpaceId,
+        act: impl FnOnce(&PrivateSpace, &Identity, &mut ServiceRng) -> Result<T, ActionError>,
+    ) -> Result<T, ServiceError> {
+        let keys = self.node_keys()?.clone();
+        let view = self
+            .private
+            .get(&space)
+            .ok_or(ServiceError::UnknownSpace(space))?;
+        Ok(act(view, &keys.identity, &mut self.rng)?)
+    }
+
     /// Starts holding a private space this node created or joined: its record and `ops` are
     /// written, the view kept, its topics followed.
     fn hold_private(&mut self, view: PrivateSpace, op_writes: Vec<Write>, now: Now) {
@@ -237,6 +250,8 @@ impl<R: Replica> Service<R> {
         }
     }
 
+    /// Stores and takes in operations this node made (in order): writes queued, the view
+    /// updated. Their publication comes with the gossip of private spaces.
     fn own_ops(&mut self, space: SpaceId, ops: Vec<VerifiedOp>) -> Result<(), ServiceError> {
         let keys = self.node_keys()?.clone();
         let me = keys.identity.author();
@@ -381,12 +396,9 @@ impl<R: Replica> Service<R> {
         expires: u64,
         uses: u64,
     ) -> Result<Invitation, ServiceError> {
-        let keys = self.node_keys()?.clone();
-        let view = self
-            .private
-            .get(&space)
-            .ok_or(ServiceError::UnknownSpace(space))?;
-        let (op, secret) = view.invite(&keys.identity, role, expires, uses, &mut self.rng)?;
+        let (op, secret) = self.act(space, |view, me, rng| {
+            view.invite(me, role, expires, uses, rng)
+        })?;
         let invite = op.id();
         self.own_ops(space, vec![op])?;
         Ok(Invitation {
@@ -402,14 +414,9 @@ impl<R: Replica> Service<R> {
         space: SpaceId,
         member: AuthorId,
     ) -> Result<(), ServiceError> {
-        let keys = self.node_keys()?.clone();
         self.private_view(&space)?;
         let pins = self.pins(space, &member);
-        let view = self
-            .private
-            .get(&space)
-            .ok_or(ServiceError::UnknownSpace(space))?;
-        let ops = view.remove(&keys.identity, &member, pins, &mut self.rng)?;
+        let ops = self.act(space, |view, me, rng| view.remove(me, &member, pins, rng))?;
         self.own_ops(space, ops)
     }
 
@@ -481,23 +488,13 @@ impl<R: Replica> Service<R> {
 
     /// A new epoch for everyone who is a member now.
     fn rotate_space(&mut self, space: SpaceId) -> Result<(), ServiceError> {
-        let keys = self.node_keys()?.clone();
-        let view = self
-            .private
-            .get(&space)
-            .ok_or(ServiceError::UnknownSpace(space))?;
-        let ops = view.rotate(&keys.identity, &mut self.rng)?;
+        let ops = self.act(space, |view, me, rng| view.rotate(me, rng))?;
         self.own_ops(space, ops)
     }
 
     /// Wraps of the current secret for the members who lack one.
     fn share_missing(&mut self, space: SpaceId) -> Result<(), ServiceError> {
-        let keys = self.node_keys()?.clone();
-        let view = self
-            .private
-            .get(&space)
-            .ok_or(ServiceError::UnknownSpace(space))?;
-        match view.share_missing(&keys.identity, &mut self.rng)? {
+        match self.act(space, |view, me, rng| view.share_missing(me, rng))? {
             Some(op) => self.own_ops(space, vec![op]),
             None => Ok(()),
         }
@@ -550,12 +547,7 @@ impl<R: Replica> Service<R> {
     /// Renames a private space.
     pub(crate) fn rename_space(&mut self, space: SpaceId, name: &str) -> Result<(), ServiceError> {
         let name = idea::validate_name(name)?;
-        let keys = self.node_keys()?.clone();
-        let view = self
-            .private
-            .get(&space)
-            .ok_or(ServiceError::UnknownSpace(space))?;
-        let op = view.rename(&keys.identity, &name, &mut self.rng)?;
+        let op = self.act(space, |view, me, rng| view.rename(me, &name, rng))?;
         self.own_ops(space, vec![op])
     }
 
@@ -565,12 +557,7 @@ impl<R: Replica> Service<R> {
         space: SpaceId,
         invite: agora_protocol::membership::OpId,
     ) -> Result<(), ServiceError> {
-        let keys = self.node_keys()?.clone();
-        let view = self
-            .private
-            .get(&space)
-            .ok_or(ServiceError::UnknownSpace(space))?;
-        let op = view.revoke(&keys.identity, invite)?;
+        let op = self.act(space, |view, me, _| view.revoke(me, invite))?;
         self.own_ops(space, vec![op])
     }
 
@@ -642,6 +629,9 @@ impl<R: Replica> Service<R> {
     /// gossip group's, a sync answer's), and applies what changed. Called before anything reads
     /// a membership that operations were added to.
     pub(crate) fn settle_ops(&mut self) {
+        if self.unsettled.is_empty() {
+            return;
+        }
         let Some(keys) = self.keys.clone() else {
             self.unsettled.clear();
             return;
@@ -719,12 +709,12 @@ impl<R: Replica> Service<R> {
         let Some(view) = self.private.get_mut(&space) else {
             return (Verdict::Ignore, When::Now);
         };
-        let before = view.topics();
         match view.insert_unsettled(op) {
             Inserted::Added(ids) => {
                 self.outbox.writes.extend(added_writes(&space, view, &ids));
-                // Resolved once for the whole group of operations (`settle_ops`).
-                self.unsettled.entry(space).or_insert(before);
+                // Resolved once for the whole group of operations (`settle_ops`), which compares
+                // the topics followed with those before the group's first operation.
+                self.unsettled.entry(space).or_insert_with(|| view.topics());
                 (Verdict::Accept, When::Durable)
             }
             // A duplicate (a rotation comes on two topics), or one that waits for its parents:

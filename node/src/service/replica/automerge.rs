@@ -96,8 +96,8 @@ pub enum Decoded {
     /// Version 2, sealed: decrypted already (the AEAD vouches that a member sealed it), its
     /// signature and change not checked yet.
     Sealed {
-        /// The envelope.
-        envelope: Envelope,
+        /// The epoch it was sealed under (its signature covers it).
+        key_id: KeyId,
         /// The space its key id names.
         space: SpaceId,
         /// What it holds.
@@ -564,8 +564,9 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
                 .get(&envelope.key_id)
                 .ok_or(Rejection::UnknownKey)?;
             let plain = envelope.unseal(space, cipher)?;
+            let key_id = envelope.key_id;
             return Ok(Decoded::Sealed {
-                envelope,
+                key_id,
                 space: *space,
                 plain,
                 bytes,
@@ -601,11 +602,11 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
                     bytes,
                 } => plain.push((i, contribution, bytes)),
                 Decoded::Sealed {
-                    envelope,
+                    key_id,
                     space,
                     plain,
                     bytes,
-                } => sealed.push((i, envelope, space, plain, bytes)),
+                } => sealed.push((i, key_id, space, plain, bytes)),
             }
         }
         if !plain.is_empty() {
@@ -624,7 +625,7 @@ impl<S: Storage> Replica for AutomergeReplica<S> {
         if !sealed.is_empty() {
             let signed: Vec<(&Plaintext, SpaceId, KeyId)> = sealed
                 .iter()
-                .map(|(_, e, space, plain, _)| (plain, *space, e.key_id))
+                .map(|(_, key_id, space, plain, _)| (plain, *space, *key_id))
                 .collect();
             let signatures = sealed::verify_signatures(&signed);
             for ((i, _, space, plain, bytes), signature) in sealed.into_iter().zip(signatures) {

@@ -395,13 +395,13 @@ impl<R: Replica> Service<R> {
             // No hello can be made now: a failed round, retried with back-off.
             Err(()) => return self.end_exchange(pair, None, now),
         };
-        if let Some((key, _)) = &hello {
-            exchange.phase = Phase::Hello(*key);
+        if let Some(SyncRequest::Hello { key, .. }) = &hello {
+            exchange.phase = Phase::Hello(KeyId(*key));
         }
         self.sync.exchanges.insert(pair, exchange);
         self.sync.outstanding.insert(id, pair);
         let request = match hello {
-            Some((_, request)) => request,
+            Some(hello) => hello,
             None => self.summary(&pair.1),
         };
         self.outbox.net(NetAction::SyncRequest {

@@ -118,7 +118,7 @@ impl<R: Replica> Service<R> {
         &mut self,
         (peer, space): Pair,
         now: Now,
-    ) -> Result<Option<(KeyId, SyncRequest)>, ()> {
+    ) -> Result<Option<SyncRequest>, ()> {
         if !self.private.contains_key(&space) || self.sync.authors.contains_key(&(peer, space)) {
             return Ok(None);
         }
@@ -152,16 +152,13 @@ impl<R: Replica> Service<R> {
         )
         .map_err(|_| ())?;
         self.sync.hellos.insert((peer, space), now.mono);
-        Ok(Some((
-            key,
-            SyncRequest::Hello {
-                v: 2,
-                space: name,
-                key: key.0,
-                nonce,
-                ct: serde_bytes::ByteBuf::from(ct),
-            },
-        )))
+        Ok(Some(SyncRequest::Hello {
+            v: 2,
+            space: name,
+            key: key.0,
+            nonce,
+            ct: serde_bytes::ByteBuf::from(ct),
+        }))
     }
 
     /// A peer's answer to this node's hello (sealed under `key`): `Ok(true)` when it is a
